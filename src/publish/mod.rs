@@ -1,0 +1,103 @@
+//! Publishing to brokers: one [`Publisher`] trait, one file per backend.
+//!
+//! A publisher confirms a message only when the broker has taken responsibility for it
+//! (RabbitMQ publisher confirm of a routed message; Kafka delivery report with `acks=all`).
+//! Every failure says whether a retry can help ([`ErrorClass`]); that decides the backoff.
+//! Publishers keep their own connections alive and tell the relay when they (re)connect.
+
+pub mod kafka;
+pub mod rabbitmq;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
+
+use crate::event::{ValidatedEvent, from_ms};
+use crate::routing::{BrokerKind, Target};
+
+/// How a failed publish should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The broker is not connected: nothing was sent, no attempt is counted.
+    NotConnected,
+    /// Could succeed later (timeout, nack, unroutable return, connection lost mid-way).
+    Transient,
+    /// Will fail the same way every time (message too large, no such exchange, not allowed).
+    Permanent,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct PublishError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl PublishError {
+    pub fn not_connected(broker: BrokerKind) -> Self {
+        Self {
+            class: ErrorClass::NotConnected,
+            message: format!("{} not connected", broker.as_str()),
+        }
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { class: ErrorClass::Transient, message: message.into() }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self { class: ErrorClass::Permanent, message: message.into() }
+    }
+}
+
+/// One broker output.
+pub trait Publisher: Send + Sync {
+    /// Publishes `event` to `target` and resolves once the broker confirmed it.
+    fn publish<'a>(
+        &'a self,
+        event: &'a ValidatedEvent,
+        target: &'a Target,
+    ) -> BoxFuture<'a, Result<(), PublishError>>;
+
+    /// Whether a publish now would reach the broker.
+    fn is_connected(&self) -> bool;
+
+    /// Flushes what is in flight (within the deadline) and closes the connection.
+    fn close(&self, deadline: std::time::Duration) -> BoxFuture<'_, ()>;
+}
+
+/// The configured publishers, by broker.
+#[derive(Clone, Default)]
+pub struct Publishers {
+    pub rabbitmq: Option<Arc<dyn Publisher>>,
+    pub kafka: Option<Arc<dyn Publisher>>,
+    /// Notified when any publisher (re)connects, so the relay retries deferred events at once.
+    pub connected: Arc<Notify>,
+}
+
+impl Publishers {
+    pub fn get(&self, broker: BrokerKind) -> Option<&Arc<dyn Publisher>> {
+        match broker {
+            BrokerKind::RabbitMq => self.rabbitmq.as_ref(),
+            BrokerKind::Kafka => self.kafka.as_ref(),
+        }
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Publisher>> {
+        self.rabbitmq.iter().chain(self.kafka.iter())
+    }
+}
+
+/// CloudEvents 1.0 binary-mode attributes, as header name and value.
+pub fn cloudevent_headers(event: &ValidatedEvent) -> [(&'static str, String); 6] {
+    [
+        ("ce_specversion", "1.0".to_owned()),
+        ("ce_id", event.id().to_string()),
+        ("ce_type", event.event_type().as_str().to_owned()),
+        ("ce_source", event.source().as_str().to_owned()),
+        ("ce_time", humantime::format_rfc3339_millis(from_ms(event.received_at_ms())).to_string()),
+        ("content-type", CONTENT_TYPE.to_owned()),
+    ]
+}
+
+/// Bodies are accepted only as JSON, and relayed byte for byte.
+pub const CONTENT_TYPE: &str = "application/json";

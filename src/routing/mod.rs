@@ -1,0 +1,275 @@
+//! The route table: which destinations an event goes to.
+//!
+//! Routes are tried in order and the first whose `match` fits wins; `default_route` takes the
+//! rest. The relay resolves an event's routes once, on its first claim, into concrete
+//! [`Target`]s (templates rendered, Kafka key extracted) and stores them with the event, so
+//! retries go to exactly the destinations that were chosen, whatever happens to the table.
+
+mod glob;
+mod template;
+
+use crate::config::{BrokersConfig, Config, DestinationConfig};
+use crate::event::{EventType, SourceName, ValidatedEvent};
+
+use glob::Glob;
+use template::Template;
+
+/// Which broker a target lives on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BrokerKind {
+    RabbitMq,
+    Kafka,
+}
+
+impl BrokerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::RabbitMq => "rabbitmq",
+            BrokerKind::Kafka => "kafka",
+        }
+    }
+}
+
+/// A destination resolved for one event: everything a publisher needs, nothing left to render.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    RabbitMq { exchange: String, routing_key: String },
+    Kafka { topic: String, key: Option<Vec<u8>> },
+}
+
+impl Target {
+    pub fn broker(&self) -> BrokerKind {
+        match self {
+            Target::RabbitMq { .. } => BrokerKind::RabbitMq,
+            Target::Kafka { .. } => BrokerKind::Kafka,
+        }
+    }
+
+    /// A short name for logs: `rabbitmq:orders/order.created`, `kafka:orders`.
+    pub fn label(&self) -> String {
+        match self {
+            Target::RabbitMq { exchange, routing_key } => {
+                format!("rabbitmq:{exchange}/{routing_key}")
+            }
+            Target::Kafka { topic, .. } => format!("kafka:{topic}"),
+        }
+    }
+
+    /// Config-time check of one destination: its broker is configured, its templates parse.
+    pub(crate) fn check(dest: &DestinationConfig, brokers: &BrokersConfig) -> Result<(), String> {
+        Destination::parse(dest)?;
+        let (kind, configured) = match dest {
+            DestinationConfig::Rabbitmq(_) => (BrokerKind::RabbitMq, brokers.rabbitmq.is_some()),
+            DestinationConfig::Kafka(_) => (BrokerKind::Kafka, brokers.kafka.is_some()),
+        };
+        if configured {
+            Ok(())
+        } else {
+            Err(format!("names broker `{}`, which brokers: does not configure", kind.as_str()))
+        }
+    }
+}
+
+/// A destination as configured, templates parsed.
+#[derive(Debug)]
+enum Destination {
+    RabbitMq { exchange: String, routing_key: Template },
+    Kafka { topic: Template, key_pointer: Option<String> },
+}
+
+impl Destination {
+    fn parse(dest: &DestinationConfig) -> Result<Self, String> {
+        match dest {
+            DestinationConfig::Rabbitmq(r) => Ok(Destination::RabbitMq {
+                exchange: r.exchange.clone(),
+                routing_key: Template::parse(&r.routing_key)
+                    .map_err(|e| format!("routing_key: {e}"))?,
+            }),
+            DestinationConfig::Kafka(k) => {
+                let topic = Template::parse(&k.topic).map_err(|e| format!("topic: {e}"))?;
+                if topic.is_empty() {
+                    return Err("topic: must not be empty".to_owned());
+                }
+                if let Some(p) = k.key.as_ref().filter(|p| !p.starts_with('/')) {
+                    return Err(format!("key: {p:?} is not a JSON pointer (starts with '/')"));
+                }
+                Ok(Destination::Kafka { topic, key_pointer: k.key.clone() })
+            }
+        }
+    }
+
+    fn resolve(&self, event: &ValidatedEvent, body: &mut Option<serde_json::Value>) -> Target {
+        let (ty, source) = (event.event_type().as_str(), event.source().as_str());
+        match self {
+            Destination::RabbitMq { exchange, routing_key } => Target::RabbitMq {
+                exchange: exchange.clone(),
+                routing_key: routing_key.render(ty, source),
+            },
+            Destination::Kafka { topic, key_pointer } => {
+                let key = key_pointer.as_deref().and_then(|pointer| {
+                    // Parsed at most once per event, and only when some route wants a key.
+                    let body = body.get_or_insert_with(|| {
+                        serde_json::from_slice(event.body()).unwrap_or(serde_json::Value::Null)
+                    });
+                    key_bytes(body.pointer(pointer)?)
+                });
+                Target::Kafka { topic: topic.render(ty, source), key }
+            }
+        }
+    }
+}
+
+/// The record key for a JSON value: strings as their text, null as no key, the rest as JSON.
+fn key_bytes(value: &serde_json::Value) -> Option<Vec<u8>> {
+    match value {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
+        other => Some(other.to_string().into_bytes()),
+    }
+}
+
+#[derive(Debug)]
+struct Route {
+    source: Option<Glob>,
+    event_type: Option<Glob>,
+    to: Vec<Destination>,
+}
+
+impl Route {
+    fn matches(&self, source: &SourceName, ty: &EventType) -> bool {
+        self.source.as_ref().is_none_or(|g| g.matches(source.as_str()))
+            && self.event_type.as_ref().is_none_or(|g| g.matches(ty.as_str()))
+    }
+}
+
+/// An immutable snapshot of the routes; the relay and ingest read one snapshot per use.
+#[derive(Debug)]
+pub struct RouteTable {
+    routes: Vec<Route>,
+    default: Option<Vec<Destination>>,
+}
+
+impl RouteTable {
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        let parse_all = |to: &[DestinationConfig]| -> Result<Vec<Destination>, String> {
+            to.iter().map(Destination::parse).collect()
+        };
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                Ok(Route {
+                    source: r.matches.source.as_deref().map(Glob::new),
+                    event_type: r.matches.event_type.as_deref().map(Glob::new),
+                    to: parse_all(&r.to)?,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let default = config.default_route.as_ref().map(|d| parse_all(&d.to)).transpose()?;
+        Ok(Self { routes, default })
+    }
+
+    fn destinations(&self, source: &SourceName, ty: &EventType) -> Option<&[Destination]> {
+        match self.routes.iter().find(|r| r.matches(source, ty)) {
+            Some(route) => Some(&route.to),
+            None => self.default.as_deref(),
+        }
+    }
+
+    /// Whether an event of this source and type would go anywhere. Ingest refuses events
+    /// that would not, rather than accepting them into a void.
+    pub fn is_routable(&self, source: &SourceName, ty: &EventType) -> bool {
+        self.destinations(source, ty).is_some_and(|d| !d.is_empty())
+    }
+
+    /// The concrete targets of `event`; empty when nothing matches.
+    pub fn resolve(&self, event: &ValidatedEvent) -> Vec<Target> {
+        let mut body = None;
+        let Some(destinations) = self.destinations(event.source(), event.event_type()) else {
+            return Vec::new();
+        };
+        let mut targets: Vec<Target> =
+            destinations.iter().map(|d| d.resolve(event, &mut body)).collect();
+        // Two routes' destinations rendering to the same target are one delivery, not two.
+        let mut seen = Vec::with_capacity(targets.len());
+        targets.retain(|t| {
+            let new = !seen.contains(t);
+            if new {
+                seen.push(t.clone());
+            }
+            new
+        });
+        targets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventId;
+
+    fn table(yaml_routes: &str) -> RouteTable {
+        let text = format!(
+            "server: {{ listen: \"127.0.0.1:0\" }}\nstore: {{ path: x }}\n\
+             brokers:\n  rabbitmq: {{ url: \"amqp://x\" }}\n  kafka: {{ bootstrap_servers: x }}\n\
+             sources: {{ default: {{ api_keys: [k] }} }}\n{yaml_routes}"
+        );
+        let config = crate::config::load_str("t.yaml".as_ref(), &text, &[]).unwrap();
+        RouteTable::from_config(&config).unwrap()
+    }
+
+    fn event(ty: &str, body: &str) -> ValidatedEvent {
+        ValidatedEvent::new(
+            EventId::new(),
+            SourceName::parse("default").unwrap(),
+            EventType::parse(ty).unwrap(),
+            0,
+            body.to_owned().into(),
+        )
+    }
+
+    #[test]
+    fn first_match_wins_then_default() {
+        let t = table(
+            "routes:\n  - match: { type: \"order.*\" }\n    to:\n      - rabbitmq: { exchange: orders, routing_key: \"{source}.{type}\" }\n      - kafka: { topic: \"t-{type}\", key: /customer_id }\n  - match: { type: \"order.created\" }\n    to: [ { kafka: { topic: never } } ]\ndefault_route:\n  to: [ { rabbitmq: { exchange: events, routing_key: \"{type}\" } } ]\n",
+        );
+        let targets = t.resolve(&event("order.created", r#"{"customer_id": 42}"#));
+        assert_eq!(
+            targets,
+            vec![
+                Target::RabbitMq {
+                    exchange: "orders".into(),
+                    routing_key: "default.order.created".into()
+                },
+                Target::Kafka { topic: "t-order.created".into(), key: Some(b"42".to_vec()) },
+            ]
+        );
+        let other = t.resolve(&event("user.deleted", "{}"));
+        assert_eq!(
+            other,
+            vec![Target::RabbitMq {
+                exchange: "events".into(),
+                routing_key: "user.deleted".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn without_default_unmatched_is_unroutable() {
+        let t = table(
+            "routes:\n  - match: { type: \"a.*\" }\n    to: [ { kafka: { topic: a, key: /k } } ]\n",
+        );
+        let src = SourceName::parse("default").unwrap();
+        assert!(t.is_routable(&src, &EventType::parse("a.b").unwrap()));
+        assert!(!t.is_routable(&src, &EventType::parse("b.a").unwrap()));
+        // A missing key is no key, not an error.
+        assert_eq!(
+            t.resolve(&event("a.b", "{}")),
+            vec![Target::Kafka { topic: "a".into(), key: None }]
+        );
+        assert_eq!(
+            t.resolve(&event("a.b", r#"{"k":"abc"}"#)),
+            vec![Target::Kafka { topic: "a".into(), key: Some(b"abc".to_vec()) }]
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! Crash loop: the real binary under load, `kill -9` at random moments, restarted each time.
+//! A consumer on the real RabbitMQ checks the promise in RELIABILITY.md's vocabulary:
+//! lost = 0 and unexpected = 0; duplicated and recovered are counted and printed.
+//!
+//! The default run does 25 cycles. The long run:
+//! `ORCHESTRON_CRASH_CYCLES=1000 cargo test --release --test integration crash_loop_long -- --ignored --nocapture`
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{AMQP_URL, API_KEY, RabbitQueue, unique};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_orchestron"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the daemon")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        let health = client.get(format!("{base}/health")).send().await;
+        if health.is_ok_and(|r| r.status() == 200) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "daemon not ready after 30 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What the load generator saw.
+#[derive(Default)]
+struct Ledger {
+    /// Every body number a request was sent for (acknowledged or not).
+    attempted: BTreeSet<u64>,
+    /// Body numbers answered 202.
+    acked: BTreeSet<u64>,
+}
+
+async fn crash_loop(cycles: usize) {
+    let seed = std::env::var("ORCHESTRON_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let exchange = unique("crash");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("config.yaml");
+    let log = dir.path().join("daemon.log");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ listen: \"127.0.0.1:{port}\" }}\n\
+             store: {{ path: {} }}\n\
+             brokers: {{ rabbitmq: {{ url: \"{AMQP_URL}\" }} }}\n\
+             sources: {{ default: {{ api_keys: [\"{API_KEY}\"] }} }}\n\
+             relay: {{ backoff: {{ initial: 100ms, max: 1s }} }}\n\
+             default_route: {{ to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ] }}\n",
+            dir.path().join("o.redb").display()
+        ),
+    )
+    .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+
+    let mut child = start(&config, &log);
+    wait_ready(&client, &base).await;
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (ledger, next, stop, client, base) =
+                (ledger.clone(), next.clone(), stop.clone(), client.clone(), base.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    // std Mutex: held for an insert, never across an await.
+                    ledger.lock().unwrap().attempted.insert(n);
+                    let sent = client
+                        .post(format!("{base}/api/events/load.test"))
+                        .header("X-API-Key", API_KEY)
+                        .header("Content-Type", "application/json")
+                        .body(format!("{{\"n\":{n}}}"))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == 202 => {
+                            ledger.lock().unwrap().acked.insert(n);
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let mut ready_times = Vec::new();
+    for _ in 0..cycles {
+        tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        child = start(&config, &log);
+        ready_times.push(wait_ready(&client, &base).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let (attempted, acked) = {
+        let l = ledger.lock().unwrap();
+        (l.attempted.clone(), l.acked.clone())
+    };
+    // Wait until every acknowledged event arrived (or give up after a minute).
+    let mut delivered: BTreeMap<u64, usize> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !acked.iter().all(|n| delivered.contains_key(n)) {
+        for m in queue.collect(usize::MAX, Duration::from_millis(500)).await {
+            let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+            *delivered.entry(v["n"].as_u64().unwrap()).or_default() += 1;
+        }
+    }
+    for m in queue.collect(usize::MAX, Duration::from_secs(1)).await {
+        let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+        *delivered.entry(v["n"].as_u64().unwrap()).or_default() += 1;
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+
+    let lost: Vec<_> = acked.iter().filter(|n| !delivered.contains_key(n)).collect();
+    let unexpected: Vec<_> = delivered.keys().filter(|n| !attempted.contains(n)).collect();
+    let duplicated: usize = delivered.values().map(|c| c - 1).sum();
+    let recovered = delivered.keys().filter(|n| !acked.contains(n)).count();
+    ready_times.sort();
+    println!(
+        "crash loop: seed={seed} cycles={cycles} attempted={} acked={} delivered={} lost={} \
+         unexpected={} duplicated={duplicated} recovered={recovered} \
+         restart-to-ready p50={:?} max={:?}",
+        attempted.len(),
+        acked.len(),
+        delivered.len(),
+        lost.len(),
+        unexpected.len(),
+        ready_times[ready_times.len() / 2],
+        ready_times.last().unwrap(),
+    );
+    assert!(acked.len() > cycles, "the load generator got events through");
+    assert!(lost.is_empty(), "lost (acked, never delivered): {lost:?}; log: {}", log.display());
+    assert!(unexpected.is_empty(), "unexpected: {unexpected:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_kill_9_under_load_loses_nothing() {
+    crash_loop(25).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long run; see the module docs"]
+async fn crash_loop_long() {
+    let cycles = std::env::var("ORCHESTRON_CRASH_CYCLES").ok().and_then(|s| s.parse().ok());
+    crash_loop(cycles.unwrap_or(1000)).await;
+}

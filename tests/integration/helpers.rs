@@ -1,0 +1,243 @@
+//! Test harness: `TestApp` runs the daemon in-process with a temp store; broker helpers.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const API_KEY: &str = "test-key";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const KAFKA: &str = "127.0.0.1:9092";
+
+/// A unique name for this test's exchange, queue or topic.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), orchestron::app::AppError>>>,
+}
+
+/// Config text for a test daemon: `extra` adds brokers, routes, schemas and so on.
+pub fn config_text(store_dir: &Path, extra: &str) -> String {
+    format!(
+        "server:\n  listen: \"127.0.0.1:0\"\n  shutdown_timeout: 10s\n  max_body_bytes: 64KiB\n\
+         store:\n  path: {}\n\
+         sources:\n  default:\n    api_keys: [\"{API_KEY}\"]\n{extra}",
+        store_dir.join("orchestron.redb").display()
+    )
+}
+
+impl TestApp {
+    pub async fn spawn(extra: &str) -> TestApp {
+        Self::spawn_in(tempfile::tempdir().unwrap(), extra).await
+    }
+
+    /// Starts a daemon on an existing store directory (to test restarts).
+    pub async fn spawn_in(dir: TempDir, extra: &str) -> TestApp {
+        let text = config_text(dir.path(), extra);
+        let config = orchestron::config::load_str(Path::new("test.yaml"), &text, &[])
+            .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(orchestron::app::run(config, listener, async {
+            let _ = rx.await;
+        }));
+        TestApp { addr, dir, client: reqwest::Client::new(), shutdown: Some(tx), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// POSTs `body` as event type `ty` with the test API key.
+    pub async fn post(&self, ty: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/api/events/{ty}")))
+            .header("X-API-Key", API_KEY)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request reaches the daemon")
+    }
+
+    /// POSTs and expects 202; returns the event id.
+    pub async fn accept(&self, ty: &str, body: String) -> String {
+        let response = self.post(ty, body).await;
+        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+        let answer: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(answer["status"], "accepted");
+        answer["event_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Graceful shutdown; returns the store directory for a restart.
+    pub async fn stop(mut self) -> TempDir {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+        self.dir
+    }
+}
+
+/// A message as a consumer saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub body: Vec<u8>,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub key: Option<Vec<u8>>,
+    pub routing_key: String,
+    pub message_id: Option<String>,
+    pub delivery_mode: Option<u8>,
+}
+
+/// A durable queue bound to `exchange` (declared here as topic) with `binding`.
+pub struct RabbitQueue {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Received>,
+    _conn: Connection,
+}
+
+impl RabbitQueue {
+    pub async fn bind(exchange: &str, binding: &str) -> RabbitQueue {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672 (bash .ci/run starts it)");
+        let channel = conn.create_channel().await.unwrap();
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(exchange.into(), ExchangeKind::Topic, durable, FieldTable::default())
+            .await
+            .unwrap();
+        let queue = unique("q");
+        let options =
+            QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        channel.queue_declare(queue.as_str().into(), options, FieldTable::default()).await.unwrap();
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                exchange.into(),
+                binding.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let mut consumer = channel
+            .basic_consume(
+                queue.as_str().into(),
+                "test".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                let props = &delivery.properties;
+                let headers = props
+                    .headers()
+                    .as_ref()
+                    .map(|t| t.inner().iter().map(|(k, v)| (k.to_string(), amqp_text(v))).collect())
+                    .unwrap_or_default();
+                let received = Received {
+                    body: delivery.data.clone(),
+                    headers,
+                    key: None,
+                    routing_key: delivery.routing_key.to_string(),
+                    message_id: props.message_id().as_ref().map(|s| s.to_string()),
+                    delivery_mode: *props.delivery_mode(),
+                };
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                if tx.send(received).is_err() {
+                    break;
+                }
+            }
+        });
+        RabbitQueue { rx, _conn: conn }
+    }
+
+    /// Collects messages until `n` arrived or `within` passed.
+    pub async fn collect(&mut self, n: usize, within: Duration) -> Vec<Received> {
+        collect(&mut self.rx, n, within).await
+    }
+}
+
+pub async fn collect(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Received>,
+    n: usize,
+    within: Duration,
+) -> Vec<Received> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while out.len() < n {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(m)) => out.push(m),
+            _ => break,
+        }
+    }
+    out
+}
+
+fn amqp_text(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A TCP proxy between the daemon and a broker, to cut and restore the network path while
+/// the broker itself keeps running (other tests share it).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    up: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: &'static str, up: bool) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, _) = tokio::sync::watch::channel(up);
+        let tx = std::sync::Arc::new(tx);
+        let state = std::sync::Arc::clone(&tx);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { break };
+                let mut up_rx = state.subscribe();
+                if !*up_rx.borrow() {
+                    drop(inbound); // refused: the broker looks down
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = up_rx.wait_for(|up| !*up) => {} // cut: both sockets drop
+                    }
+                });
+            }
+        });
+        Proxy { addr, up: tx }
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}

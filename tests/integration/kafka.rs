@@ -1,0 +1,184 @@
+//! Delivery to Kafka: rdkafka's MockCluster (fault injection) and the tansu broker.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+use crate::helpers::{KAFKA, Received, TestApp, unique};
+
+fn kafka_config(bootstrap: &str, topic: &str, extra_props: &str) -> String {
+    format!(
+        "brokers:\n  kafka:\n    bootstrap_servers: \"{bootstrap}\"\n    message_timeout: 10s\n{extra_props}\
+         relay:\n  backoff: {{ initial: 100ms, max: 1s }}\n\
+         default_route:\n  to:\n    - kafka: {{ topic: {topic}, key: /customer }}\n"
+    )
+}
+
+fn body(n: usize) -> String {
+    format!("{{\"n\": {n}, \"customer\": \"c{}\"}}", n % 5)
+}
+
+/// Reads `n` records from every partition of `topic`, from the beginning.
+async fn consume(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    n: usize,
+    within: Duration,
+) -> Vec<Received> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("g"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while out.len() < n {
+        let Ok(next) = tokio::time::timeout_at(deadline, consumer.recv()).await else { break };
+        let Ok(m) = next else { continue };
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(Received {
+            body: m.payload().unwrap_or_default().to_vec(),
+            headers,
+            key: m.key().map(<[u8]>::to_vec),
+            routing_key: format!("{}", m.partition()),
+            message_id: None,
+            delivery_mode: None,
+        });
+    }
+    out
+}
+
+fn check_delivered(sent: &BTreeMap<String, String>, got: &[Received]) {
+    let ids: BTreeSet<_> = got.iter().map(|m| m.headers["ce_id"].clone()).collect();
+    assert_eq!(ids.len(), got.len(), "no duplicates");
+    assert_eq!(ids, sent.keys().cloned().collect(), "exactly the accepted events");
+    let mut partition_of_customer = BTreeMap::new();
+    for m in got {
+        let body = &sent[&m.headers["ce_id"]];
+        assert_eq!(m.body, body.as_bytes(), "body byte for byte");
+        let value: serde_json::Value = serde_json::from_str(body).unwrap();
+        let customer = value["customer"].as_str().unwrap();
+        assert_eq!(m.key.as_deref(), Some(customer.as_bytes()), "key from the JSON pointer");
+        for h in ["ce_specversion", "ce_type", "ce_source", "ce_time", "content-type"] {
+            assert!(m.headers.contains_key(h), "header {h} missing");
+        }
+        assert_eq!(m.headers["ce_type"], "order.created");
+        let partition =
+            partition_of_customer.entry(customer.to_owned()).or_insert(m.routing_key.clone());
+        assert_eq!(*partition, m.routing_key, "one customer's events share a partition");
+    }
+}
+
+async fn post_all(app: &TestApp, range: std::ops::Range<usize>) -> BTreeMap<String, String> {
+    let posts = range.map(|n| async move { (app.accept("order.created", body(n)).await, body(n)) });
+    futures_util::future::join_all(posts).await.into_iter().collect()
+}
+
+#[tokio::test]
+async fn mock_cluster_receives_every_event_with_key_and_headers_despite_request_errors() {
+    let mock = MockCluster::new(3).unwrap();
+    let topic = unique("t");
+    mock.create_topic(&topic, 3, 3).unwrap();
+    // The first produce requests fail with retriable errors: the idempotent producer retries
+    // them without duplicating.
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4],
+    );
+    let bootstrap = mock.bootstrap_servers();
+    let app = TestApp::spawn(&kafka_config(&bootstrap, &topic, "")).await;
+    let sent = post_all(&app, 0..100).await;
+    let got = consume(&bootstrap, &topic, 3, 100, Duration::from_secs(30)).await;
+    check_delivered(&sent, &got);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn mock_cluster_down_then_up_delivers_the_backlog_once() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = unique("t");
+    mock.create_topic(&topic, 2, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    mock.broker_down(1).unwrap();
+    let app = TestApp::spawn(&kafka_config(&bootstrap, &topic, "")).await;
+    let sent = post_all(&app, 0..40).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    mock.broker_up(1).unwrap();
+    let got = consume(&bootstrap, &topic, 2, 40, Duration::from_secs(30)).await;
+    check_delivered(&sent, &got);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_record_is_kept_as_permanent_failure_and_the_rest_is_delivered() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = unique("t");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let props = "    properties:\n      message.max.bytes: \"4096\"\n";
+    let app = TestApp::spawn(&kafka_config(&bootstrap, &topic, props)).await;
+    let big = format!("{{\"customer\": \"big\", \"pad\": \"{}\"}}", "x".repeat(8000));
+    let big_id = app.accept("order.created", big).await;
+    let sent = post_all(&app, 0..10).await;
+    let got = consume(&bootstrap, &topic, 1, 11, Duration::from_secs(5)).await;
+    assert!(got.iter().all(|m| m.headers["ce_id"] != big_id), "too large: not delivered");
+    check_delivered(&sent, &got);
+    let dir = app.stop().await;
+
+    // Not dropped either: it is still in the outbox.
+    let config = orchestron::config::StoreConfig {
+        path: dir.path().join("orchestron.redb"),
+        max_bytes: bytesize::ByteSize::gib(1),
+        cache_bytes: bytesize::ByteSize::mib(4),
+        commit_batch_max: 16,
+    };
+    let (store, closer) = orchestron::store::Store::open(&config).unwrap();
+    assert_eq!(store.pending().await.unwrap(), 1);
+    closer.close().await;
+}
+
+#[tokio::test]
+async fn tansu_broker_receives_every_event_with_its_key() {
+    let topic = unique("t");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", KAFKA).create().unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(&topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("a Kafka-protocol broker on 127.0.0.1:9092 (bash .ci/run starts tansu)");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    let app = TestApp::spawn(&kafka_config(KAFKA, &topic, "")).await;
+    let sent = post_all(&app, 0..100).await;
+    let got = consume(KAFKA, &topic, 3, 100, Duration::from_secs(30)).await;
+    check_delivered(&sent, &got);
+    app.stop().await;
+}

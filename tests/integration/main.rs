@@ -1,0 +1,13 @@
+//! Integration tests: the real daemon (in-process on port 0, or the real binary for crash
+//! tests) against the real RabbitMQ on 127.0.0.1:5672, a Kafka-protocol broker (tansu) on
+//! 127.0.0.1:9092, and rdkafka's in-process MockCluster for Kafka fault injection.
+//!
+//! Each test uses its own exchange, queue or topic name and its own temp store, so tests run
+//! in parallel without seeing each other's messages.
+
+mod config_files;
+mod crash;
+mod helpers;
+mod ingest;
+mod kafka;
+mod rabbitmq;
