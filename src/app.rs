@@ -81,7 +81,7 @@ pub async fn run(
     let relay_task = tokio::spawn(relay.run(relay_cancel.clone()));
 
     let http_cancel = CancellationToken::new();
-    let router = ingest::router(IngestState { store: store.clone(), live });
+    let router = ingest::router(IngestState { sink: Arc::new(store.clone()), live });
     let addr = listener.local_addr()?;
     let server =
         axum::serve(listener, router).with_graceful_shutdown(http_cancel.clone().cancelled_owned());

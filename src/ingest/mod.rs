@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -25,12 +26,25 @@ pub use error::IngestError;
 
 use crate::app::LiveConfig;
 use crate::event::{EventId, EventType, SourceName, ValidatedEvent, now_ms};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// Where accepted events go: the store in the daemon. The seam exists so that benchmarks can
+/// measure the HTTP and validation path alone, with the same router.
+pub trait EventSink: Send + Sync + 'static {
+    /// Resolves once the event is durable (or refused).
+    fn append(&self, event: ValidatedEvent) -> BoxFuture<'_, Result<EventId, StoreError>>;
+}
+
+impl EventSink for Store {
+    fn append(&self, event: ValidatedEvent) -> BoxFuture<'_, Result<EventId, StoreError>> {
+        Box::pin(Store::append(self, event))
+    }
+}
 
 /// What the ingest handlers share: a cheap clone per request.
 #[derive(Clone)]
 pub struct IngestState {
-    pub store: Store,
+    pub sink: Arc<dyn EventSink>,
     /// One snapshot is loaded per request and used from start to end.
     pub live: Arc<ArcSwap<LiveConfig>>,
 }
@@ -104,7 +118,7 @@ async fn accept(
         return Err(IngestError::Unroutable);
     }
     let event = ValidatedEvent::new(EventId::new(), source, event_type, now_ms(), bytes);
-    let id = state.store.append(event).await?;
+    let id = state.sink.append(event).await?;
     tracing::debug!(event_id = %id, source = "default", "event accepted");
     Ok(id)
 }

@@ -54,25 +54,26 @@ impl Relay {
     /// Runs passes until `cancel`; a pass in progress is finished first.
     pub async fn run(self, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
-            let wait = match self.run_once().await {
+            let (wait, wake_on_append) = match self.run_once().await {
                 // Something was published: there may be more right away.
                 Ok(pass) if pass.delivered + pass.failed > 0 => continue,
-                // Everything due waits for a broker: do not churn through the backlog; a
-                // reconnect wakes us.
-                Ok(pass) if pass.deferred > 0 => DEFER_DELAY,
-                Ok(pass) => pass
-                    .next_due_ms
-                    .map(|due| Duration::from_millis(due.saturating_sub(now_ms())))
-                    .unwrap_or(MAX_IDLE)
-                    .min(MAX_IDLE),
+                // Everything due waits for a broker: new events would wait too, so neither
+                // they nor the backlog are worth a pass until a reconnect or the defer delay.
+                Ok(pass) if pass.deferred > 0 => (DEFER_DELAY, false),
+                Ok(pass) => {
+                    let until_due = pass
+                        .next_due_ms
+                        .map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
+                    (until_due.unwrap_or(MAX_IDLE).min(MAX_IDLE), true)
+                }
                 Err(error) => {
                     tracing::error!(%error, "relay pass failed");
-                    ERROR_PAUSE
+                    (ERROR_PAUSE, false)
                 }
             };
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = self.store.appended() => {}
+                _ = self.store.appended(), if wake_on_append => {}
                 _ = self.publishers.connected.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
@@ -90,7 +91,11 @@ impl Relay {
             next_due_ms: claim.next_due_ms,
             ..Pass::default()
         };
+        let mut settlements = set_aside(policy, &claim);
         if claim.entries.is_empty() {
+            if !settlements.is_empty() {
+                self.store.settle(settlements).await?;
+            }
             return Ok(pass);
         }
         let now = now_ms();
@@ -145,12 +150,13 @@ impl Relay {
                 }
             }
         }
-        let settlements = claim
-            .entries
-            .iter()
-            .zip(deliveries)
-            .map(|(entry, delivery)| settle(policy, entry, delivery, now))
-            .collect();
+        settlements.extend(
+            claim
+                .entries
+                .iter()
+                .zip(deliveries)
+                .map(|(entry, delivery)| settle(policy, entry, delivery, now)),
+        );
         self.store.settle(settlements).await?;
         Ok(pass)
     }
@@ -174,6 +180,21 @@ impl Relay {
             .collect();
         Delivery { destinations }
     }
+}
+
+/// Entries the store could not read are kept and looked at again every `backoff.max`; index
+/// entries without an event are dropped.
+fn set_aside(policy: &RelayPolicy, claim: &crate::store::Claim) -> Vec<Settlement> {
+    let later = now_ms() + policy.backoff_max.as_millis() as u64;
+    let unreadable = claim.unreadable.iter().map(|(seq, due_ms, error)| {
+        tracing::error!(seq, %error, "outbox entry unreadable; kept in the store and skipped");
+        Settlement::Defer { seq: *seq, due_ms: *due_ms, next_due_ms: later }
+    });
+    let orphans = claim.orphans.iter().map(|&(seq, due_ms)| {
+        tracing::warn!(seq, "due index named a missing event; index entry dropped");
+        Settlement::DropIndex { seq, due_ms }
+    });
+    unreadable.chain(orphans).collect()
 }
 
 fn record_failure(

@@ -102,6 +102,10 @@ pub enum Settlement {
     Delete { seq: u64, due_ms: u64 },
     /// Some destinations are still pending: store their state, index under the next due time.
     Reschedule { seq: u64, due_ms: u64, delivery: Delivery, next_due_ms: u64 },
+    /// Only move the entry in the due index (an unreadable record: kept, looked at later).
+    Defer { seq: u64, due_ms: u64, next_due_ms: u64 },
+    /// Drop a due-index entry whose event no longer exists.
+    DropIndex { seq: u64, due_ms: u64 },
 }
 
 /// A claim: the due entries, and when the next one not yet due will be.
@@ -109,6 +113,11 @@ pub enum Settlement {
 pub struct Claim {
     pub entries: Vec<OutboxEntry>,
     pub next_due_ms: Option<u64>,
+    /// Due entries that could not be read, with why. They are never skipped silently: the
+    /// relay defers and logs them, and they stay in the file for inspection.
+    pub unreadable: Vec<(u64, u64, StoreError)>,
+    /// Due-index entries whose event is gone (seq, due time).
+    pub orphans: Vec<(u64, u64)>,
 }
 
 /// State the writer thread and the handles share.
@@ -120,6 +129,17 @@ struct Shared {
     file_bytes: AtomicU64,
     /// Woken after every commit that appended events, so an idle relay starts at once.
     appended: Notify,
+    /// Durable (fsync'd) commits since open.
+    durable_commits: AtomicU64,
+    /// Events appended since open.
+    appended_events: AtomicU64,
+}
+
+/// Counters since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub durable_commits: u64,
+    pub appended_events: u64,
 }
 
 /// A cheap, cloneable handle to the store.
@@ -149,6 +169,8 @@ impl Store {
             healthy: AtomicBool::new(true),
             file_bytes: AtomicU64::new(file_len(&config.path)),
             appended: Notify::new(),
+            durable_commits: AtomicU64::new(0),
+            appended_events: AtomicU64::new(0),
         });
         tracing::info!(
             path = %config.path.display(),
@@ -216,6 +238,13 @@ impl Store {
     /// False from a failed commit until the database has been reopened.
     pub fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Relaxed)
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            durable_commits: self.shared.durable_commits.load(Ordering::Relaxed),
+            appended_events: self.shared.appended_events.load(Ordering::Relaxed),
+        }
     }
 
     /// Size of the store file after the last commit.
@@ -330,16 +359,21 @@ fn claim(db: &Database, now_ms: u64, limit: usize) -> Result<Claim> {
             break;
         }
         let Some(bytes) = events.get(seq)? else {
-            tracing::error!(seq, "due index names a missing event; skipping it");
+            claim.orphans.push((seq, due_ms));
             continue;
         };
-        let event = record::decode_event(bytes.value())
-            .map_err(|source| StoreError::Corrupt { seq, source })?;
-        let state = delivery
-            .get(seq)?
-            .map(|b| record::decode_delivery(b.value()))
-            .transpose()
-            .map_err(|source| StoreError::Corrupt { seq, source })?;
+        let decoded = record::decode_event(bytes.value()).and_then(|event| {
+            let state = delivery.get(seq).ok().flatten();
+            let state = state.map(|b| record::decode_delivery(b.value())).transpose()?;
+            Ok((event, state))
+        });
+        let (event, state) = match decoded {
+            Ok(decoded) => decoded,
+            Err(source) => {
+                claim.unreadable.push((seq, due_ms, StoreError::Corrupt { seq, source }));
+                continue;
+            }
+        };
         claim.entries.push(OutboxEntry { seq, due_ms, event, delivery: state });
     }
     Ok(claim)

@@ -112,3 +112,42 @@ async fn over_quota_appends_are_refused_but_settles_still_apply() {
     store.settle(vec![]).await.unwrap();
     closer.close().await;
 }
+
+#[tokio::test]
+async fn damaged_records_and_orphan_index_entries_are_reported_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    let (store, closer) = Store::open(&cfg).unwrap();
+    store.append(event("{\"ok\":1}", 10)).await.unwrap();
+    closer.close().await;
+    drop(store);
+    {
+        let db = Database::create(&cfg.path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(EVENTS).unwrap().insert(500, &[1u8, 2, 3][..]).unwrap();
+        let mut due = txn.open_table(DUE).unwrap();
+        due.insert((11, 500), ()).unwrap();
+        due.insert((12, 600), ()).unwrap(); // no event 600
+        drop(due);
+        txn.commit().unwrap();
+    }
+    let (store, closer) = Store::open(&cfg).unwrap();
+    let claim = store.claim_due(100, 10).await.unwrap();
+    assert_eq!(claim.entries.len(), 1, "the good entry is still claimed");
+    assert_eq!(claim.unreadable.len(), 1);
+    assert!(matches!(claim.unreadable[0].2, StoreError::Corrupt { seq: 500, .. }));
+    assert_eq!(claim.orphans, vec![(600, 12)]);
+    store
+        .settle(vec![
+            Settlement::Defer { seq: 500, due_ms: 11, next_due_ms: 1000 },
+            Settlement::DropIndex { seq: 600, due_ms: 12 },
+        ])
+        .await
+        .unwrap();
+    let claim = store.claim_due(100, 10).await.unwrap();
+    assert!(claim.unreadable.is_empty() && claim.orphans.is_empty());
+    assert_eq!(claim.next_due_ms, Some(1000));
+    let later = store.claim_due(1000, 10).await.unwrap();
+    assert_eq!(later.unreadable.len(), 1, "kept, not deleted");
+    closer.close().await;
+}

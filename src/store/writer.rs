@@ -107,7 +107,11 @@ impl Writer {
         // Dropping the last handle to the database closes the file cleanly.
         self.shared.db.store(None);
         self.db = None;
-        tracing::info!("store closed");
+        tracing::info!(
+            durable_commits = self.shared.durable_commits.load(Ordering::Relaxed),
+            appended_events = self.shared.appended_events.load(Ordering::Relaxed),
+            "store closed"
+        );
     }
 
     fn execute(&mut self, batch: Vec<Command>) {
@@ -129,11 +133,14 @@ impl Writer {
             Ok(pending) => {
                 self.dirty = !needs_fsync;
                 self.shared.file_bytes.store(file_len(&self.shared.path), Ordering::Relaxed);
-                let mut appended = false;
+                if needs_fsync {
+                    self.shared.durable_commits.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut appended = 0;
                 for p in pending {
                     match p {
                         Pending::Append(reply, result) => {
-                            appended |= result.is_ok();
+                            appended += u64::from(result.is_ok());
                             let _ = reply.send(result);
                         }
                         Pending::Settle(reply) => {
@@ -144,7 +151,8 @@ impl Writer {
                         }
                     }
                 }
-                if appended {
+                if appended > 0 {
+                    self.shared.appended_events.fetch_add(appended, Ordering::Relaxed);
                     self.shared.appended.notify_one();
                 }
             }
@@ -323,6 +331,13 @@ fn apply_settlement(
             due.remove((due_ms, seq))?;
             due.insert((next_due_ms, seq), ())?;
             delivery.insert(seq, record::encode_delivery(&state).as_slice())?;
+        }
+        Settlement::Defer { seq, due_ms, next_due_ms } => {
+            due.remove((due_ms, seq))?;
+            due.insert((next_due_ms, seq), ())?;
+        }
+        Settlement::DropIndex { seq, due_ms } => {
+            due.remove((due_ms, seq))?;
         }
     }
     Ok(())

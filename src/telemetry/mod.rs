@@ -11,7 +11,11 @@ pub enum LogFormat {
 
 /// Installs the global subscriber; call once, first thing in `main`.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // lapin logs a returned message with its body at WARN; bodies never reach our logs
+        // (the relay logs the return itself, without the body).
+        .add_directive("lapin::returned_messages=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -37,3 +37,28 @@ fn check_config_exits_zero_on_good_and_nonzero_with_the_key_on_bad() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("relya") && stderr.contains("bad.yaml"), "{stderr}");
 }
+
+#[test]
+fn packaged_config_resolves_systemd_credentials_and_env_overrides() {
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(creds.path().join("api-key"), "k-from-credential\n").unwrap();
+    std::fs::write(creds.path().join("rabbitmq-password"), "pw").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_orchestron"))
+        .args(["check-config", "--config", "packaging/config.yaml"])
+        .env("CREDENTIALS_DIRECTORY", creds.path())
+        // The packaged schema directory is /etc/orchestron/schemas; point it at the repo's.
+        .env("ORCHESTRON_SCHEMAS__DIR", "config/schemas")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Without the credential, the reference is an error that names it, not an empty key.
+    let out = Command::new(env!("CARGO_BIN_EXE_orchestron"))
+        .args(["check-config", "--config", "packaging/config.yaml"])
+        .env("CREDENTIALS_DIRECTORY", tempfile::tempdir().unwrap().path())
+        .env("ORCHESTRON_SCHEMAS__DIR", "config/schemas")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rabbitmq-password"));
+}

@@ -82,26 +82,10 @@ async fn each_refusal_has_its_status_code_and_a_json_body() {
     assert_eq!(b["violations"][0]["pointer"], "");
 
     // No route and no default route: refused rather than accepted into a void.
-    let r = c
-        .post(app.url("/api/events/user.created"))
-        .header("X-API-Key", API_KEY)
-        .header("Content-Type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let (s, b) = error_of(r).await;
+    let (s, b) = error_of(app.post("user.created", "{}").await).await;
     assert_eq!((s, b["error"].as_str()), (422, Some("unroutable")));
     // Event types are a restricted alphabet (they name schema files).
-    let r = c
-        .post(app.url("/api/events/..%2Fetc"))
-        .header("X-API-Key", API_KEY)
-        .header("Content-Type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let (s, b) = error_of(r).await;
+    let (s, b) = error_of(app.post("..%2Fetc", "{}").await).await;
     assert_eq!((s, b["error"].as_str()), (400, Some("invalid_event_type")));
     let (s, _) = error_of(c.get(app.url("/nope")).send().await.unwrap()).await;
     assert_eq!(s, 404);

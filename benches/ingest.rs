@@ -1,0 +1,329 @@
+//! Ingest benchmark: durable group commit against its baselines, in one run.
+//!
+//! ```text
+//! cargo bench --bench ingest                       # throughput arms (needs `wrk`)
+//! cargo bench --bench ingest -- memory 1000000     # queue N events, report RSS, file, restarts
+//! ```
+//!
+//! Throughput arms, interleaved, three repeats, medians (PERFORMANCE.md):
+//! * `fsync`: a loop appending 1 KiB + `fdatasync` to a file (the disk's floor, events/s);
+//! * `validate-only`: the real ingest router with the store replaced by nothing;
+//! * `one-commit`: the real router and store with `commit_batch_max: 1` (one fsync per event);
+//! * `group-commit`: the real router and store as shipped;
+//! * `daemon`: the release binary itself, broker unreachable, so events stay in the outbox.
+//!
+//! `wrk` POSTs `benches/post.lua`'s ~1 KiB body that `config/schemas/order.created.json`
+//! validates, from the same 2-core machine.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use futures_util::future::BoxFuture;
+use orchestron::app::LiveConfig;
+use orchestron::config::Config;
+use orchestron::event::{EventId, ValidatedEvent};
+use orchestron::ingest::{EventSink, IngestState};
+use orchestron::store::{Store, StoreError};
+
+const KEY: &str = "bench-key";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    match args.first().map(String::as_str) {
+        Some("memory") => {
+            let n = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+            runtime.block_on(memory(n));
+        }
+        _ => runtime.block_on(throughput()),
+    }
+}
+
+/// A store that keeps nothing: the validate-only arm.
+struct Discard;
+
+impl EventSink for Discard {
+    fn append(&self, event: ValidatedEvent) -> BoxFuture<'_, Result<EventId, StoreError>> {
+        Box::pin(async move { Ok(event.id()) })
+    }
+}
+
+fn bench_config(dir: &Path, port: u16, commit_batch_max: usize) -> (PathBuf, Config) {
+    let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/schemas");
+    let text = format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", max_body_bytes: 64KiB }}\n\
+         store: {{ path: {}, commit_batch_max: {commit_batch_max} }}\n\
+         brokers: {{ rabbitmq: {{ url: \"amqp://guest:guest@127.0.0.1:1/%2f\" }} }}\n\
+         sources: {{ default: {{ api_keys: [\"{KEY}\"] }} }}\n\
+         schemas: {{ dir: {} }}\n\
+         default_route: {{ to: [ {{ rabbitmq: {{ exchange: events, routing_key: \"{{type}}\" }} }} ] }}\n",
+        dir.join("bench.redb").display(),
+        schemas.display()
+    );
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, &text).unwrap();
+    let config = orchestron::config::load_str(&path, &text, &[]).unwrap();
+    (path, config)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    events_per_fsync: Option<f64>,
+}
+
+fn wrk(port: u16, connections: usize, seconds: u64) -> Sample {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/post.lua");
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
+        .arg(&script)
+        .arg(format!("http://127.0.0.1:{port}/api/events/order.created"))
+        .env("ORCHESTRON_BENCH_KEY", KEY)
+        .output()
+        .expect("wrk on PATH (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx"), "some requests were not accepted:\n{text}");
+    let field = |label: &str| -> f64 {
+        let line = text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| {
+            panic!("no {label:?} in wrk output:\n{text}")
+        });
+        parse_value(line.trim_start()[label.len()..].trim())
+    };
+    Sample {
+        rps: field("Requests/sec:"),
+        p50_ms: field("50%"),
+        p99_ms: field("99%"),
+        events_per_fsync: None,
+    }
+}
+
+/// wrk values: `1.23ms`, `850.00us`, `1.02s`, or plain numbers.
+fn parse_value(v: &str) -> f64 {
+    let num = |s: &str| s.parse::<f64>().unwrap_or_else(|_| panic!("number in {v:?}"));
+    if let Some(x) = v.strip_suffix("us") {
+        num(x) / 1000.0
+    } else if let Some(x) = v.strip_suffix("ms") {
+        num(x)
+    } else if let Some(x) = v.strip_suffix('s') {
+        num(x) * 1000.0
+    } else {
+        num(v)
+    }
+}
+
+/// Serves the real ingest router on `sink` until the returned sender is dropped.
+async fn serve(config: &Config, sink: Arc<dyn EventSink>) -> (u16, tokio::sync::oneshot::Sender<()>) {
+    let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(config).unwrap()));
+    let router = orchestron::ingest::router(IngestState { sink, live });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    (port, tx)
+}
+
+async fn arm(name: &str, connections: usize, seconds: u64) -> Sample {
+    let dir = tempfile::tempdir().unwrap();
+    match name {
+        "validate-only" => {
+            let (_, config) = bench_config(dir.path(), 0, 1024);
+            let (port, stop) = serve(&config, Arc::new(Discard)).await;
+            let s = tokio::task::spawn_blocking(move || wrk(port, connections, seconds)).await.unwrap();
+            drop(stop);
+            s
+        }
+        "one-commit" | "group-commit" => {
+            let batch = if name == "one-commit" { 1 } else { 1024 };
+            let (_, config) = bench_config(dir.path(), 0, batch);
+            let (store, closer) = Store::open(&config.store).unwrap();
+            let (port, stop) = serve(&config, Arc::new(store.clone())).await;
+            let mut s =
+                tokio::task::spawn_blocking(move || wrk(port, connections, seconds)).await.unwrap();
+            drop(stop);
+            let stats = store.stats();
+            s.events_per_fsync =
+                Some(stats.appended_events as f64 / stats.durable_commits.max(1) as f64);
+            closer.close().await;
+            s
+        }
+        "daemon" => {
+            let port = free_port();
+            let (path, _) = bench_config(dir.path(), port, 1024);
+            let mut child = start_daemon(&path);
+            wait_ready(port).await;
+            let s = tokio::task::spawn_blocking(move || wrk(port, connections, seconds)).await.unwrap();
+            stop_daemon(&mut child);
+            s
+        }
+        other => unreachable!("arm {other}"),
+    }
+}
+
+fn fsync_baseline(seconds: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = std::fs::File::create(dir.path().join("fsync.bin")).unwrap();
+    let block = [b'x'; 1024];
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds) {
+        file.write_all(&block).unwrap();
+        file.sync_data().unwrap();
+        n += 1;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn throughput() {
+    let seconds: u64 = env_or("ORCHESTRON_BENCH_SECONDS", 10);
+    let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
+    let arms = ["validate-only", "one-commit", "group-commit", "daemon"];
+    let mut fsync = Vec::new();
+    let mut results: Vec<(usize, &str, Vec<Sample>)> = Vec::new();
+    for connections in [64, 256] {
+        for a in arms {
+            results.push((connections, a, Vec::new()));
+        }
+    }
+    for repeat in 0..repeats {
+        fsync.push(tokio::task::spawn_blocking(|| fsync_baseline(3)).await.unwrap());
+        for (connections, name, samples) in results.iter_mut() {
+            let s = arm(name, *connections, seconds).await;
+            eprintln!("repeat {repeat} c={connections} {name}: {s:?}");
+            samples.push(s);
+        }
+    }
+    let fsync = median(fsync);
+    println!("\nfsync baseline (1 KiB append + fdatasync, serial): {fsync:.0} events/s\n");
+    println!("| connections | arm | events/s | p50 ms | p99 ms | events/fsync | vs one-commit | vs validate-only |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for connections in [64, 256] {
+        let rps_of = |arm: &str| {
+            let (_, _, s) = results.iter().find(|(c, a, _)| *c == connections && *a == arm).unwrap();
+            median(s.iter().map(|s| s.rps).collect())
+        };
+        for (c, name, samples) in results.iter().filter(|(c, _, _)| *c == connections) {
+            let rps = median(samples.iter().map(|s| s.rps).collect());
+            let p50 = median(samples.iter().map(|s| s.p50_ms).collect());
+            let p99 = median(samples.iter().map(|s| s.p99_ms).collect());
+            let epf = samples
+                .iter()
+                .filter_map(|s| s.events_per_fsync)
+                .collect::<Vec<_>>();
+            let epf = if epf.is_empty() { "-".to_owned() } else { format!("{:.0}", median(epf)) };
+            println!(
+                "| {c} | {name} | {rps:.0} | {p50:.2} | {p99:.2} | {epf} | {:.1}× | {:.2}× |",
+                rps / rps_of("one-commit"),
+                rps / rps_of("validate-only")
+            );
+        }
+    }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_daemon(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_orchestron"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the daemon")
+}
+
+fn stop_daemon(child: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+async fn wait_ready(port: u16) -> Duration {
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    loop {
+        let r = client.get(format!("http://127.0.0.1:{port}/health")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "daemon not ready");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Queues `n` events in the daemon (broker unreachable), then reports memory, disk and
+/// restart times with that backlog.
+async fn memory(n: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (path, config) = bench_config(dir.path(), port, 1024);
+    let mut child = start_daemon(&path);
+    wait_ready(port).await;
+    let idle_rss = proc_status_kib(child.id(), "VmRSS:");
+    let started = Instant::now();
+    let mut queued = 0u64;
+    while queued < n {
+        // wrk runs for a duration; rerun short bursts until `n` events are in.
+        let s = tokio::task::spawn_blocking(move || wrk(port, 64, 10)).await.unwrap();
+        queued += (s.rps * 10.0) as u64;
+        eprintln!("~{queued} queued");
+    }
+    let rss = proc_status_kib(child.id(), "VmRSS:");
+    let hwm = proc_status_kib(child.id(), "VmHWM:");
+    let file = std::fs::metadata(&config.store.path).unwrap().len();
+    stop_daemon(&mut child);
+    let (store, closer) = Store::open(&config.store).unwrap();
+    let pending = store.pending().await.unwrap();
+    closer.close().await;
+    let mut child = start_daemon(&path);
+    let clean_restart = wait_ready(port).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut child = start_daemon(&path);
+    let crash_restart = wait_ready(port).await;
+    stop_daemon(&mut child);
+    println!(
+        "\nqueued {pending} events in {:.0} s (broker unreachable)\n\
+         | figure | value |\n|---|---|\n\
+         | RSS idle | {:.1} MB |\n| RSS with backlog | {:.1} MB |\n| VmHWM | {:.1} MB |\n\
+         | store file | {:.2} GB ({:.0} bytes/event) |\n\
+         | restart to ready, clean | {:?} |\n| restart to ready, after kill -9 | {:?} |",
+        started.elapsed().as_secs_f64(),
+        idle_rss as f64 / 1024.0,
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        file as f64 / 1e9,
+        file as f64 / pending.max(1) as f64,
+        clean_restart,
+        crash_restart,
+    );
+}
