@@ -90,9 +90,10 @@ fn wrk(port: u16, connections: usize, seconds: u64) -> Sample {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("Non-2xx"), "some requests were not accepted:\n{text}");
     let field = |label: &str| -> f64 {
-        let line = text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| {
-            panic!("no {label:?} in wrk output:\n{text}")
-        });
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} in wrk output:\n{text}"));
         parse_value(line.trim_start()[label.len()..].trim())
     };
     Sample {
@@ -118,7 +119,10 @@ fn parse_value(v: &str) -> f64 {
 }
 
 /// Serves the real ingest router on `sink` until the returned sender is dropped.
-async fn serve(config: &Config, sink: Arc<dyn EventSink>) -> (u16, tokio::sync::oneshot::Sender<()>) {
+async fn serve(
+    config: &Config,
+    sink: Arc<dyn EventSink>,
+) -> (u16, tokio::sync::oneshot::Sender<()>) {
     let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(config).unwrap()));
     let router = orchestron::ingest::router(IngestState { sink, live });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -141,7 +145,8 @@ async fn arm(name: &str, connections: usize, seconds: u64) -> Sample {
         "validate-only" => {
             let (_, config) = bench_config(dir.path(), 0, 1024);
             let (port, stop) = serve(&config, Arc::new(Discard)).await;
-            let s = tokio::task::spawn_blocking(move || wrk(port, connections, seconds)).await.unwrap();
+            let s =
+                tokio::task::spawn_blocking(move || wrk(port, connections, seconds)).await.unwrap();
             drop(stop);
             s
         }
@@ -164,7 +169,8 @@ async fn arm(name: &str, connections: usize, seconds: u64) -> Sample {
             let (path, _) = bench_config(dir.path(), port, 1024);
             let mut child = start_daemon(&path);
             wait_ready(port).await;
-            let s = tokio::task::spawn_blocking(move || wrk(port, connections, seconds)).await.unwrap();
+            let s =
+                tokio::task::spawn_blocking(move || wrk(port, connections, seconds)).await.unwrap();
             stop_daemon(&mut child);
             s
         }
@@ -212,21 +218,21 @@ async fn throughput() {
     }
     let fsync = median(fsync);
     println!("\nfsync baseline (1 KiB append + fdatasync, serial): {fsync:.0} events/s\n");
-    println!("| connections | arm | events/s | p50 ms | p99 ms | events/fsync | vs one-commit | vs validate-only |");
+    println!(
+        "| connections | arm | events/s | p50 ms | p99 ms | events/fsync | vs one-commit | vs validate-only |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for connections in [64, 256] {
         let rps_of = |arm: &str| {
-            let (_, _, s) = results.iter().find(|(c, a, _)| *c == connections && *a == arm).unwrap();
+            let (_, _, s) =
+                results.iter().find(|(c, a, _)| *c == connections && *a == arm).unwrap();
             median(s.iter().map(|s| s.rps).collect())
         };
         for (c, name, samples) in results.iter().filter(|(c, _, _)| *c == connections) {
             let rps = median(samples.iter().map(|s| s.rps).collect());
             let p50 = median(samples.iter().map(|s| s.p50_ms).collect());
             let p99 = median(samples.iter().map(|s| s.p99_ms).collect());
-            let epf = samples
-                .iter()
-                .filter_map(|s| s.events_per_fsync)
-                .collect::<Vec<_>>();
+            let epf = samples.iter().filter_map(|s| s.events_per_fsync).collect::<Vec<_>>();
             let epf = if epf.is_empty() { "-".to_owned() } else { format!("{:.0}", median(epf)) };
             println!(
                 "| {c} | {name} | {rps:.0} | {p50:.2} | {p99:.2} | {epf} | {:.1}× | {:.2}× |",
