@@ -136,6 +136,60 @@ async fn mock_cluster_down_then_up_delivers_the_backlog_once() {
 }
 
 #[tokio::test]
+async fn mock_cluster_down_during_load_loses_nothing() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = unique("t");
+    mock.create_topic(&topic, 2, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let app = TestApp::spawn(&kafka_config(&bootstrap, &topic, "")).await;
+    let mut sent = BTreeMap::new();
+    for n in 0..200 {
+        if n == 60 {
+            mock.broker_down(1).unwrap();
+        }
+        if n == 160 {
+            mock.broker_up(1).unwrap();
+        }
+        sent.insert(app.accept("order.created", body(n)).await, body(n));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let got = consume(&bootstrap, &topic, 2, usize::MAX, Duration::from_secs(25)).await;
+    let ids: BTreeMap<String, usize> = got.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.headers["ce_id"].clone()).or_default() += 1;
+        m
+    });
+    let lost = sent.keys().filter(|id| !ids.contains_key(*id)).count();
+    let duplicated: usize = ids.values().map(|c| c - 1).sum();
+    println!(
+        "kafka outage under load: sent={} delivered={} lost={lost} duplicated={duplicated}",
+        sent.len(),
+        got.len()
+    );
+    assert_eq!(lost, 0);
+    assert!(ids.keys().all(|id| sent.contains_key(id)), "nothing unexpected");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn fatal_producer_error_recreates_the_producer_and_delivery_continues() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = unique("t");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    // The idempotent producer's first InitProducerId is refused with an authorization error,
+    // which librdkafka raises as a fatal error: that producer can never send again.
+    mock.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED],
+    );
+    let bootstrap = mock.bootstrap_servers();
+    let app = TestApp::spawn(&kafka_config(&bootstrap, &topic, "")).await;
+    let sent = post_all(&app, 0..5).await;
+    let got = consume(&bootstrap, &topic, 1, 5, Duration::from_secs(30)).await;
+    check_delivered(&sent, &got);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn oversized_record_is_kept_as_permanent_failure_and_the_rest_is_delivered() {
     let mock = MockCluster::new(1).unwrap();
     let topic = unique("t");
