@@ -26,6 +26,19 @@ impl EventId {
     pub fn as_bytes(&self) -> &[u8; 16] {
         self.0.as_bytes()
     }
+
+    pub fn as_u128(&self) -> u128 {
+        self.0.as_u128()
+    }
+
+    pub fn from_u128(v: u128) -> Self {
+        Self(Uuid::from_u128(v))
+    }
+
+    /// Parses the hyphenated (or simple) text form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Uuid::parse_str(s).ok().map(Self)
+    }
 }
 
 impl Default for EventId {
@@ -86,9 +99,19 @@ impl SourceName {
     }
 }
 
-/// Milliseconds since the Unix epoch; the store's clock unit.
+/// Milliseconds since the Unix epoch, from the wall clock: receive times (`ce_time`).
 pub fn now_ms() -> u64 {
     to_ms(SystemTime::now())
+}
+
+/// The relay's clock, in the same unit: the wall clock read once at start plus tokio's
+/// monotonic time since. A wall-clock step does not reorder retries, and under tokio's paused
+/// test clock it advances with virtual time, so backoff schedules can be tested without sleeps.
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<(u64, std::time::Instant)> = std::sync::OnceLock::new();
+    let (wall, mono) = *START.get_or_init(|| (now_ms(), std::time::Instant::now()));
+    let elapsed = tokio::time::Instant::now().into_std().saturating_duration_since(mono);
+    wall + elapsed.as_millis() as u64
 }
 
 pub fn to_ms(t: SystemTime) -> u64 {

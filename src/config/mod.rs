@@ -35,6 +35,45 @@ pub struct Config {
     pub default_route: Option<DefaultRouteConfig>,
     #[serde(default)]
     pub relay: RelayConfig,
+    #[serde(default)]
+    pub dlq: DlqConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// The admin listener: DLQ, outbox and (later) config endpoints. Off without a token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// `Authorization: Bearer <token>`. Absent or empty: the admin API is off.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: default_admin_listen(), token: None }
+    }
+}
+
+impl AdminConfig {
+    /// The token, if the admin API is on.
+    pub fn enabled_token(&self) -> Option<&Secret> {
+        self.token.as_ref().filter(|t| !t.expose().is_empty())
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    /// Keep at most this many entries; the oldest go first.
+    pub max_entries: Option<u64>,
+    /// Drop entries dead-lettered longer ago than this.
+    pub max_age: Option<HumanDuration>,
+    /// Also publish a copy of each dead-lettered event here (best effort), with the reason
+    /// in headers, so broker tooling sees it too.
+    pub publish_to: Option<DestinationConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +193,10 @@ pub struct RouteConfig {
     #[serde(rename = "match", default)]
     pub matches: MatchConfig,
     pub to: Vec<DestinationConfig>,
+    /// Overrides `relay.max_attempts` for this route's destinations.
+    pub max_attempts: Option<u32>,
+    /// Overrides `relay.backoff` for this route's destinations.
+    pub backoff: Option<BackoffConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,6 +213,8 @@ pub struct MatchConfig {
 #[serde(deny_unknown_fields)]
 pub struct DefaultRouteConfig {
     pub to: Vec<DestinationConfig>,
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<BackoffConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +231,9 @@ pub struct RabbitMqDestinationConfig {
     /// Template: `{type}` and `{source}` are replaced.
     #[serde(default)]
     pub routing_key: String,
+    /// Overrides the route's and `relay`'s `max_attempts` for this destination.
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<BackoffConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +243,8 @@ pub struct KafkaDestinationConfig {
     pub topic: String,
     /// JSON pointer into the body whose value becomes the record key (e.g. `/customer_id`).
     pub key: Option<String>,
+    pub max_attempts: Option<u32>,
+    pub backoff: Option<BackoffConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,11 +253,13 @@ pub struct RelayConfig {
     /// Most events claimed and published per pass.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
-    /// Attempts per destination before an event is parked (retried every `backoff.max`).
+    /// Attempts per destination before the event is dead-lettered for it.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     #[serde(default)]
     pub backoff: BackoffConfig,
+    /// Events older than this are dead-lettered (reason `expired`) instead of retried.
+    pub max_age: Option<HumanDuration>,
 }
 
 impl Default for RelayConfig {
@@ -216,11 +268,12 @@ impl Default for RelayConfig {
             batch_size: default_batch_size(),
             max_attempts: default_max_attempts(),
             backoff: BackoffConfig::default(),
+            max_age: None,
         }
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffConfig {
     pub initial: HumanDuration,
@@ -257,6 +310,9 @@ fn default_max_unconfirmed() -> usize {
 fn default_message_timeout() -> HumanDuration {
     HumanDuration::from_secs(30)
 }
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9091))
+}
 fn default_true() -> bool {
     true
 }
@@ -265,6 +321,16 @@ fn default_batch_size() -> usize {
 }
 fn default_max_attempts() -> u32 {
     10
+}
+
+impl DestinationConfig {
+    /// This destination's own retry overrides.
+    pub fn retry(&self) -> (Option<u32>, Option<BackoffConfig>) {
+        match self {
+            DestinationConfig::Rabbitmq(r) => (r.max_attempts, r.backoff),
+            DestinationConfig::Kafka(k) => (k.max_attempts, k.backoff),
+        }
+    }
 }
 
 impl Config {
@@ -284,8 +350,23 @@ impl Config {
         if self.relay.max_attempts == 0 {
             problems.push("relay.max_attempts: must be at least 1".to_owned());
         }
-        if self.relay.backoff.initial.get() > self.relay.backoff.max.get() {
-            problems.push("relay.backoff: initial is longer than max".to_owned());
+        let backoffs = std::iter::once(("relay.backoff".to_owned(), Some(self.relay.backoff)))
+            .chain(self.routes.iter().enumerate().flat_map(|(i, r)| {
+                let own = (format!("routes[{i}].backoff"), r.backoff);
+                let dests =
+                    r.to.iter()
+                        .enumerate()
+                        .map(move |(j, d)| (format!("routes[{i}].to[{j}].backoff"), d.retry().1));
+                std::iter::once(own).chain(dests)
+            }));
+        for (at, backoff) in backoffs {
+            if backoff.is_some_and(|b| b.initial.get() > b.max.get()) {
+                problems.push(format!("{at}: initial is longer than max"));
+            }
+        }
+        let dlq_copy = self.dlq.publish_to.as_ref();
+        if let Some(Err(e)) = dlq_copy.map(|d| crate::routing::Target::check(d, &self.brokers)) {
+            problems.push(format!("dlq.publish_to: {e}"));
         }
         if self.store.commit_batch_max == 0 {
             problems.push("store.commit_batch_max: must be at least 1".to_owned());

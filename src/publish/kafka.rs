@@ -21,9 +21,8 @@ use rdkafka::util::Timeout;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{PublishError, Publisher, cloudevent_headers};
+use super::{Outgoing, PublishError, Publisher};
 use crate::config::KafkaConfig;
-use crate::event::ValidatedEvent;
 use crate::routing::{BrokerKind, Target};
 
 /// How long a send may wait for room in librdkafka's local queue before failing (transient).
@@ -82,16 +81,17 @@ impl KafkaPublisher {
 
     async fn send(
         &self,
-        event: &ValidatedEvent,
+        message: Outgoing<'_>,
         topic: &str,
         key: Option<&[u8]>,
     ) -> Result<(), PublishError> {
+        let event = message.event;
         if !self.reachable.load(Ordering::Relaxed) {
             return Err(PublishError::not_connected(BrokerKind::Kafka));
         }
         let producer = self.producer.load_full();
         let mut headers = OwnedHeaders::new_with_capacity(6);
-        for (name, value) in cloudevent_headers(event) {
+        for (name, value) in message.headers() {
             headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
         }
         let mut record = FutureRecord::<[u8], [u8]>::to(topic)
@@ -135,14 +135,10 @@ impl KafkaPublisher {
 }
 
 impl Publisher for KafkaPublisher {
-    fn publish<'a>(
-        &'a self,
-        event: &'a ValidatedEvent,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn publish<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(async move {
-            match target {
-                Target::Kafka { topic, key } => self.send(event, topic, key.as_deref()).await,
+            match message.target {
+                Target::Kafka { topic, key } => self.send(message, topic, key.as_deref()).await,
                 other => Err(PublishError::permanent(format!(
                     "Kafka publisher cannot publish to {}",
                     other.label()

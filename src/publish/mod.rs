@@ -21,8 +21,11 @@ use crate::routing::{BrokerKind, Target};
 pub enum ErrorClass {
     /// The broker is not connected: nothing was sent, no attempt is counted.
     NotConnected,
-    /// Could succeed later (timeout, nack, unroutable return, connection lost mid-way).
+    /// Could succeed later (timeout, nack, connection lost mid-way).
     Transient,
+    /// RabbitMQ returned the message: no queue is bound for it. Retried like a transient
+    /// error (an operator may add the binding), dead-lettered as `unroutable` at the end.
+    Unroutable,
     /// Will fail the same way every time (message too large, no such exchange, not allowed).
     Permanent,
 }
@@ -44,19 +47,38 @@ impl PublishError {
     pub fn transient(message: impl Into<String>) -> Self {
         Self { class: ErrorClass::Transient, message: message.into() }
     }
+    pub fn unroutable(message: impl Into<String>) -> Self {
+        Self { class: ErrorClass::Unroutable, message: message.into() }
+    }
     pub fn permanent(message: impl Into<String>) -> Self {
         Self { class: ErrorClass::Permanent, message: message.into() }
     }
 }
 
+/// What to publish: the event, where, and any headers beyond the CloudEvents ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub event: &'a ValidatedEvent,
+    pub target: &'a Target,
+    /// Extra headers, e.g. the reason on a dead-letter copy.
+    pub extra_headers: &'a [(&'static str, String)],
+}
+
+impl<'a> Outgoing<'a> {
+    pub fn new(event: &'a ValidatedEvent, target: &'a Target) -> Self {
+        Self { event, target, extra_headers: &[] }
+    }
+
+    /// The CloudEvents binary-mode headers followed by the extra ones.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        cloudevent_headers(self.event).into_iter().chain(self.extra_headers.iter().cloned())
+    }
+}
+
 /// One broker output.
 pub trait Publisher: Send + Sync {
-    /// Publishes `event` to `target` and resolves once the broker confirmed it.
-    fn publish<'a>(
-        &'a self,
-        event: &'a ValidatedEvent,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<(), PublishError>>;
+    /// Publishes and resolves once the broker confirmed the message.
+    fn publish<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), PublishError>>;
 
     /// Whether a publish now would reach the broker.
     fn is_connected(&self) -> bool;

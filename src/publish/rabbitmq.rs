@@ -21,9 +21,8 @@ use lapin::{
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{PublishError, Publisher, cloudevent_headers};
+use super::{Outgoing, PublishError, Publisher};
 use crate::config::{ExchangeConfig, ExchangeType, RabbitMqConfig};
-use crate::event::ValidatedEvent;
 use crate::routing::{BrokerKind, Target};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,10 +136,11 @@ impl RabbitMqPublisher {
 
     async fn publish_confirmed(
         &self,
-        event: &ValidatedEvent,
+        message: Outgoing<'_>,
         exchange: &str,
         routing_key: &str,
     ) -> Result<(), PublishError> {
+        let event = message.event;
         let Some(channel) = self.channel.load_full() else {
             return Err(PublishError::not_connected(BrokerKind::RabbitMq));
         };
@@ -153,7 +153,7 @@ impl RabbitMqPublisher {
                     routing_key.into(),
                     options,
                     event.body(),
-                    properties(event),
+                    properties(&message),
                 )
                 .await?
                 .await
@@ -167,7 +167,7 @@ impl RabbitMqPublisher {
             Ok(Err(error)) => Err(classify(&error)),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => {
-                Err(PublishError::transient(format!(
+                Err(PublishError::unroutable(format!(
                     "unroutable: the broker returned the message ({} {}); no queue is bound \
                      for routing key {routing_key:?} on exchange {exchange:?}",
                     returned.reply_code, returned.reply_text
@@ -184,15 +184,11 @@ impl RabbitMqPublisher {
 }
 
 impl Publisher for RabbitMqPublisher {
-    fn publish<'a>(
-        &'a self,
-        event: &'a ValidatedEvent,
-        target: &'a Target,
-    ) -> BoxFuture<'a, Result<(), PublishError>> {
+    fn publish<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(async move {
-            match target {
+            match message.target {
                 Target::RabbitMq { exchange, routing_key } => {
-                    self.publish_confirmed(event, exchange, routing_key).await
+                    self.publish_confirmed(message, exchange, routing_key).await
                 }
                 other => Err(PublishError::permanent(format!(
                     "RabbitMQ publisher cannot publish to {}",
@@ -245,9 +241,10 @@ async fn open_confirm_channel(conn: &Connection) -> lapin::Result<Channel> {
 }
 
 /// AMQP properties: persistent, typed, with the CloudEvents attributes as headers.
-fn properties(event: &ValidatedEvent) -> BasicProperties {
+fn properties(message: &Outgoing<'_>) -> BasicProperties {
+    let event = message.event;
     let mut headers = FieldTable::default();
-    for (name, value) in cloudevent_headers(event) {
+    for (name, value) in message.headers() {
         headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
     }
     BasicProperties::default()

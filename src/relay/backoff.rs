@@ -10,6 +10,7 @@ pub struct RelayPolicy {
     pub max_attempts: u32,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    pub max_age: Option<Duration>,
 }
 
 impl RelayPolicy {
@@ -19,17 +20,22 @@ impl RelayPolicy {
             max_attempts: c.max_attempts,
             backoff_initial: c.backoff.initial.get(),
             backoff_max: c.backoff.max.get(),
+            max_age: c.max_age.map(|d| d.get()),
         }
     }
 
     /// Delay after the `attempt`-th failure (1-based): the ceiling doubles per attempt from
     /// `initial` up to `max`, and the delay is drawn uniformly between `initial` and that
     /// ceiling, so that events that failed together do not retry together.
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(32);
-        let ceiling =
-            self.backoff_initial.saturating_mul(1u32 << doublings.min(31)).min(self.backoff_max);
-        let floor = self.backoff_initial.min(ceiling);
+    /// `backoff_ms` is a route's or destination's (initial, max) override.
+    pub fn delay(&self, attempt: u32, backoff_ms: Option<(u64, u64)>) -> Duration {
+        let (initial, max) = match backoff_ms {
+            Some((i, m)) => (Duration::from_millis(i), Duration::from_millis(m)),
+            None => (self.backoff_initial, self.backoff_max),
+        };
+        let doublings = attempt.saturating_sub(1).min(31);
+        let ceiling = initial.saturating_mul(1u32 << doublings).min(max);
+        let floor = initial.min(ceiling);
         let span = (ceiling - floor).as_millis() as u64;
         floor + Duration::from_millis(fastrand::u64(0..=span))
     }
@@ -46,13 +52,16 @@ mod tests {
             max_attempts: 10,
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
+            max_age: None,
         };
         for _ in 0..100 {
-            assert_eq!(p.delay(1), Duration::from_secs(1));
-            let d3 = p.delay(3);
+            assert_eq!(p.delay(1, None), Duration::from_secs(1));
+            let d3 = p.delay(3, None);
             assert!(d3 >= Duration::from_secs(1) && d3 <= Duration::from_secs(4), "{d3:?}");
-            let d40 = p.delay(40);
+            let d40 = p.delay(40, None);
             assert!(d40 >= Duration::from_secs(1) && d40 <= Duration::from_secs(60), "{d40:?}");
+            let own = p.delay(5, Some((10, 50)));
+            assert!(own >= Duration::from_millis(10) && own <= Duration::from_millis(50));
         }
     }
 }

@@ -1,13 +1,16 @@
-//! The relay: moves events from the outbox to their destinations.
+//! The relay: moves events from the outbox to their destinations, or to the DLQ.
 //!
-//! One pass claims the due entries (oldest first, O(batch)), routes the ones never routed
-//! before, publishes every pending destination concurrently, and settles the batch in one
-//! store command: an entry whose destinations all confirmed is deleted; the rest are
-//! rescheduled, each failed destination with its own backoff. A destination that confirmed is
-//! never published again because a sibling failed. Nothing is ever dropped: after
-//! `max_attempts` (or a permanent error) an event is kept and retried every `backoff.max`.
+//! One pass claims what is due in the lanes of connected brokers (plus events not routed yet),
+//! routes new events, publishes every due pending destination concurrently, and settles the
+//! batch in one store command. Per destination: a confirm marks it done; a broker that is not
+//! connected defers it without counting an attempt; a transient or unroutable failure is
+//! retried with backoff until its `max_attempts`; a permanent failure, exhausted attempts or
+//! `relay.max_age` move it to the DLQ in the same transaction. A destination that confirmed is
+//! never published again because a sibling failed. Only when nothing is pending any more does
+//! the event leave the outbox.
 
 mod backoff;
+mod plan;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +20,16 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::LiveConfig;
-use crate::event::now_ms;
-use crate::publish::{ErrorClass, PublishError, Publishers};
-use crate::store::{Delivery, DestinationState, OutboxEntry, Settlement, Store, StoreError};
+use crate::event::clock_ms;
+use crate::publish::{Outgoing, PublishError, Publishers};
+use crate::routing::BrokerKind;
+use crate::store::{Claim, DlqRecord, Outcome, Settlement, Store, StoreError, UNROUTED};
 
 pub use backoff::RelayPolicy;
+use plan::Plan;
 
-/// While a broker is disconnected its events wait this long between checks (no attempt is
-/// counted); a reconnect wakes the relay sooner.
+/// While a broker is disconnected mid-pass its events wait this long (no attempt counted); a
+/// reconnect wakes the relay sooner.
 const DEFER_DELAY: Duration = Duration::from_secs(2);
 /// Longest idle sleep; a safety net, since appends and reconnects wake the relay anyway.
 const MAX_IDLE: Duration = Duration::from_secs(5);
@@ -37,6 +42,7 @@ pub struct Pass {
     pub delivered: usize,
     pub failed: usize,
     pub deferred: usize,
+    pub dead_lettered: usize,
     pub next_due_ms: Option<u64>,
 }
 
@@ -54,26 +60,23 @@ impl Relay {
     /// Runs passes until `cancel`; a pass in progress is finished first.
     pub async fn run(self, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
-            let (wait, wake_on_append) = match self.run_once().await {
-                // Something was published: there may be more right away.
-                Ok(pass) if pass.delivered + pass.failed > 0 => continue,
-                // Everything due waits for a broker: new events would wait too, so neither
-                // they nor the backlog are worth a pass until a reconnect or the defer delay.
-                Ok(pass) if pass.deferred > 0 => (DEFER_DELAY, false),
-                Ok(pass) => {
-                    let until_due = pass
-                        .next_due_ms
-                        .map(|due| Duration::from_millis(due.saturating_sub(now_ms())));
-                    (until_due.unwrap_or(MAX_IDLE).min(MAX_IDLE), true)
-                }
+            let wait = match self.run_once().await {
+                // Something was published or settled: there may be more right away.
+                Ok(pass) if pass.delivered + pass.failed + pass.dead_lettered > 0 => continue,
+                Ok(pass) if pass.deferred > 0 => DEFER_DELAY,
+                Ok(pass) => pass
+                    .next_due_ms
+                    .map(|due| Duration::from_millis(due.saturating_sub(clock_ms())))
+                    .unwrap_or(MAX_IDLE)
+                    .min(MAX_IDLE),
                 Err(error) => {
                     tracing::error!(%error, "relay pass failed");
-                    (ERROR_PAUSE, false)
+                    ERROR_PAUSE
                 }
             };
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = self.store.appended(), if wake_on_append => {}
+                _ = self.store.appended() => {}
                 _ = self.publishers.connected.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
@@ -81,166 +84,137 @@ impl Relay {
         tracing::info!("relay stopped");
     }
 
+    /// The lanes worth claiming now: unrouted events, and each connected broker's.
+    fn lanes(&self) -> Vec<u8> {
+        let connected = BrokerKind::ALL
+            .into_iter()
+            .filter(|&b| self.publishers.get(b).is_some_and(|p| p.is_connected()))
+            .map(BrokerKind::lane);
+        std::iter::once(UNROUTED).chain(connected).collect()
+    }
+
     /// One claim → publish → settle pass.
     pub async fn run_once(&self) -> Result<Pass, StoreError> {
         let live = self.live.load_full();
         let policy = &live.relay;
-        let claim = self.store.claim_due(now_ms(), policy.batch_size).await?;
+        let claim = self.store.claim_due(clock_ms(), policy.batch_size, self.lanes()).await?;
+        let now = clock_ms();
         let mut pass = Pass {
             claimed: claim.entries.len(),
             next_due_ms: claim.next_due_ms,
             ..Pass::default()
         };
-        let mut settlements = set_aside(policy, &claim);
-        if claim.entries.is_empty() {
-            if !settlements.is_empty() {
-                self.store.settle(settlements).await?;
-            }
-            return Ok(pass);
-        }
-        let now = now_ms();
-        let mut deliveries: Vec<Delivery> =
-            claim.entries.iter().map(|entry| self.delivery_for(&live, entry)).collect();
+        let mut settlements = set_aside(policy, &claim, now);
+        let mut plans: Vec<Plan> =
+            claim.entries.into_iter().map(|entry| Plan::new(entry, &live, now)).collect();
 
-        // Every pending destination whose time has come, published concurrently.
-        let jobs: Vec<(usize, usize)> = deliveries
+        let jobs: Vec<(usize, usize)> = plans
             .iter()
             .enumerate()
-            .flat_map(|(i, d)| {
-                d.destinations
-                    .iter()
-                    .enumerate()
-                    .filter(move |(_, s)| !s.done && s.next_attempt_ms <= now)
-                    .map(move |(j, _)| (i, j))
-            })
+            .flat_map(|(i, plan)| plan.due_jobs(now).map(move |j| (i, j)))
             .collect();
         let outcomes = join_all(jobs.iter().map(|&(i, j)| {
-            let event = &claim.entries[i].event;
-            let target = &deliveries[i].destinations[j].target;
+            let plan = &plans[i];
+            let target = &plan.delivery.destinations[j].target;
             async move {
-                match self.publishers.get(target.broker()) {
-                    Some(publisher) => publisher.publish(event, target).await,
-                    None => Err(PublishError::permanent(format!(
-                        "broker {} is no longer configured",
+                let Some(publisher) = self.publishers.get(target.broker()) else {
+                    return Err(PublishError::permanent(format!(
+                        "broker {} is not configured",
                         target.broker().as_str()
-                    ))),
-                }
+                    )));
+                };
+                publisher.publish(Outgoing::new(&plan.entry.event, target)).await
             }
         }))
         .await;
 
-        let now = now_ms();
+        let now = clock_ms();
         for (&(i, j), outcome) in jobs.iter().zip(outcomes) {
-            let entry = &claim.entries[i];
-            let state = &mut deliveries[i].destinations[j];
-            match outcome {
-                Ok(()) => {
-                    pass.delivered += 1;
-                    state.done = true;
-                    state.attempts += 1;
-                    state.last_error = None;
-                }
-                Err(error) if error.class == ErrorClass::NotConnected => {
-                    pass.deferred += 1;
-                    state.next_attempt_ms = now + DEFER_DELAY.as_millis() as u64;
-                }
-                Err(error) => {
-                    pass.failed += 1;
-                    record_failure(policy, entry, state, &error, now);
-                }
-            }
+            plans[i].record(j, outcome, policy, now, &mut pass);
         }
-        settlements.extend(
-            claim
-                .entries
-                .iter()
-                .zip(deliveries)
-                .map(|(entry, delivery)| settle(policy, entry, delivery, now)),
-        );
-        self.store.settle(settlements).await?;
+        let mut dead_letters = Vec::new();
+        for plan in plans {
+            let settlement = plan.settle();
+            if let Some(dead) = &settlement.dead_letter {
+                pass.dead_lettered += 1;
+                dead_letters.push(dead.clone());
+            }
+            settlements.push(settlement);
+        }
+        if !settlements.is_empty() {
+            self.store.settle(settlements).await?;
+        }
+        if !dead_letters.is_empty() {
+            self.copy_dead_letters(&live, dead_letters);
+        }
         Ok(pass)
     }
 
-    /// The stored delivery state, or a fresh one routed from the current table.
-    fn delivery_for(&self, live: &LiveConfig, entry: &OutboxEntry) -> Delivery {
-        if let Some(d) = entry.delivery.as_ref().filter(|d| !d.destinations.is_empty()) {
-            return d.clone();
-        }
-        let destinations = live
-            .routes
-            .resolve(&entry.event)
+    /// `dlq.publish_to`: a best-effort copy of each dead-lettered event, after the DLQ commit.
+    /// The DLQ in the store stays the record; a failed copy is logged, not retried.
+    fn copy_dead_letters(&self, live: &LiveConfig, dead: Vec<DlqRecord>) {
+        let copies: Vec<_> = dead
             .into_iter()
-            .map(|target| DestinationState {
-                target,
-                done: false,
-                attempts: 0,
-                next_attempt_ms: 0,
-                last_error: None,
-            })
+            .filter_map(|r| live.routes.dlq_copy_target(&r.event).map(|t| (r, t)))
             .collect();
-        Delivery { destinations }
+        if copies.is_empty() {
+            return;
+        }
+        let publishers = self.publishers.clone();
+        tokio::spawn(async move {
+            for (record, target) in copies {
+                let Some(publisher) = publishers.get(target.broker()) else { continue };
+                let first = record.destinations.first();
+                let headers = [
+                    ("x-orchestron-dlq-reason", record.reason.as_str().to_owned()),
+                    (
+                        "x-orchestron-dlq-destination",
+                        first.map(|d| d.state.target.label()).unwrap_or_default(),
+                    ),
+                    (
+                        "x-orchestron-dlq-error",
+                        first.and_then(|d| d.state.last_error.clone()).unwrap_or_default(),
+                    ),
+                ];
+                let message =
+                    Outgoing { event: &record.event, target: &target, extra_headers: &headers };
+                if let Err(error) = publisher.publish(message).await {
+                    tracing::warn!(
+                        event_id = %record.event.id(), destination = %target.label(), %error,
+                        "could not publish the dead-letter copy; the DLQ entry is kept"
+                    );
+                }
+            }
+        });
     }
 }
 
 /// Entries the store could not read are kept and looked at again every `backoff.max`; index
 /// entries without an event are dropped.
-fn set_aside(policy: &RelayPolicy, claim: &crate::store::Claim) -> Vec<Settlement> {
-    let later = now_ms() + policy.backoff_max.as_millis() as u64;
-    let unreadable = claim.unreadable.iter().map(|(seq, due_ms, error)| {
+fn set_aside(policy: &RelayPolicy, claim: &Claim, now: u64) -> Vec<Settlement> {
+    let later = now + policy.backoff_max.as_millis() as u64;
+    let unreadable = claim.unreadable.iter().map(|(seq, claimed, error)| {
         tracing::error!(seq, %error, "outbox entry unreadable; kept in the store and skipped");
-        Settlement::Defer { seq: *seq, due_ms: *due_ms, next_due_ms: later }
+        Settlement {
+            seq: *seq,
+            remove_due: claimed.clone(),
+            add_due: claimed.iter().map(|&(lane, _)| (lane, later)).collect(),
+            outcome: Outcome::Keep,
+            dead_letter: None,
+        }
     });
-    let orphans = claim.orphans.iter().map(|&(seq, due_ms)| {
+    let orphans = claim.orphans.iter().map(|&(seq, due)| {
         tracing::warn!(seq, "due index named a missing event; index entry dropped");
-        Settlement::DropIndex { seq, due_ms }
+        Settlement {
+            seq,
+            remove_due: vec![due],
+            add_due: vec![],
+            outcome: Outcome::Keep,
+            dead_letter: None,
+        }
     });
     unreadable.chain(orphans).collect()
 }
 
-fn record_failure(
-    policy: &RelayPolicy,
-    entry: &OutboxEntry,
-    state: &mut DestinationState,
-    error: &PublishError,
-    now: u64,
-) {
-    state.attempts += 1;
-    state.last_error = Some(error.message.clone());
-    let exhausted = error.class == ErrorClass::Permanent || state.attempts >= policy.max_attempts;
-    let delay = if exhausted { policy.backoff_max } else { policy.delay(state.attempts) };
-    state.next_attempt_ms = now + delay.as_millis() as u64;
-    let (event_id, destination) = (entry.event.id(), state.target.label());
-    if exhausted {
-        tracing::error!(
-            %event_id, source = entry.event.source().as_str(), %destination,
-            attempts = state.attempts, error = %error,
-            "delivery keeps failing; the event is kept and retried every {:?}", policy.backoff_max
-        );
-    } else {
-        tracing::warn!(
-            %event_id, source = entry.event.source().as_str(), %destination,
-            attempts = state.attempts, retry_in_ms = delay.as_millis() as u64, error = %error,
-            "publish failed; will retry"
-        );
-    }
-}
-
-fn settle(policy: &RelayPolicy, entry: &OutboxEntry, delivery: Delivery, now: u64) -> Settlement {
-    let (seq, due_ms) = (entry.seq, entry.due_ms);
-    if delivery.destinations.is_empty() {
-        // Routes changed since the event was accepted and nothing matches now: keep it and
-        // look again later; it is routed as soon as a route covers it.
-        tracing::error!(event_id = %entry.event.id(), "no route matches a pending event; keeping it");
-        let next_due_ms = now + policy.backoff_max.as_millis() as u64;
-        return Settlement::Reschedule { seq, due_ms, delivery, next_due_ms };
-    }
-    let next_due_ms =
-        delivery.destinations.iter().filter(|s| !s.done).map(|s| s.next_attempt_ms).min();
-    match next_due_ms {
-        None => {
-            tracing::debug!(event_id = %entry.event.id(), "delivered to every destination");
-            Settlement::Delete { seq, due_ms }
-        }
-        Some(next_due_ms) => Settlement::Reschedule { seq, due_ms, delivery, next_due_ms },
-    }
-}
+#[cfg(test)]
+mod tests;

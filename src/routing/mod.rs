@@ -8,8 +8,9 @@
 mod glob;
 mod template;
 
-use crate::config::{BrokersConfig, Config, DestinationConfig};
+use crate::config::{BackoffConfig, BrokersConfig, Config, DestinationConfig};
 use crate::event::{EventType, SourceName, ValidatedEvent};
+use crate::store::RetryOverride;
 
 use glob::Glob;
 use template::Template;
@@ -22,6 +23,16 @@ pub enum BrokerKind {
 }
 
 impl BrokerKind {
+    pub const ALL: [BrokerKind; 2] = [BrokerKind::RabbitMq, BrokerKind::Kafka];
+
+    /// The store's due-index lane for this broker (lane 0 is "not routed yet").
+    pub fn lane(self) -> u8 {
+        match self {
+            BrokerKind::RabbitMq => 1,
+            BrokerKind::Kafka => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BrokerKind::RabbitMq => "rabbitmq",
@@ -70,17 +81,54 @@ impl Target {
     }
 }
 
-/// A destination as configured, templates parsed.
+/// A destination as configured, templates parsed, retry overrides merged (destination over
+/// route over nothing).
 #[derive(Debug)]
-enum Destination {
+struct Destination {
+    kind: DestinationKind,
+    retry: RetryOverride,
+}
+
+#[derive(Debug)]
+enum DestinationKind {
     RabbitMq { exchange: String, routing_key: Template },
     Kafka { topic: Template, key_pointer: Option<String> },
 }
 
+fn merge_retry(
+    route: (Option<u32>, Option<BackoffConfig>),
+    dest: (Option<u32>, Option<BackoffConfig>),
+) -> RetryOverride {
+    let backoff = dest.1.or(route.1);
+    RetryOverride {
+        max_attempts: dest.0.or(route.0),
+        backoff_ms: backoff
+            .map(|b| (b.initial.get().as_millis() as u64, b.max.get().as_millis() as u64)),
+    }
+}
+
 impl Destination {
     fn parse(dest: &DestinationConfig) -> Result<Self, String> {
+        Self::with_route(dest, (None, None))
+    }
+
+    fn with_route(
+        dest: &DestinationConfig,
+        route: (Option<u32>, Option<BackoffConfig>),
+    ) -> Result<Self, String> {
+        let kind = DestinationKind::parse(dest)?;
+        Ok(Self { kind, retry: merge_retry(route, dest.retry()) })
+    }
+
+    fn resolve(&self, event: &ValidatedEvent, body: &mut Option<serde_json::Value>) -> Target {
+        self.kind.resolve(event, body)
+    }
+}
+
+impl DestinationKind {
+    fn parse(dest: &DestinationConfig) -> Result<Self, String> {
         match dest {
-            DestinationConfig::Rabbitmq(r) => Ok(Destination::RabbitMq {
+            DestinationConfig::Rabbitmq(r) => Ok(DestinationKind::RabbitMq {
                 exchange: r.exchange.clone(),
                 routing_key: Template::parse(&r.routing_key)
                     .map_err(|e| format!("routing_key: {e}"))?,
@@ -93,7 +141,7 @@ impl Destination {
                 if let Some(p) = k.key.as_ref().filter(|p| !p.starts_with('/')) {
                     return Err(format!("key: {p:?} is not a JSON pointer (starts with '/')"));
                 }
-                Ok(Destination::Kafka { topic, key_pointer: k.key.clone() })
+                Ok(DestinationKind::Kafka { topic, key_pointer: k.key.clone() })
             }
         }
     }
@@ -101,11 +149,11 @@ impl Destination {
     fn resolve(&self, event: &ValidatedEvent, body: &mut Option<serde_json::Value>) -> Target {
         let (ty, source) = (event.event_type().as_str(), event.source().as_str());
         match self {
-            Destination::RabbitMq { exchange, routing_key } => Target::RabbitMq {
+            DestinationKind::RabbitMq { exchange, routing_key } => Target::RabbitMq {
                 exchange: exchange.clone(),
                 routing_key: routing_key.render(ty, source),
             },
-            Destination::Kafka { topic, key_pointer } => {
+            DestinationKind::Kafka { topic, key_pointer } => {
                 let key = key_pointer.as_deref().and_then(|pointer| {
                     // Parsed at most once per event, and only when some route wants a key.
                     let body = body.get_or_insert_with(|| {
@@ -147,12 +195,13 @@ impl Route {
 pub struct RouteTable {
     routes: Vec<Route>,
     default: Option<Vec<Destination>>,
+    dlq_copy: Option<Destination>,
 }
 
 impl RouteTable {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        let parse_all = |to: &[DestinationConfig]| -> Result<Vec<Destination>, String> {
-            to.iter().map(Destination::parse).collect()
+        let parse_all = |to: &[DestinationConfig], retry| -> Result<Vec<Destination>, String> {
+            to.iter().map(|d| Destination::with_route(d, retry)).collect()
         };
         let routes = config
             .routes
@@ -161,12 +210,22 @@ impl RouteTable {
                 Ok(Route {
                     source: r.matches.source.as_deref().map(Glob::new),
                     event_type: r.matches.event_type.as_deref().map(Glob::new),
-                    to: parse_all(&r.to)?,
+                    to: parse_all(&r.to, (r.max_attempts, r.backoff))?,
                 })
             })
             .collect::<Result<_, String>>()?;
-        let default = config.default_route.as_ref().map(|d| parse_all(&d.to)).transpose()?;
-        Ok(Self { routes, default })
+        let default = config
+            .default_route
+            .as_ref()
+            .map(|d| parse_all(&d.to, (d.max_attempts, d.backoff)))
+            .transpose()?;
+        let dlq_copy = config.dlq.publish_to.as_ref().map(Destination::parse).transpose()?;
+        Ok(Self { routes, default, dlq_copy })
+    }
+
+    /// Where `dlq.publish_to` sends the copy of a dead-lettered event, if configured.
+    pub fn dlq_copy_target(&self, event: &ValidatedEvent) -> Option<Target> {
+        self.dlq_copy.as_ref().map(|d| d.resolve(event, &mut None))
     }
 
     fn destinations(&self, source: &SourceName, ty: &EventType) -> Option<&[Destination]> {
@@ -182,23 +241,21 @@ impl RouteTable {
         self.destinations(source, ty).is_some_and(|d| !d.is_empty())
     }
 
-    /// The concrete targets of `event`; empty when nothing matches.
-    pub fn resolve(&self, event: &ValidatedEvent) -> Vec<Target> {
+    /// The concrete targets of `event` with their retry overrides; empty when nothing
+    /// matches.
+    pub fn resolve(&self, event: &ValidatedEvent) -> Vec<(Target, RetryOverride)> {
         let mut body = None;
         let Some(destinations) = self.destinations(event.source(), event.event_type()) else {
             return Vec::new();
         };
-        let mut targets: Vec<Target> =
-            destinations.iter().map(|d| d.resolve(event, &mut body)).collect();
-        // Two routes' destinations rendering to the same target are one delivery, not two.
-        let mut seen = Vec::with_capacity(targets.len());
-        targets.retain(|t| {
-            let new = !seen.contains(t);
-            if new {
-                seen.push(t.clone());
+        let mut targets: Vec<(Target, RetryOverride)> = Vec::with_capacity(destinations.len());
+        for d in destinations {
+            let target = d.resolve(event, &mut body);
+            // Destinations rendering to the same target are one delivery, not two.
+            if !targets.iter().any(|(t, _)| *t == target) {
+                targets.push((target, d.retry));
             }
-            new
-        });
+        }
         targets
     }
 }
@@ -233,7 +290,8 @@ mod tests {
         let t = table(
             "routes:\n  - match: { type: \"order.*\" }\n    to:\n      - rabbitmq: { exchange: orders, routing_key: \"{source}.{type}\" }\n      - kafka: { topic: \"t-{type}\", key: /customer_id }\n  - match: { type: \"order.created\" }\n    to: [ { kafka: { topic: never } } ]\ndefault_route:\n  to: [ { rabbitmq: { exchange: events, routing_key: \"{type}\" } } ]\n",
         );
-        let targets = t.resolve(&event("order.created", r#"{"customer_id": 42}"#));
+        let resolved = t.resolve(&event("order.created", r#"{"customer_id": 42}"#));
+        let targets: Vec<Target> = resolved.into_iter().map(|(t, _)| t).collect();
         assert_eq!(
             targets,
             vec![
@@ -244,7 +302,8 @@ mod tests {
                 Target::Kafka { topic: "t-order.created".into(), key: Some(b"42".to_vec()) },
             ]
         );
-        let other = t.resolve(&event("user.deleted", "{}"));
+        let other: Vec<Target> =
+            t.resolve(&event("user.deleted", "{}")).into_iter().map(|(t, _)| t).collect();
         assert_eq!(
             other,
             vec![Target::RabbitMq {
@@ -252,6 +311,17 @@ mod tests {
                 routing_key: "user.deleted".into()
             }]
         );
+    }
+
+    #[test]
+    fn retry_overrides_merge_destination_over_route() {
+        let t = table(
+            "routes:\n  - match: { type: \"a\" }\n    max_attempts: 3\n    backoff: { initial: 1s, max: 2s }\n    to:\n      - kafka: { topic: a, max_attempts: 7 }\n      - rabbitmq: { exchange: e }\n",
+        );
+        let resolved = t.resolve(&event("a", "{}"));
+        assert_eq!(resolved[0].1.max_attempts, Some(7));
+        assert_eq!(resolved[0].1.backoff_ms, Some((1000, 2000)));
+        assert_eq!(resolved[1].1.max_attempts, Some(3));
     }
 
     #[test]
@@ -263,12 +333,12 @@ mod tests {
         assert!(t.is_routable(&src, &EventType::parse("a.b").unwrap()));
         assert!(!t.is_routable(&src, &EventType::parse("b.a").unwrap()));
         // A missing key is no key, not an error.
+        let targets = |body| -> Vec<Target> {
+            t.resolve(&event("a.b", body)).into_iter().map(|(t, _)| t).collect()
+        };
+        assert_eq!(targets("{}"), vec![Target::Kafka { topic: "a".into(), key: None }]);
         assert_eq!(
-            t.resolve(&event("a.b", "{}")),
-            vec![Target::Kafka { topic: "a".into(), key: None }]
-        );
-        assert_eq!(
-            t.resolve(&event("a.b", r#"{"k":"abc"}"#)),
+            targets(r#"{"k":"abc"}"#),
             vec![Target::Kafka { topic: "a".into(), key: Some(b"abc".to_vec()) }]
         );
     }

@@ -1,20 +1,25 @@
-//! The durable outbox: the only module that touches redb.
+//! The durable outbox and dead-letter queue: the only module that touches redb.
 //!
 //! Writes go through one writer thread ([`writer`]) that commits every queued request in one
-//! transaction (group commit) and answers each caller after that commit returned. Reads (the
-//! relay's claims) run in `spawn_blocking` on a read snapshot. Tables:
+//! transaction (group commit) and answers each caller after that commit returned. Reads run
+//! on read snapshots in `spawn_blocking` ([`query`]). Tables:
 //!
-//! | table      | key                  | value                                        |
-//! |------------|----------------------|----------------------------------------------|
-//! | `events`   | seq                  | immutable event record ([`record`])          |
-//! | `delivery` | seq                  | per-destination state, once routed           |
-//! | `due`      | (due time ms, seq)   | (): the due-time index claims walk in order  |
-//! | `dedup`    | (source, key)        | (event id, expiry ms): idempotency keys      |
-//! | `meta`     | name                 | format version, next seq, instance id        |
+//! | table       | key                      | value                                       |
+//! |-------------|--------------------------|---------------------------------------------|
+//! | `events`    | seq                      | immutable event record ([`record`])         |
+//! | `delivery`  | seq                      | per-destination state, once routed          |
+//! | `due_lanes` | (lane, due time ms, seq) | (): what is due when, per broker            |
+//! | `dlq`       | dlq seq                  | dead-lettered event and why                 |
+//! | `dlq_ids`   | event id                 | dlq seq                                     |
+//! | `dedup`     | (source, key)            | (event id, expiry ms): idempotency keys     |
+//! | `meta`      | name                     | format version, next seq, next dlq seq      |
 //!
-//! `seq` grows by one per appended event and is never reused, so it is also the order in which
-//! changes happened (room for a sync task to follow later).
+//! Lanes: lane 0 holds events not yet routed; a routed event has one entry in the lane of
+//! each broker it still waits for, due at the earliest retry there. The relay claims only the
+//! lanes of connected brokers, so a dead broker's backlog costs nothing and never stalls the
+//! other's. `seq` grows by one per appended (or replayed) event and is never reused.
 
+mod query;
 mod record;
 mod writer;
 
@@ -23,25 +28,37 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::StoreConfig;
 use crate::event::{EventId, ValidatedEvent};
 
-pub use record::{DecodeError, Delivery, DestinationState};
+pub use query::{
+    Claim, DestinationBacklog, DlqEntry, DlqFilter, DlqPage, OutboxEntry, OutboxStats,
+    ReadOnlyStore,
+};
+pub use record::{
+    DeadDestination, DecodeError, Delivery, DestinationState, DlqRecord, Reason, RetryOverride,
+    Status,
+};
 use writer::{Command, Writer};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const DELIVERY: TableDefinition<u64, &[u8]> = TableDefinition::new("delivery");
-const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
+/// Format 1's single due index, migrated into `due_lanes` on open.
+const DUE_V1: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
+const LANES: TableDefinition<(u8, u64, u64), ()> = TableDefinition::new("due_lanes");
+const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("dlq");
+const DLQ_IDS: TableDefinition<u128, u64> = TableDefinition::new("dlq_ids");
 const DEDUP: TableDefinition<(&str, &str), (u128, u64)> = TableDefinition::new("dedup");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Version of the table layout; a file written by a newer layout is refused, not misread.
-const FORMAT_VERSION: u64 = 1;
-/// Requests waiting for the writer. Bounded so that a stalled disk pushes back on senders
-/// (their requests wait, then time out) instead of growing memory.
+const FORMAT_VERSION: u64 = 2;
+/// The lane of events not yet routed.
+pub const UNROUTED: u8 = 0;
+/// Requests waiting for the writer. Bounded so that a stalled disk pushes back on senders.
 const QUEUE_DEPTH: usize = 8192;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -84,40 +101,35 @@ from_redb!(
     redb::DatabaseError
 );
 
-/// An outbox entry handed to the relay.
+/// What the relay decided for one claimed outbox entry, applied in one transaction with the
+/// rest of its batch.
 #[derive(Debug, Clone)]
-pub struct OutboxEntry {
+pub struct Settlement {
     pub seq: u64,
-    /// The due time under which the entry is indexed now; settling moves it from there.
-    pub due_ms: u64,
-    pub event: ValidatedEvent,
-    /// `None` until the relay first routed the event.
-    pub delivery: Option<Delivery>,
+    /// Due entries (lane, due time) the claim found; removed.
+    pub remove_due: Vec<(u8, u64)>,
+    /// Due entries to add: one per lane that still has pending destinations.
+    pub add_due: Vec<(u8, u64)>,
+    pub outcome: Outcome,
+    /// Destinations given up on in this pass, moved to the DLQ in the same transaction.
+    pub dead_letter: Option<DlqRecord>,
 }
 
-/// What the relay decided for one claimed entry.
 #[derive(Debug, Clone)]
-pub enum Settlement {
-    /// Every destination confirmed: remove the event.
-    Delete { seq: u64, due_ms: u64 },
-    /// Some destinations are still pending: store their state, index under the next due time.
-    Reschedule { seq: u64, due_ms: u64, delivery: Delivery, next_due_ms: u64 },
-    /// Only move the entry in the due index (an unreadable record: kept, looked at later).
-    Defer { seq: u64, due_ms: u64, next_due_ms: u64 },
-    /// Drop a due-index entry whose event no longer exists.
-    DropIndex { seq: u64, due_ms: u64 },
+pub enum Outcome {
+    /// Leave the records as they are (only the due index moves).
+    Keep,
+    /// Write the new delivery state.
+    Store(Delivery),
+    /// Nothing is pending any more: remove the event and its delivery state.
+    Delete,
 }
 
-/// A claim: the due entries, and when the next one not yet due will be.
-#[derive(Debug, Default)]
-pub struct Claim {
-    pub entries: Vec<OutboxEntry>,
-    pub next_due_ms: Option<u64>,
-    /// Due entries that could not be read, with why. They are never skipped silently: the
-    /// relay defers and logs them, and they stay in the file for inspection.
-    pub unreadable: Vec<(u64, u64, StoreError)>,
-    /// Due-index entries whose event is gone (seq, due time).
-    pub orphans: Vec<(u64, u64)>,
+/// Which dead-letter entries an admin operation applies to.
+#[derive(Debug, Clone)]
+pub enum DlqSelector {
+    Id(EventId),
+    Matching(DlqFilter),
 }
 
 /// State the writer thread and the handles share.
@@ -162,7 +174,7 @@ impl Store {
         let started = std::time::Instant::now();
         let cache = config.cache_bytes.as_u64() as usize;
         let db = open_database(&config.path, cache)?;
-        let next_seq = read_next_seq(&db)?;
+        let counters = read_counters(&db)?;
         let shared = Arc::new(Shared {
             path: config.path.clone(),
             db: ArcSwapOption::from_pointee(db),
@@ -184,7 +196,7 @@ impl Store {
             cache,
             config.max_bytes.as_u64(),
             config.commit_batch_max,
-            next_seq,
+            counters,
         );
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
@@ -196,39 +208,82 @@ impl Store {
 
     /// Makes `event` durable. Returns only after the commit holding it returned Ok.
     pub async fn append(&self, event: ValidatedEvent) -> Result<EventId> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Append { event, reply }).await?;
-        answer.await.map_err(|_| closed())?
+        self.call(|reply| Command::Append { event, reply }).await
     }
 
     /// Applies the relay's decisions in one (cheap, non-durable) commit.
     pub async fn settle(&self, settlements: Vec<Settlement>) -> Result<()> {
+        self.call(|reply| Command::Settle { settlements, reply }).await
+    }
+
+    /// Moves the selected dead-letter entries back to the outbox, for the destinations that
+    /// had failed only, keeping their event ids. Durable. Returns how many were moved.
+    pub async fn dlq_replay(&self, selector: DlqSelector, now_ms: u64) -> Result<u64> {
+        self.call(|reply| Command::Replay { selector, now_ms, reply }).await
+    }
+
+    /// Deletes the selected dead-letter entries. Durable. Returns how many were deleted.
+    pub async fn dlq_delete(&self, selector: DlqSelector) -> Result<u64> {
+        self.call(|reply| Command::DeleteDlq { selector, reply }).await
+    }
+
+    /// Applies DLQ retention: drops the oldest entries beyond `max_entries` and those
+    /// dead-lettered before `older_than_ms`. Returns how many were dropped.
+    pub async fn dlq_expire(
+        &self,
+        max_entries: Option<u64>,
+        older_than_ms: Option<u64>,
+    ) -> Result<u64> {
+        self.call(|reply| Command::ExpireDlq { max_entries, older_than_ms, reply }).await
+    }
+
+    async fn call<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        self.send(Command::Settle { settlements, reply }).await?;
+        self.tx.send(command(reply)).await.map_err(|_| closed())?;
         answer.await.map_err(|_| closed())?
     }
 
-    async fn send(&self, command: Command) -> Result<()> {
-        self.tx.send(command).await.map_err(|_| closed())
+    /// Runs a read-only query on a snapshot, off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        query: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.database()?;
+        tokio::task::spawn_blocking(move || query(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
 
-    /// Up to `limit` entries due at `now_ms`, oldest due first. Costs O(limit), however
-    /// large the outbox.
-    pub async fn claim_due(&self, now_ms: u64, limit: usize) -> Result<Claim> {
-        let db = self.database()?;
-        tokio::task::spawn_blocking(move || claim(&db, now_ms, limit))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("claim task failed: {e}")))?
+    /// Entries due at `now_ms` in `lanes` (up to `limit` per lane), oldest first. Costs
+    /// O(limit), however large the outbox.
+    pub async fn claim_due(&self, now_ms: u64, limit: usize, lanes: Vec<u8>) -> Result<Claim> {
+        self.read(move |db| query::claim(db, now_ms, limit, &lanes)).await
     }
 
     /// Number of events in the outbox.
     pub async fn pending(&self) -> Result<u64> {
-        let db = self.database()?;
-        tokio::task::spawn_blocking(move || -> Result<u64> {
-            Ok(db.begin_read()?.open_table(EVENTS)?.len()?)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("count task failed: {e}")))?
+        self.read(query::pending).await
+    }
+
+    pub async fn dlq_list(
+        &self,
+        filter: DlqFilter,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<DlqPage> {
+        self.read(move |db| query::dlq_list(db, &filter, cursor, limit)).await
+    }
+
+    pub async fn dlq_get(&self, id: EventId) -> Result<Option<DlqEntry>> {
+        self.read(move |db| query::dlq_get(db, id)).await
+    }
+
+    /// Outbox depth, age and per-destination backlog. Walks the delivery table: O(outbox).
+    pub async fn outbox_stats(&self, now_ms: u64) -> Result<OutboxStats> {
+        self.read(move |db| query::outbox_stats(db, now_ms)).await
     }
 
     fn database(&self) -> Result<Arc<Database>> {
@@ -298,7 +353,7 @@ pub(crate) fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Opens or creates the file, makes sure every table exists and the format is one we read.
+/// Opens or creates the file, makes sure every table exists, and upgrades an older layout.
 fn open_database(path: &Path, cache_bytes: usize) -> Result<Database> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -308,75 +363,80 @@ fn open_database(path: &Path, cache_bytes: usize) -> Result<Database> {
     let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
     let mut txn = db.begin_write()?;
     txn.set_two_phase_commit(true);
-    {
-        txn.open_table(EVENTS)?;
-        txn.open_table(DELIVERY)?;
-        txn.open_table(DUE)?;
-        txn.open_table(DEDUP)?;
-        let mut meta = txn.open_table(META)?;
-        let version = meta.get("format_version")?.map(|v| v.value());
-        match version {
-            None => {
-                meta.insert("format_version", FORMAT_VERSION)?;
-            }
-            Some(v) if v > FORMAT_VERSION => {
-                return Err(StoreError::Unavailable(format!(
-                    "{} has store format {v}; this build reads up to {FORMAT_VERSION}",
-                    path.display()
-                )));
-            }
-            Some(_) => {}
+    let version = txn.open_table(META)?.get("format_version")?.map(|v| v.value());
+    match version {
+        Some(v) if v > FORMAT_VERSION => {
+            return Err(StoreError::Unavailable(format!(
+                "{} has store format {v}; this build reads up to {FORMAT_VERSION}",
+                path.display()
+            )));
         }
+        Some(1) => migrate_v1(&txn)?,
+        _ => {}
     }
+    txn.open_table(EVENTS)?;
+    txn.open_table(DELIVERY)?;
+    txn.open_table(LANES)?;
+    txn.open_table(DLQ)?;
+    txn.open_table(DLQ_IDS)?;
+    txn.open_table(DEDUP)?;
+    txn.open_table(META)?.insert("format_version", FORMAT_VERSION)?;
     txn.commit()?;
     Ok(db)
 }
 
-fn read_next_seq(db: &Database) -> Result<u64> {
-    let txn = db.begin_read()?;
-    let from_meta = txn.open_table(META)?.get("next_seq")?.map(|v| v.value()).unwrap_or(0);
-    // An event can only exist if its append also wrote next_seq past it; this guards against
-    // a file whose meta row was lost in some other way.
-    let after_last = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
-    Ok(from_meta.max(after_last))
+/// Format 1 had one due index; each entry moves to the lanes its pending destinations use
+/// (or the unrouted lane). Runs once, in the transaction that records format 2.
+fn migrate_v1(txn: &redb::WriteTransaction) -> Result<()> {
+    let old: Vec<(u64, u64)> = {
+        let due = txn.open_table(DUE_V1)?;
+        due.iter()?.map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?
+    };
+    let delivery = txn.open_table(DELIVERY)?;
+    let mut lanes = txn.open_table(LANES)?;
+    for &(due_ms, seq) in &old {
+        let state = delivery.get(seq)?.map(|b| record::decode_delivery(b.value()));
+        let mut wanted: Vec<u8> = match state {
+            Some(Ok(d)) if !d.destinations.is_empty() => d
+                .destinations
+                .iter()
+                .filter(|s| s.is_pending())
+                .map(|s| s.target.broker().lane())
+                .collect(),
+            _ => vec![UNROUTED],
+        };
+        wanted.sort_unstable();
+        wanted.dedup();
+        for lane in wanted {
+            lanes.insert((lane, due_ms, seq), ())?;
+        }
+    }
+    drop((delivery, lanes));
+    txn.delete_table(DUE_V1)?;
+    tracing::info!(entries = old.len(), "store upgraded from format 1 to 2");
+    Ok(())
 }
 
-fn claim(db: &Database, now_ms: u64, limit: usize) -> Result<Claim> {
+/// Counters the writer continues from.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    next_seq: u64,
+    next_dlq_seq: u64,
+}
+
+fn read_counters(db: &Database) -> Result<Counters> {
+    use redb::ReadableDatabase;
     let txn = db.begin_read()?;
-    let due = txn.open_table(DUE)?;
-    let events = txn.open_table(EVENTS)?;
-    let delivery = txn.open_table(DELIVERY)?;
-    let mut claim = Claim::default();
-    for entry in due.iter()? {
-        let (key, _) = entry?;
-        let (due_ms, seq) = key.value();
-        if due_ms > now_ms {
-            claim.next_due_ms = Some(due_ms);
-            break;
-        }
-        if claim.entries.len() == limit {
-            claim.next_due_ms = Some(due_ms);
-            break;
-        }
-        let Some(bytes) = events.get(seq)? else {
-            claim.orphans.push((seq, due_ms));
-            continue;
-        };
-        let decoded = record::decode_event(bytes.value()).and_then(|event| {
-            let state = delivery.get(seq).ok().flatten();
-            let state = state.map(|b| record::decode_delivery(b.value())).transpose()?;
-            Ok((event, state))
-        });
-        let (event, state) = match decoded {
-            Ok(decoded) => decoded,
-            Err(source) => {
-                claim.unreadable.push((seq, due_ms, StoreError::Corrupt { seq, source }));
-                continue;
-            }
-        };
-        claim.entries.push(OutboxEntry { seq, due_ms, event, delivery: state });
-    }
-    Ok(claim)
+    let meta = txn.open_table(META)?;
+    let get = |name: &str| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
+    // An entry can only exist if its commit also advanced the counter past it; taking the
+    // max guards against a file whose meta row was lost in some other way.
+    let after_last_event = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+    let after_last_dlq = txn.open_table(DLQ)?.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+    Ok(Counters {
+        next_seq: get("next_seq")?.max(after_last_event),
+        next_dlq_seq: get("next_dlq_seq")?.max(after_last_dlq),
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,9 @@ use crate::routing::Target;
 
 const EVENT_V1: u8 = 1;
 const DELIVERY_V1: u8 = 1;
+/// v2 adds the dead state, attempt times and per-destination retry overrides.
+const DELIVERY_V2: u8 = 2;
+const DLQ_V1: u8 = 1;
 /// Longest error text kept per destination; enough to explain, small enough to rewrite often.
 const MAX_ERROR_LEN: usize = 512;
 
@@ -19,13 +22,107 @@ const MAX_ERROR_LEN: usize = 512;
 pub struct DecodeError(&'static str);
 
 /// Where one event stands with one destination.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    /// The broker confirmed it.
+    Done,
+    /// Given up on: the event is in the dead-letter queue for this destination.
+    Dead,
+}
+
+/// Why an event was dead-lettered. The names are part of the admin API and the CLI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// RabbitMQ returned it (`mandatory`, no queue bound) on every attempt.
+    Unroutable,
+    /// The broker refused it for good: no such exchange or topic, too large, not allowed.
+    Rejected,
+    /// Transient failures used up `max_attempts`.
+    MaxAttempts,
+    /// Older than `relay.max_age`.
+    Expired,
+    /// No route matches the event any more.
+    NoRoute,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::Unroutable,
+        Reason::Rejected,
+        Reason::MaxAttempts,
+        Reason::Expired,
+        Reason::NoRoute,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unroutable => "unroutable",
+            Reason::Rejected => "rejected",
+            Reason::MaxAttempts => "max_attempts",
+            Reason::Expired => "expired",
+            Reason::NoRoute => "no_route",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Reason::Unroutable => 1,
+            Reason::Rejected => 2,
+            Reason::MaxAttempts => 3,
+            Reason::Expired => 4,
+            Reason::NoRoute => 5,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<Reason, DecodeError> {
+        Reason::ALL.into_iter().find(|r| r.code() == code).ok_or(DecodeError("unknown reason"))
+    }
+}
+
+/// Retry settings a route or destination overrides; `None` takes the `relay:` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RetryOverride {
+    pub max_attempts: Option<u32>,
+    /// (initial, max) in milliseconds.
+    pub backoff_ms: Option<(u64, u64)>,
+}
+
+/// One event's state with one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationState {
     pub target: Target,
-    pub done: bool,
+    pub status: Status,
     pub attempts: u32,
+    /// 0 until the first attempt.
+    pub first_attempt_ms: u64,
+    pub last_attempt_ms: u64,
     pub next_attempt_ms: u64,
     pub last_error: Option<String>,
+    pub retry: RetryOverride,
+}
+
+impl DestinationState {
+    pub fn new(target: Target, retry: RetryOverride) -> Self {
+        Self {
+            target,
+            status: Status::Pending,
+            attempts: 0,
+            first_attempt_ms: 0,
+            last_attempt_ms: 0,
+            next_attempt_ms: 0,
+            last_error: None,
+            retry,
+        }
+    }
+
+    pub fn is_pending(&self) -> bool {
+        self.status == Status::Pending
+    }
 }
 
 /// The mutable half of an outbox entry: written when the relay first routes an event and
@@ -33,6 +130,23 @@ pub struct DestinationState {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Delivery {
     pub destinations: Vec<DestinationState>,
+}
+
+/// A destination given up on, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadDestination {
+    pub state: DestinationState,
+    pub reason: Reason,
+}
+
+/// A dead-letter-queue entry: the whole event and every destination that gave up on it.
+#[derive(Debug, Clone)]
+pub struct DlqRecord {
+    pub event: ValidatedEvent,
+    pub dead_lettered_at_ms: u64,
+    /// Why it was first dead-lettered (`no_route` entries have no destinations).
+    pub reason: Reason,
+    pub destinations: Vec<DeadDestination>,
 }
 
 struct Writer(Vec<u8>);
@@ -128,36 +242,105 @@ pub fn decode_event(bytes: &[u8]) -> Result<ValidatedEvent, DecodeError> {
 
 const TARGET_RABBITMQ: u8 = 1;
 const TARGET_KAFKA: u8 = 2;
+const NO_LIMIT: u32 = u32::MAX;
+
+fn encode_destination(w: &mut Writer, dest: &DestinationState) {
+    match &dest.target {
+        Target::RabbitMq { exchange, routing_key } => {
+            w.u8(TARGET_RABBITMQ);
+            w.bytes(exchange.as_bytes());
+            w.bytes(routing_key.as_bytes());
+        }
+        Target::Kafka { topic, key } => {
+            w.u8(TARGET_KAFKA);
+            w.bytes(topic.as_bytes());
+            w.opt_bytes(key.as_deref());
+        }
+    }
+    w.u8(match dest.status {
+        Status::Pending => 0,
+        Status::Done => 1,
+        Status::Dead => 2,
+    });
+    w.u32(dest.attempts);
+    w.u64(dest.first_attempt_ms);
+    w.u64(dest.last_attempt_ms);
+    w.u64(dest.next_attempt_ms);
+    let error = dest.last_error.as_deref().map(|e| truncate(e, MAX_ERROR_LEN).as_bytes());
+    w.opt_bytes(error);
+    w.u32(dest.retry.max_attempts.unwrap_or(NO_LIMIT));
+    let (initial, max) = dest.retry.backoff_ms.unwrap_or((u64::MAX, u64::MAX));
+    w.u64(initial);
+    w.u64(max);
+}
+
+fn decode_target(r: &mut Reader<'_>) -> Result<Target, DecodeError> {
+    match r.u8()? {
+        TARGET_RABBITMQ => {
+            Ok(Target::RabbitMq { exchange: r.str()?.to_owned(), routing_key: r.str()?.to_owned() })
+        }
+        TARGET_KAFKA => Ok(Target::Kafka {
+            topic: r.str()?.to_owned(),
+            key: r.opt_bytes()?.map(<[u8]>::to_vec),
+        }),
+        _ => Err(DecodeError("unknown target kind")),
+    }
+}
+
+fn decode_error_text(r: &mut Reader<'_>) -> Result<Option<String>, DecodeError> {
+    r.opt_bytes()?
+        .map(|b| String::from_utf8(b.to_vec()).map_err(|_| DecodeError("invalid utf-8")))
+        .transpose()
+}
+
+fn decode_destination(r: &mut Reader<'_>, version: u8) -> Result<DestinationState, DecodeError> {
+    let target = decode_target(r)?;
+    let status = match r.u8()? {
+        0 => Status::Pending,
+        1 => Status::Done,
+        2 if version >= DELIVERY_V2 => Status::Dead,
+        _ => return Err(DecodeError("bad status")),
+    };
+    let attempts = r.u32()?;
+    let (first_attempt_ms, last_attempt_ms) =
+        if version >= DELIVERY_V2 { (r.u64()?, r.u64()?) } else { (0, 0) };
+    let next_attempt_ms = r.u64()?;
+    let last_error = decode_error_text(r)?;
+    let retry = if version >= DELIVERY_V2 {
+        let max_attempts = Some(r.u32()?).filter(|&n| n != NO_LIMIT);
+        let (initial, max) = (r.u64()?, r.u64()?);
+        let backoff_ms = Some((initial, max)).filter(|&(i, _)| i != u64::MAX);
+        RetryOverride { max_attempts, backoff_ms }
+    } else {
+        RetryOverride::default()
+    };
+    Ok(DestinationState {
+        target,
+        status,
+        attempts,
+        first_attempt_ms,
+        last_attempt_ms,
+        next_attempt_ms,
+        last_error,
+        retry,
+    })
+}
 
 pub fn encode_delivery(d: &Delivery) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(128));
-    w.u8(DELIVERY_V1);
+    w.u8(DELIVERY_V2);
     w.u32(d.destinations.len() as u32);
     for dest in &d.destinations {
-        match &dest.target {
-            Target::RabbitMq { exchange, routing_key } => {
-                w.u8(TARGET_RABBITMQ);
-                w.bytes(exchange.as_bytes());
-                w.bytes(routing_key.as_bytes());
-            }
-            Target::Kafka { topic, key } => {
-                w.u8(TARGET_KAFKA);
-                w.bytes(topic.as_bytes());
-                w.opt_bytes(key.as_deref());
-            }
-        }
-        w.u8(u8::from(dest.done));
-        w.u32(dest.attempts);
-        w.u64(dest.next_attempt_ms);
-        let error = dest.last_error.as_deref().map(|e| truncate(e, MAX_ERROR_LEN).as_bytes());
-        w.opt_bytes(error);
+        encode_destination(&mut w, dest);
     }
     w.0
 }
 
+/// Reads every delivery format this build has written (v1 and v2).
 pub fn decode_delivery(bytes: &[u8]) -> Result<Delivery, DecodeError> {
     let mut r = Reader(bytes);
-    if r.u8()? != DELIVERY_V1 {
+    let version = r.u8()?;
+    if version != DELIVERY_V1 && version != DELIVERY_V2 {
         return Err(DecodeError("unknown delivery format version"));
     }
     let n = r.u32()? as usize;
@@ -165,33 +348,47 @@ pub fn decode_delivery(bytes: &[u8]) -> Result<Delivery, DecodeError> {
     if n > r.0.len() / 19 {
         return Err(DecodeError("destination count exceeds record"));
     }
-    let mut destinations = Vec::with_capacity(n);
-    for _ in 0..n {
-        let target = match r.u8()? {
-            TARGET_RABBITMQ => {
-                Target::RabbitMq { exchange: r.str()?.to_owned(), routing_key: r.str()?.to_owned() }
-            }
-            TARGET_KAFKA => Target::Kafka {
-                topic: r.str()?.to_owned(),
-                key: r.opt_bytes()?.map(<[u8]>::to_vec),
-            },
-            _ => return Err(DecodeError("unknown target kind")),
-        };
-        let done = match r.u8()? {
-            0 => false,
-            1 => true,
-            _ => return Err(DecodeError("bad done flag")),
-        };
-        let attempts = r.u32()?;
-        let next_attempt_ms = r.u64()?;
-        let last_error = r
-            .opt_bytes()?
-            .map(|b| String::from_utf8(b.to_vec()).map_err(|_| DecodeError("invalid utf-8")))
-            .transpose()?;
-        destinations.push(DestinationState { target, done, attempts, next_attempt_ms, last_error });
-    }
+    let destinations =
+        (0..n).map(|_| decode_destination(&mut r, version)).collect::<Result<_, _>>()?;
     r.finish()?;
     Ok(Delivery { destinations })
+}
+
+pub fn encode_dlq(record: &DlqRecord) -> Vec<u8> {
+    let event = encode_event(&record.event);
+    let mut w = Writer(Vec::with_capacity(event.len() + 128));
+    w.u8(DLQ_V1);
+    w.u64(record.dead_lettered_at_ms);
+    w.u8(record.reason.code());
+    w.bytes(&event);
+    w.u32(record.destinations.len() as u32);
+    for dead in &record.destinations {
+        w.u8(dead.reason.code());
+        encode_destination(&mut w, &dead.state);
+    }
+    w.0
+}
+
+pub fn decode_dlq(bytes: &[u8]) -> Result<DlqRecord, DecodeError> {
+    let mut r = Reader(bytes);
+    if r.u8()? != DLQ_V1 {
+        return Err(DecodeError("unknown dead-letter format version"));
+    }
+    let dead_lettered_at_ms = r.u64()?;
+    let reason = Reason::from_code(r.u8()?)?;
+    let event = decode_event(r.bytes()?)?;
+    let n = r.u32()? as usize;
+    if n > r.0.len() / 20 {
+        return Err(DecodeError("destination count exceeds record"));
+    }
+    let mut destinations = Vec::with_capacity(n);
+    for _ in 0..n {
+        let reason = Reason::from_code(r.u8()?)?;
+        let state = decode_destination(&mut r, DELIVERY_V2)?;
+        destinations.push(DeadDestination { state, reason });
+    }
+    r.finish()?;
+    Ok(DlqRecord { event, dead_lettered_at_ms, reason, destinations })
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -229,29 +426,70 @@ mod tests {
         assert_eq!(back.received_at_ms(), e.received_at_ms());
     }
 
+    fn states() -> Vec<DestinationState> {
+        let mut a = DestinationState::new(
+            Target::RabbitMq { exchange: "x".into(), routing_key: "k".into() },
+            RetryOverride::default(),
+        );
+        a.status = Status::Done;
+        a.attempts = 1;
+        let mut b = DestinationState::new(
+            Target::Kafka { topic: "t".into(), key: Some(b"42".to_vec()) },
+            RetryOverride { max_attempts: Some(3), backoff_ms: Some((10, 20)) },
+        );
+        b.attempts = 3;
+        b.first_attempt_ms = 7;
+        b.last_attempt_ms = 8;
+        b.next_attempt_ms = 9;
+        b.last_error = Some("é".repeat(400));
+        vec![a, b]
+    }
+
     #[test]
     fn delivery_round_trips() {
-        let d = Delivery {
-            destinations: vec![
-                DestinationState {
-                    target: Target::RabbitMq { exchange: "x".into(), routing_key: "k".into() },
-                    done: true,
-                    attempts: 1,
-                    next_attempt_ms: 5,
-                    last_error: None,
-                },
-                DestinationState {
-                    target: Target::Kafka { topic: "t".into(), key: Some(b"42".to_vec()) },
-                    done: false,
-                    attempts: 3,
-                    next_attempt_ms: 9,
-                    last_error: Some("é".repeat(400)),
-                },
-            ],
-        };
+        let d = Delivery { destinations: states() };
         let back = decode_delivery(&encode_delivery(&d)).unwrap();
         assert_eq!(back.destinations[0], d.destinations[0]);
+        assert_eq!(back.destinations[1].retry, d.destinations[1].retry);
         assert!(back.destinations[1].last_error.as_ref().unwrap().len() <= MAX_ERROR_LEN);
+    }
+
+    #[test]
+    fn version_1_delivery_records_still_read() {
+        // Layout of format 1: target, done flag, attempts, next attempt, error.
+        let mut w = Writer(Vec::new());
+        w.u8(DELIVERY_V1);
+        w.u32(1);
+        w.u8(TARGET_KAFKA);
+        w.bytes(b"orders");
+        w.opt_bytes(None);
+        w.u8(0);
+        w.u32(2);
+        w.u64(1234);
+        w.opt_bytes(Some(b"timeout"));
+        let d = decode_delivery(&w.0).unwrap();
+        let s = &d.destinations[0];
+        assert_eq!(s.target, Target::Kafka { topic: "orders".into(), key: None });
+        assert_eq!((s.status, s.attempts, s.next_attempt_ms), (Status::Pending, 2, 1234));
+        assert_eq!(s.retry, RetryOverride::default());
+    }
+
+    #[test]
+    fn dlq_record_round_trips() {
+        let record = DlqRecord {
+            event: sample_event(),
+            dead_lettered_at_ms: 99,
+            reason: Reason::Unroutable,
+            destinations: states()
+                .into_iter()
+                .map(|state| DeadDestination { state, reason: Reason::Rejected })
+                .collect(),
+        };
+        let back = decode_dlq(&encode_dlq(&record)).unwrap();
+        assert_eq!(back.event.body(), record.event.body());
+        assert_eq!(back.reason, Reason::Unroutable);
+        assert_eq!(back.destinations[0], record.destinations[0]);
+        assert_eq!(Reason::parse("max_attempts"), Some(Reason::MaxAttempts));
     }
 
     #[test]

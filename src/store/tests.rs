@@ -2,6 +2,7 @@ use super::*;
 use crate::event::{EventType, SourceName};
 use crate::routing::Target;
 use bytesize::ByteSize;
+use redb::ReadableDatabase;
 
 fn config(dir: &Path) -> StoreConfig {
     StoreConfig {
@@ -22,6 +23,18 @@ fn event(body: &str, at: u64) -> ValidatedEvent {
     )
 }
 
+fn rabbit() -> Target {
+    Target::RabbitMq { exchange: "x".into(), routing_key: "k".into() }
+}
+
+fn kafka() -> Target {
+    Target::Kafka { topic: "t".into(), key: None }
+}
+
+const RABBIT: u8 = 1;
+const KAFKA: u8 = 2;
+const ALL: [u8; 3] = [UNROUTED, RABBIT, KAFKA];
+
 #[tokio::test]
 async fn concurrent_appends_survive_reopen_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -35,69 +48,76 @@ async fn concurrent_appends_survive_reopen_in_order() {
         .into_iter()
         .map(|r| r.unwrap().unwrap())
         .collect();
+    assert!(store.stats().durable_commits < 200, "appends were grouped");
     closer.close().await;
     drop(store);
 
     let (store, closer) = Store::open(&config(dir.path())).unwrap();
     assert_eq!(store.pending().await.unwrap(), 200);
-    let claim = store.claim_due(u64::MAX, 1000).await.unwrap();
+    let claim = store.claim_due(u64::MAX, 1000, ALL.to_vec()).await.unwrap();
     assert_eq!(claim.entries.len(), 200);
-    // Ordered by due time (here: received_at = i).
     for (i, entry) in claim.entries.iter().enumerate() {
         assert_eq!(entry.event.body().as_ref(), format!("{{\"i\":{i}}}").as_bytes());
         assert!(ids.contains(&entry.event.id()));
+        assert_eq!(entry.claimed, vec![(UNROUTED, i as u64)]);
     }
-    // Sequence numbers keep growing across a reopen.
     let before = claim.entries.iter().map(|e| e.seq).max().unwrap();
     store.append(event("{}", 0)).await.unwrap();
-    let claim = store.claim_due(0, 10).await.unwrap();
-    assert!(claim.entries.iter().any(|e| e.seq > before));
+    let claim = store.claim_due(0, 10, ALL.to_vec()).await.unwrap();
+    assert!(claim.entries.iter().any(|e| e.seq > before), "seqs keep growing across reopen");
     closer.close().await;
 }
 
+/// Routes entry `e` to RabbitMQ (due at `r`) and Kafka (due at `k`).
+fn routed(e: &OutboxEntry, r: u64, k: u64) -> Settlement {
+    let mut a = DestinationState::new(rabbit(), RetryOverride::default());
+    a.next_attempt_ms = r;
+    let mut b = DestinationState::new(kafka(), RetryOverride::default());
+    b.next_attempt_ms = k;
+    Settlement {
+        seq: e.seq,
+        remove_due: e.claimed.clone(),
+        add_due: vec![(RABBIT, r), (KAFKA, k)],
+        outcome: Outcome::Store(Delivery { destinations: vec![a, b] }),
+        dead_letter: None,
+    }
+}
+
 #[tokio::test]
-async fn claim_takes_only_due_entries_and_settle_moves_them() {
+async fn lanes_keep_one_brokers_backlog_away_from_the_other() {
     let dir = tempfile::tempdir().unwrap();
     let (store, closer) = Store::open(&config(dir.path())).unwrap();
     for i in 0..5 {
         store.append(event("{}", 1000 + i)).await.unwrap();
     }
-    let claim = store.claim_due(1002, 10).await.unwrap();
+    let claim = store.claim_due(1002, 10, ALL.to_vec()).await.unwrap();
     assert_eq!(claim.entries.len(), 3);
     assert_eq!(claim.next_due_ms, Some(1003));
-    let claim = store.claim_due(1004, 2).await.unwrap();
+    let claim = store.claim_due(1004, 2, ALL.to_vec()).await.unwrap();
     assert_eq!(claim.entries.len(), 2, "limit respected");
 
-    let first = &claim.entries[0];
-    let second = &claim.entries[1];
-    let delivery = Delivery {
-        destinations: vec![DestinationState {
-            target: Target::Kafka { topic: "t".into(), key: None },
-            done: false,
-            attempts: 1,
-            next_attempt_ms: 9000,
-            last_error: Some("broker down".into()),
-        }],
-    };
+    let e = &claim.entries[0];
+    store.settle(vec![routed(e, 2000, 3000)]).await.unwrap();
+    // Only the RabbitMQ lane is claimed (Kafka down): the entry comes from lane 1 alone.
+    let claim = store.claim_due(5000, 10, vec![UNROUTED, RABBIT]).await.unwrap();
+    let got = claim.entries.iter().find(|x| x.seq == e.seq).unwrap();
+    assert_eq!(got.claimed, vec![(RABBIT, 2000)]);
+    assert_eq!(got.delivery.as_ref().unwrap().destinations.len(), 2);
+    // Both lanes claimed: one entry, two claimed lanes.
+    let claim = store.claim_due(5000, 10, ALL.to_vec()).await.unwrap();
+    let got = claim.entries.iter().find(|x| x.seq == e.seq).unwrap();
+    assert_eq!(got.claimed, vec![(RABBIT, 2000), (KAFKA, 3000)]);
     store
-        .settle(vec![
-            Settlement::Delete { seq: first.seq, due_ms: first.due_ms },
-            Settlement::Reschedule {
-                seq: second.seq,
-                due_ms: second.due_ms,
-                delivery: delivery.clone(),
-                next_due_ms: 9000,
-            },
-        ])
+        .settle(vec![Settlement {
+            seq: e.seq,
+            remove_due: got.claimed.clone(),
+            add_due: vec![],
+            outcome: Outcome::Delete,
+            dead_letter: None,
+        }])
         .await
         .unwrap();
     assert_eq!(store.pending().await.unwrap(), 4);
-    let claim = store.claim_due(8999, 10).await.unwrap();
-    assert_eq!(claim.entries.len(), 3);
-    assert_eq!(claim.next_due_ms, Some(9000));
-    let claim = store.claim_due(9000, 10).await.unwrap();
-    let moved = claim.entries.iter().find(|e| e.seq == second.seq).unwrap();
-    assert_eq!(moved.delivery.as_ref(), Some(&delivery));
     closer.close().await;
 }
 
@@ -125,29 +145,139 @@ async fn damaged_records_and_orphan_index_entries_are_reported_not_fatal() {
         let db = Database::create(&cfg.path).unwrap();
         let txn = db.begin_write().unwrap();
         txn.open_table(EVENTS).unwrap().insert(500, &[1u8, 2, 3][..]).unwrap();
-        let mut due = txn.open_table(DUE).unwrap();
-        due.insert((11, 500), ()).unwrap();
-        due.insert((12, 600), ()).unwrap(); // no event 600
+        let mut due = txn.open_table(LANES).unwrap();
+        due.insert((UNROUTED, 11, 500), ()).unwrap();
+        due.insert((UNROUTED, 12, 600), ()).unwrap(); // no event 600
         drop(due);
         txn.commit().unwrap();
     }
     let (store, closer) = Store::open(&cfg).unwrap();
-    let claim = store.claim_due(100, 10).await.unwrap();
+    let claim = store.claim_due(100, 10, ALL.to_vec()).await.unwrap();
     assert_eq!(claim.entries.len(), 1, "the good entry is still claimed");
     assert_eq!(claim.unreadable.len(), 1);
     assert!(matches!(claim.unreadable[0].2, StoreError::Corrupt { seq: 500, .. }));
-    assert_eq!(claim.orphans, vec![(600, 12)]);
-    store
-        .settle(vec![
-            Settlement::Defer { seq: 500, due_ms: 11, next_due_ms: 1000 },
-            Settlement::DropIndex { seq: 600, due_ms: 12 },
-        ])
-        .await
-        .unwrap();
-    let claim = store.claim_due(100, 10).await.unwrap();
-    assert!(claim.unreadable.is_empty() && claim.orphans.is_empty());
-    assert_eq!(claim.next_due_ms, Some(1000));
-    let later = store.claim_due(1000, 10).await.unwrap();
-    assert_eq!(later.unreadable.len(), 1, "kept, not deleted");
+    assert_eq!(claim.orphans, vec![(600, (UNROUTED, 12))]);
     closer.close().await;
+}
+
+fn dead(e: &OutboxEntry, reason: Reason, target: Target) -> DlqRecord {
+    let mut state = DestinationState::new(target, RetryOverride::default());
+    state.status = Status::Dead;
+    state.attempts = 3;
+    state.last_error = Some("no queue bound".into());
+    DlqRecord {
+        event: e.event.clone(),
+        dead_lettered_at_ms: 5000 + e.seq,
+        reason,
+        destinations: vec![DeadDestination { state, reason }],
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_list_newest_first_filter_replay_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    for i in 0..5 {
+        store.append(event(&format!("{{\"i\":{i}}}"), 10 + i)).await.unwrap();
+    }
+    let claim = store.claim_due(100, 10, ALL.to_vec()).await.unwrap();
+    let settle_dead = |e: &OutboxEntry, reason, target| Settlement {
+        seq: e.seq,
+        remove_due: e.claimed.clone(),
+        add_due: vec![],
+        outcome: Outcome::Delete,
+        dead_letter: Some(dead(e, reason, target)),
+    };
+    let mut settlements: Vec<Settlement> =
+        claim.entries[..4].iter().map(|e| settle_dead(e, Reason::Unroutable, rabbit())).collect();
+    // The fifth fails on Kafka only; RabbitMQ is still pending in the outbox.
+    let fifth = &claim.entries[4];
+    let mut pending = DestinationState::new(rabbit(), RetryOverride::default());
+    pending.next_attempt_ms = 50;
+    settlements.push(Settlement {
+        seq: fifth.seq,
+        remove_due: fifth.claimed.clone(),
+        add_due: vec![(RABBIT, 50)],
+        outcome: Outcome::Store(Delivery { destinations: vec![pending] }),
+        dead_letter: Some(dead(fifth, Reason::Rejected, kafka())),
+    });
+    store.settle(settlements).await.unwrap();
+    assert_eq!(store.pending().await.unwrap(), 1);
+
+    let page = store.dlq_list(DlqFilter::default(), None, 3).await.unwrap();
+    assert_eq!(page.entries.len(), 3);
+    assert_eq!(page.entries[0].record.event.id(), fifth.event.id(), "newest first");
+    let rest = store.dlq_list(DlqFilter::default(), page.next_cursor, 3).await.unwrap();
+    assert_eq!(rest.entries.len(), 2);
+    assert_eq!(rest.next_cursor, None);
+    let rejected = DlqFilter { reason: Some(Reason::Rejected), ..DlqFilter::default() };
+    assert_eq!(store.dlq_list(rejected.clone(), None, 10).await.unwrap().entries.len(), 1);
+    let by_dest = DlqFilter { destination: Some("kafka:".into()), ..DlqFilter::default() };
+    assert_eq!(store.dlq_list(by_dest, None, 10).await.unwrap().entries.len(), 1);
+    let got = store.dlq_get(fifth.event.id()).await.unwrap().unwrap();
+    assert_eq!(got.record.destinations[0].state.target, kafka());
+
+    // Replay the Kafka failure: back in the outbox for Kafka only, same id.
+    let n = store.dlq_replay(DlqSelector::Id(fifth.event.id()), 60).await.unwrap();
+    assert_eq!(n, 1);
+    assert!(store.dlq_get(fifth.event.id()).await.unwrap().is_none());
+    let claim = store.claim_due(100, 10, vec![KAFKA]).await.unwrap();
+    assert_eq!(claim.entries.len(), 1);
+    let replayed = &claim.entries[0];
+    assert_eq!(replayed.event.id(), fifth.event.id());
+    let d = replayed.delivery.as_ref().unwrap();
+    assert_eq!(d.destinations.len(), 1);
+    assert_eq!((d.destinations[0].target.clone(), d.destinations[0].attempts), (kafka(), 0));
+
+    // Purge by filter, then retention.
+    let purged = store.dlq_delete(DlqSelector::Matching(rejected)).await.unwrap();
+    assert_eq!(purged, 0, "the rejected one was replayed");
+    let expired = store.dlq_expire(Some(2), None).await.unwrap();
+    assert_eq!(expired, 2);
+    let expired = store.dlq_expire(None, Some(u64::MAX)).await.unwrap();
+    assert_eq!(expired, 2);
+    let stats = store.outbox_stats(100).await.unwrap();
+    assert_eq!((stats.pending, stats.dlq_entries), (2, 0));
+    assert_eq!(stats.destinations.len(), 2);
+    closer.close().await;
+}
+
+#[tokio::test]
+async fn format_1_files_are_migrated_to_lanes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path());
+    {
+        // A file as format 1 wrote it: one due index, a routed and an unrouted event.
+        let db = Database::create(&cfg.path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let (a, b) = (event("{}", 1), event("{}", 2));
+        let mut events = txn.open_table(EVENTS).unwrap();
+        events.insert(0, record::encode_event(&a).as_slice()).unwrap();
+        events.insert(1, record::encode_event(&b).as_slice()).unwrap();
+        drop(events);
+        let mut due = txn.open_table(DUE_V1).unwrap();
+        due.insert((1, 0), ()).unwrap();
+        due.insert((7, 1), ()).unwrap();
+        drop(due);
+        let d = Delivery {
+            destinations: vec![DestinationState::new(kafka(), RetryOverride::default())],
+        };
+        txn.open_table(DELIVERY)
+            .unwrap()
+            .insert(1, record::encode_delivery(&d).as_slice())
+            .unwrap();
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("format_version", 1).unwrap();
+        meta.insert("next_seq", 2).unwrap();
+        drop(meta);
+        txn.commit().unwrap();
+    }
+    let (store, closer) = Store::open(&cfg).unwrap();
+    let claim = store.claim_due(100, 10, ALL.to_vec()).await.unwrap();
+    let claimed: Vec<_> = claim.entries.iter().map(|e| (e.seq, e.claimed.clone())).collect();
+    assert_eq!(claimed, vec![(0, vec![(UNROUTED, 1)]), (1, vec![(KAFKA, 7)])]);
+    closer.close().await;
+    let db = Database::open(&cfg.path).unwrap();
+    let txn = db.begin_read().unwrap();
+    assert_eq!(txn.open_table(META).unwrap().get("format_version").unwrap().unwrap().value(), 2);
 }

@@ -2,9 +2,9 @@
 //!
 //! The loop blocks for one command, then takes everything else already queued (up to the batch
 //! cap) and applies it all in one write transaction. The commit is durable (fsync, two-phase)
-//! when the batch holds an append; settle-only batches skip the fsync, and a tick makes them
-//! durable within a second. No timer delays a commit: while one commit runs, the next batch
-//! fills by itself.
+//! when the batch holds an append or an admin change; settle-only batches skip the fsync, and
+//! a tick makes them durable within a second. No timer delays a commit: while one commit
+//! runs, the next batch fills by itself.
 //!
 //! A failed commit answers every request of its batch with an error, marks the store
 //! unhealthy, drops the database and reopens it; it never retries an fsync and then acks.
@@ -13,12 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, StorageError, Table, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableTable, ReadableTableMetadata, StorageError, Table,
+    WriteTransaction,
+};
 use tokio::sync::{mpsc, oneshot};
 
+use super::record::{self, Delivery, DestinationState, DlqRecord};
 use super::{
-    DELIVERY, DUE, EVENTS, META, Result, Settlement, Shared, StoreError, file_len, open_database,
-    record,
+    Counters, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS, LANES, META, Outcome, Result,
+    Settlement, Shared, StoreError, UNROUTED, file_len, open_database,
 };
 use crate::event::{EventId, ValidatedEvent};
 
@@ -31,12 +35,37 @@ pub(super) enum Command {
         settlements: Vec<Settlement>,
         reply: oneshot::Sender<Result<()>>,
     },
+    Replay {
+        selector: DlqSelector,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    DeleteDlq {
+        selector: DlqSelector,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    ExpireDlq {
+        max_entries: Option<u64>,
+        older_than_ms: Option<u64>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     /// Make earlier non-durable commits durable, if there are any.
     FlushIfDirty,
     /// Final durable commit, then the thread ends.
     Close {
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<()>>,
     },
+}
+
+impl Command {
+    fn is_append(&self) -> bool {
+        matches!(self, Command::Append { .. })
+    }
+
+    /// Appends and admin changes are acknowledged to someone outside: they must be durable.
+    fn needs_fsync(&self) -> bool {
+        !matches!(self, Command::Settle { .. } | Command::FlushIfDirty)
+    }
 }
 
 /// How long the writer waits between attempts to reopen a failed database.
@@ -49,17 +78,53 @@ pub(super) struct Writer {
     cache_bytes: usize,
     max_bytes: u64,
     batch_max: usize,
-    next_seq: u64,
+    counters: Counters,
     /// A non-durable commit happened since the last durable one.
     dirty: bool,
     last_reopen_attempt: Option<Instant>,
 }
 
-/// The outcome of applying one command inside the transaction, sent after the commit.
+/// A reply to send once the commit is known to have succeeded (or failed).
 enum Pending {
     Append(oneshot::Sender<Result<EventId>>, Result<EventId>),
-    Settle(oneshot::Sender<Result<()>>),
-    Close(oneshot::Sender<()>),
+    Unit(oneshot::Sender<Result<()>>),
+    Count(oneshot::Sender<Result<u64>>, u64),
+}
+
+impl Pending {
+    fn succeed(self) -> bool {
+        match self {
+            Pending::Append(reply, result) => {
+                let appended = result.is_ok();
+                let _ = reply.send(result);
+                return appended;
+            }
+            Pending::Unit(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+            Pending::Count(reply, n) => {
+                let _ = reply.send(Ok(n));
+            }
+        }
+        false
+    }
+
+    fn fail(self, error: &StoreError) {
+        match self {
+            Pending::Append(reply, _) => drop(reply.send(Err(error.clone()))),
+            Pending::Unit(reply) => drop(reply.send(Err(error.clone()))),
+            Pending::Count(reply, _) => drop(reply.send(Err(error.clone()))),
+        }
+    }
+}
+
+/// The tables one transaction writes.
+struct Tables<'t> {
+    events: Table<'t, u64, &'static [u8]>,
+    delivery: Table<'t, u64, &'static [u8]>,
+    lanes: Table<'t, (u8, u64, u64), ()>,
+    dlq: Table<'t, u64, &'static [u8]>,
+    dlq_ids: Table<'t, u128, u64>,
 }
 
 impl Writer {
@@ -69,7 +134,7 @@ impl Writer {
         cache_bytes: usize,
         max_bytes: u64,
         batch_max: usize,
-        next_seq: u64,
+        counters: Counters,
     ) -> Self {
         let db = shared.db.load_full();
         Self {
@@ -79,7 +144,7 @@ impl Writer {
             cache_bytes,
             max_bytes,
             batch_max,
-            next_seq,
+            counters,
             dirty: false,
             last_reopen_attempt: None,
         }
@@ -87,12 +152,12 @@ impl Writer {
 
     pub(super) fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
+            let mut appends = usize::from(first.is_append());
             let mut batch = vec![first];
-            let mut appends = usize::from(matches!(batch[0], Command::Append { .. }));
             while appends < self.batch_max {
                 match self.rx.try_recv() {
                     Ok(command) => {
-                        appends += usize::from(matches!(command, Command::Append { .. }));
+                        appends += usize::from(command.is_append());
                         batch.push(command);
                     }
                     Err(_) => break,
@@ -115,97 +180,69 @@ impl Writer {
     }
 
     fn execute(&mut self, batch: Vec<Command>) {
-        let Some(db) = self.usable_db() else {
-            let error = StoreError::Unavailable("reopening after a failed commit".into());
-            for command in batch {
-                answer_error(command, &error);
-            }
-            return;
-        };
-        let needs_fsync =
-            batch.iter().any(|c| matches!(c, Command::Append { .. } | Command::Close { .. }))
-                || (self.dirty && batch.iter().any(|c| matches!(c, Command::FlushIfDirty)));
         let only_idle_ticks = batch.iter().all(|c| matches!(c, Command::FlushIfDirty));
         if only_idle_ticks && !self.dirty {
             return;
         }
-        match self.commit(&db, batch, needs_fsync) {
-            Ok(pending) => {
-                self.dirty = !needs_fsync;
-                self.shared.file_bytes.store(file_len(&self.shared.path), Ordering::Relaxed);
-                if needs_fsync {
+        let Some(db) = self.usable_db() else {
+            let error = StoreError::Unavailable("reopening after a failed commit".into());
+            let mut pending = Vec::new();
+            for command in batch {
+                unapplied(command, &mut pending);
+            }
+            pending.into_iter().for_each(|p| p.fail(&error));
+            return;
+        };
+        let durable = self.dirty || batch.iter().any(Command::needs_fsync);
+        let mut pending = Vec::with_capacity(batch.len());
+        let counters_before = self.counters;
+        match self.commit(&db, batch, durable, &mut pending) {
+            Ok(()) => {
+                self.dirty = !durable;
+                if durable {
                     self.shared.durable_commits.fetch_add(1, Ordering::Relaxed);
                 }
-                let mut appended = 0;
-                for p in pending {
-                    match p {
-                        Pending::Append(reply, result) => {
-                            appended += u64::from(result.is_ok());
-                            let _ = reply.send(result);
-                        }
-                        Pending::Settle(reply) => {
-                            let _ = reply.send(Ok(()));
-                        }
-                        Pending::Close(reply) => {
-                            let _ = reply.send(());
-                        }
-                    }
-                }
+                self.shared.file_bytes.store(file_len(&self.shared.path), Ordering::Relaxed);
+                let appended =
+                    pending.into_iter().map(Pending::succeed).filter(|&a| a).count() as u64;
                 if appended > 0 {
                     self.shared.appended_events.fetch_add(appended, Ordering::Relaxed);
                     self.shared.appended.notify_one();
                 }
             }
-            Err((error, pending)) => {
-                tracing::error!(%error, "store commit failed; answering the batch with 503 and reopening");
-                for p in pending {
-                    match p {
-                        Pending::Append(reply, _) => {
-                            let _ = reply.send(Err(error.clone()));
-                        }
-                        Pending::Settle(reply) => {
-                            let _ = reply.send(Err(error.clone()));
-                        }
-                        Pending::Close(reply) => {
-                            let _ = reply.send(());
-                        }
-                    }
-                }
+            Err(error) => {
+                tracing::error!(%error, "store commit failed; failing the batch and reopening");
+                self.counters = counters_before;
+                pending.into_iter().for_each(|p| p.fail(&error));
                 self.fail();
             }
         }
     }
 
     /// Applies the batch in one transaction and commits it. On error the transaction is
-    /// dropped (aborted) and the caller learns which requests to fail.
+    /// dropped (aborted); `pending` holds a reply for every command either way.
     fn commit(
         &mut self,
         db: &Database,
         batch: Vec<Command>,
         durable: bool,
-    ) -> std::result::Result<Vec<Pending>, (StoreError, Vec<Pending>)> {
-        let mut pending = Vec::with_capacity(batch.len());
-        let seq_before = self.next_seq;
-        let outcome = (|| -> Result<WriteTransaction> {
-            let mut txn = db.begin_write()?;
+        pending: &mut Vec<Pending>,
+    ) -> Result<()> {
+        let durability = if durable { Durability::Immediate } else { Durability::None };
+        let begun = db.begin_write().map_err(StoreError::from).and_then(|mut txn| {
             txn.set_two_phase_commit(true);
-            let durability = if durable { Durability::Immediate } else { Durability::None };
             txn.set_durability(durability).map_err(|e| StoreError::Db(e.to_string()))?;
-            self.apply(&txn, batch, &mut pending)?;
             Ok(txn)
-        })()
-        .and_then(|txn| Ok(txn.commit()?));
-        match outcome {
-            Ok(()) => Ok(pending),
+        });
+        let txn = match begun {
+            Ok(txn) => txn,
             Err(error) => {
-                self.next_seq = seq_before;
-                let error = match error {
-                    StoreError::Db(msg) => StoreError::Commit(msg),
-                    other => other,
-                };
-                Err((error, pending))
+                batch.into_iter().for_each(|c| unapplied(c, pending));
+                return Err(error);
             }
-        }
+        };
+        self.apply(&txn, batch, pending)?;
+        txn.commit().map_err(|e| StoreError::Commit(e.to_string()))
     }
 
     fn apply(
@@ -214,49 +251,165 @@ impl Writer {
         batch: Vec<Command>,
         pending: &mut Vec<Pending>,
     ) -> Result<()> {
-        let mut events = txn.open_table(EVENTS)?;
-        let mut due = txn.open_table(DUE)?;
-        let mut delivery = txn.open_table(DELIVERY)?;
+        let mut tables = match open_tables(txn) {
+            Ok(tables) => tables,
+            Err(error) => {
+                batch.into_iter().for_each(|c| unapplied(c, pending));
+                return Err(error);
+            }
+        };
         let over_quota = self.shared.file_bytes.load(Ordering::Relaxed) > self.max_bytes;
-        let mut failure = None;
+        let mut failure: Option<StoreError> = None;
         for command in batch {
-            // Each reply is recorded before the fallible writes, so that after an error every
+            if failure.is_some() {
+                unapplied(command, pending);
+                continue;
+            }
+            // Each reply is recorded with what the command did; after an error every
             // request of the batch is still answered (with that error).
-            match command {
-                Command::Append { event, reply } if failure.is_none() => {
-                    if over_quota {
-                        pending.push(Pending::Append(reply, Err(StoreError::QuotaExceeded)));
-                        continue;
-                    }
-                    let seq = self.next_seq;
-                    pending.push(Pending::Append(reply, Ok(event.id())));
-                    self.next_seq += 1;
-                    failure = apply_append(&mut events, &mut due, seq, &event)
-                        .err()
-                        .map(StoreError::from);
+            let result = match command {
+                Command::Append { reply, .. } if over_quota => {
+                    pending.push(Pending::Append(reply, Err(StoreError::QuotaExceeded)));
+                    Ok(())
                 }
-                Command::Settle { settlements, reply } if failure.is_none() => {
-                    pending.push(Pending::Settle(reply));
-                    for s in settlements {
-                        if let Err(e) = apply_settlement(&mut events, &mut due, &mut delivery, s) {
-                            failure = Some(StoreError::from(e));
-                            break;
+                Command::Append { event, reply } => {
+                    let seq = self.next_seq();
+                    pending.push(Pending::Append(reply, Ok(event.id())));
+                    append(&mut tables, seq, &event)
+                }
+                Command::Settle { settlements, reply } => {
+                    pending.push(Pending::Unit(reply));
+                    settlements.into_iter().try_for_each(|s| self.settle(&mut tables, s))
+                }
+                Command::Replay { selector, now_ms, reply } => {
+                    match self.replay(&mut tables, &selector, now_ms) {
+                        Ok(n) => {
+                            pending.push(Pending::Count(reply, n));
+                            Ok(())
+                        }
+                        Err(e) => {
+                            pending.push(Pending::Count(reply, 0));
+                            Err(e)
                         }
                     }
                 }
-                Command::Append { reply, .. } => {
-                    pending.push(Pending::Append(reply, Err(StoreError::Commit(String::new()))));
+                Command::DeleteDlq { selector, reply } => {
+                    let removed = select(&tables, &selector).and_then(|chosen| {
+                        let n = chosen.len() as u64;
+                        for (dlq_seq, record) in chosen {
+                            remove_dlq(&mut tables, dlq_seq, &record)?;
+                        }
+                        Ok(n)
+                    });
+                    pending.push(Pending::Count(reply, *removed.as_ref().unwrap_or(&0)));
+                    removed.map(drop)
                 }
-                Command::Settle { reply, .. } => pending.push(Pending::Settle(reply)),
-                Command::FlushIfDirty => {}
-                Command::Close { reply } => pending.push(Pending::Close(reply)),
-            }
+                Command::ExpireDlq { max_entries, older_than_ms, reply } => {
+                    let expired = expire(&mut tables, max_entries, older_than_ms);
+                    pending.push(Pending::Count(reply, *expired.as_ref().unwrap_or(&0)));
+                    expired.map(drop)
+                }
+                Command::FlushIfDirty => Ok(()),
+                Command::Close { reply } => {
+                    pending.push(Pending::Unit(reply));
+                    Ok(())
+                }
+            };
+            failure = result.err();
         }
         if let Some(error) = failure {
             return Err(error);
         }
-        txn.open_table(META)?.insert("next_seq", self.next_seq)?;
+        drop(tables);
+        let mut meta = txn.open_table(META)?;
+        meta.insert("next_seq", self.counters.next_seq)?;
+        meta.insert("next_dlq_seq", self.counters.next_dlq_seq)?;
         Ok(())
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        let seq = self.counters.next_seq;
+        self.counters.next_seq += 1;
+        seq
+    }
+
+    fn settle(&mut self, t: &mut Tables<'_>, s: Settlement) -> Result<()> {
+        for (lane, due) in &s.remove_due {
+            t.lanes.remove((*lane, *due, s.seq))?;
+        }
+        for (lane, due) in &s.add_due {
+            t.lanes.insert((*lane, *due, s.seq), ())?;
+        }
+        match &s.outcome {
+            Outcome::Keep => {}
+            Outcome::Store(d) => {
+                t.delivery.insert(s.seq, record::encode_delivery(d).as_slice())?;
+            }
+            Outcome::Delete => {
+                t.events.remove(s.seq)?;
+                t.delivery.remove(s.seq)?;
+            }
+        }
+        if let Some(dead) = s.dead_letter {
+            self.dead_letter(t, dead)?;
+        }
+        Ok(())
+    }
+
+    /// Adds to the event's DLQ entry if it has one (another destination failed earlier),
+    /// otherwise creates it.
+    fn dead_letter(&mut self, t: &mut Tables<'_>, mut dead: DlqRecord) -> Result<()> {
+        let id = dead.event.id().as_u128();
+        let existing = t.dlq_ids.get(id)?.map(|v| v.value());
+        let dlq_seq = match existing {
+            Some(dlq_seq) => {
+                let earlier = t.dlq.get(dlq_seq)?.map(|b| record::decode_dlq(b.value()));
+                if let Some(Ok(mut earlier)) = earlier {
+                    earlier.destinations.append(&mut dead.destinations);
+                    dead = earlier;
+                }
+                dlq_seq
+            }
+            None => {
+                let dlq_seq = self.counters.next_dlq_seq;
+                self.counters.next_dlq_seq += 1;
+                t.dlq_ids.insert(id, dlq_seq)?;
+                dlq_seq
+            }
+        };
+        t.dlq.insert(dlq_seq, record::encode_dlq(&dead).as_slice())?;
+        Ok(())
+    }
+
+    /// Back to the outbox, under a new seq and the same event id, pending only for the
+    /// destinations that had failed (a `no_route` entry is routed afresh).
+    fn replay(&mut self, t: &mut Tables<'_>, selector: &DlqSelector, now_ms: u64) -> Result<u64> {
+        let chosen = select(t, selector)?;
+        let n = chosen.len() as u64;
+        for (dlq_seq, record) in chosen {
+            let seq = self.next_seq();
+            t.events.insert(seq, record::encode_event(&record.event).as_slice())?;
+            if record.destinations.is_empty() {
+                t.lanes.insert((UNROUTED, now_ms, seq), ())?;
+            } else {
+                let destinations: Vec<DestinationState> = record
+                    .destinations
+                    .iter()
+                    .map(|d| DestinationState::new(d.state.target.clone(), d.state.retry))
+                    .collect();
+                let mut lanes: Vec<u8> =
+                    destinations.iter().map(|d| d.target.broker().lane()).collect();
+                lanes.sort_unstable();
+                lanes.dedup();
+                for lane in lanes {
+                    t.lanes.insert((lane, now_ms, seq), ())?;
+                }
+                let delivery = Delivery { destinations };
+                t.delivery.insert(seq, record::encode_delivery(&delivery).as_slice())?;
+            }
+            remove_dlq(t, dlq_seq, &record)?;
+        }
+        Ok(n)
     }
 
     fn usable_db(&mut self) -> Option<Arc<Database>> {
@@ -270,8 +423,11 @@ impl Writer {
         match open_database(&self.shared.path, self.cache_bytes) {
             Ok(db) => {
                 let db = Arc::new(db);
-                match super::read_next_seq(&db) {
-                    Ok(next) => self.next_seq = self.next_seq.max(next),
+                match super::read_counters(&db) {
+                    Ok(c) => {
+                        self.counters.next_seq = self.counters.next_seq.max(c.next_seq);
+                        self.counters.next_dlq_seq = self.counters.next_dlq_seq.max(c.next_dlq_seq);
+                    }
                     Err(error) => {
                         tracing::error!(%error, "reopened store is unreadable");
                         return None;
@@ -301,59 +457,85 @@ impl Writer {
     }
 }
 
-type Events<'t> = Table<'t, u64, &'static [u8]>;
-type Due<'t> = Table<'t, (u64, u64), ()>;
-
-fn apply_append(
-    events: &mut Events<'_>,
-    due: &mut Due<'_>,
-    seq: u64,
-    event: &ValidatedEvent,
-) -> std::result::Result<(), StorageError> {
-    events.insert(seq, record::encode_event(event).as_slice())?;
-    due.insert((event.received_at_ms(), seq), ())?;
-    Ok(())
+fn open_tables(txn: &WriteTransaction) -> Result<Tables<'_>> {
+    Ok(Tables {
+        events: txn.open_table(EVENTS)?,
+        delivery: txn.open_table(DELIVERY)?,
+        lanes: txn.open_table(LANES)?,
+        dlq: txn.open_table(DLQ)?,
+        dlq_ids: txn.open_table(DLQ_IDS)?,
+    })
 }
 
-fn apply_settlement(
-    events: &mut Events<'_>,
-    due: &mut Due<'_>,
-    delivery: &mut Events<'_>,
-    settlement: Settlement,
-) -> std::result::Result<(), StorageError> {
-    match settlement {
-        Settlement::Delete { seq, due_ms } => {
-            due.remove((due_ms, seq))?;
-            events.remove(seq)?;
-            delivery.remove(seq)?;
-        }
-        Settlement::Reschedule { seq, due_ms, delivery: state, next_due_ms } => {
-            due.remove((due_ms, seq))?;
-            due.insert((next_due_ms, seq), ())?;
-            delivery.insert(seq, record::encode_delivery(&state).as_slice())?;
-        }
-        Settlement::Defer { seq, due_ms, next_due_ms } => {
-            due.remove((due_ms, seq))?;
-            due.insert((next_due_ms, seq), ())?;
-        }
-        Settlement::DropIndex { seq, due_ms } => {
-            due.remove((due_ms, seq))?;
-        }
-    }
-    Ok(())
-}
-
-fn answer_error(command: Command, error: &StoreError) {
+/// The reply slot of a command that was not applied (its batch failed before reaching it).
+fn unapplied(command: Command, pending: &mut Vec<Pending>) {
     match command {
-        Command::Append { reply, .. } => {
-            let _ = reply.send(Err(error.clone()));
+        Command::Append { reply, event } => pending.push(Pending::Append(reply, Ok(event.id()))),
+        Command::Settle { reply, .. } | Command::Close { reply } => {
+            pending.push(Pending::Unit(reply))
         }
-        Command::Settle { reply, .. } => {
-            let _ = reply.send(Err(error.clone()));
-        }
+        Command::Replay { reply, .. }
+        | Command::DeleteDlq { reply, .. }
+        | Command::ExpireDlq { reply, .. } => pending.push(Pending::Count(reply, 0)),
         Command::FlushIfDirty => {}
-        Command::Close { reply } => {
-            let _ = reply.send(());
+    }
+}
+
+fn append(t: &mut Tables<'_>, seq: u64, event: &ValidatedEvent) -> Result<()> {
+    t.events.insert(seq, record::encode_event(event).as_slice())?;
+    t.lanes.insert((UNROUTED, event.received_at_ms(), seq), ())?;
+    Ok(())
+}
+
+fn select(t: &Tables<'_>, selector: &DlqSelector) -> Result<Vec<(u64, DlqRecord)>> {
+    let decode = |dlq_seq: u64, bytes: &[u8]| {
+        record::decode_dlq(bytes).map_err(|source| StoreError::Corrupt { seq: dlq_seq, source })
+    };
+    match selector {
+        DlqSelector::Id(id) => {
+            let Some(dlq_seq) = t.dlq_ids.get(id.as_u128())?.map(|v| v.value()) else {
+                return Ok(Vec::new());
+            };
+            let Some(bytes) = t.dlq.get(dlq_seq)? else { return Ok(Vec::new()) };
+            Ok(vec![(dlq_seq, decode(dlq_seq, bytes.value())?)])
+        }
+        DlqSelector::Matching(filter) => {
+            let mut chosen = Vec::new();
+            for entry in t.dlq.iter()? {
+                let (key, value) = entry?;
+                let record = decode(key.value(), value.value())?;
+                if filter.matches(&record) {
+                    chosen.push((key.value(), record));
+                }
+            }
+            Ok(chosen)
         }
     }
+}
+
+fn remove_dlq(t: &mut Tables<'_>, dlq_seq: u64, record: &DlqRecord) -> Result<(), StorageError> {
+    t.dlq.remove(dlq_seq)?;
+    t.dlq_ids.remove(record.event.id().as_u128())?;
+    Ok(())
+}
+
+/// Oldest first: drop entries beyond `max_entries` and those older than `older_than_ms`.
+fn expire(t: &mut Tables<'_>, max_entries: Option<u64>, older_than_ms: Option<u64>) -> Result<u64> {
+    let total = t.dlq.len()?;
+    let mut doomed = Vec::new();
+    for entry in t.dlq.iter()? {
+        let (key, value) = entry?;
+        let record = record::decode_dlq(value.value())
+            .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?;
+        let over_count = max_entries.is_some_and(|max| total - doomed.len() as u64 > max);
+        let too_old = older_than_ms.is_some_and(|t| record.dead_lettered_at_ms < t);
+        if !over_count && !too_old {
+            break;
+        }
+        doomed.push((key.value(), record));
+    }
+    for (dlq_seq, record) in &doomed {
+        remove_dlq(t, *dlq_seq, record)?;
+    }
+    Ok(doomed.len() as u64)
 }

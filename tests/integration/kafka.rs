@@ -190,7 +190,7 @@ async fn fatal_producer_error_recreates_the_producer_and_delivery_continues() {
 }
 
 #[tokio::test]
-async fn oversized_record_is_kept_as_permanent_failure_and_the_rest_is_delivered() {
+async fn oversized_record_is_dead_lettered_as_rejected_and_the_rest_is_delivered() {
     let mock = MockCluster::new(1).unwrap();
     let topic = unique("t");
     mock.create_topic(&topic, 1, 1).unwrap();
@@ -205,7 +205,7 @@ async fn oversized_record_is_kept_as_permanent_failure_and_the_rest_is_delivered
     check_delivered(&sent, &got);
     let dir = app.stop().await;
 
-    // Not dropped either: it is still in the outbox.
+    // Not dropped either: it is in the dead-letter queue, as a permanent rejection.
     let config = orchestron::config::StoreConfig {
         path: dir.path().join("orchestron.redb"),
         max_bytes: bytesize::ByteSize::gib(1),
@@ -213,7 +213,11 @@ async fn oversized_record_is_kept_as_permanent_failure_and_the_rest_is_delivered
         commit_batch_max: 16,
     };
     let (store, closer) = orchestron::store::Store::open(&config).unwrap();
-    assert_eq!(store.pending().await.unwrap(), 1);
+    assert_eq!(store.pending().await.unwrap(), 0);
+    let id = orchestron::event::EventId::parse(&big_id).unwrap();
+    let entry = store.dlq_get(id).await.unwrap().expect("dead-lettered");
+    assert_eq!(entry.record.reason, orchestron::store::Reason::Rejected);
+    assert!(entry.record.destinations[0].state.last_error.as_ref().unwrap().contains("too large"));
     closer.close().await;
 }
 

@@ -1,0 +1,270 @@
+//! Read-only queries on a snapshot: claims for the relay, DLQ listings and outbox statistics
+//! for the admin API. Generic over redb's `ReadableDatabase`, so the CLI's `--offline` mode
+//! runs the same code on a read-only open of a stopped daemon's file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use super::record::{self, Delivery, DlqRecord, Reason};
+use super::{DELIVERY, DLQ, DLQ_IDS, EVENTS, LANES, Result, StoreError};
+use crate::event::{EventId, ValidatedEvent};
+
+/// An outbox entry handed to the relay.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub seq: u64,
+    pub event: ValidatedEvent,
+    /// `None` until the relay first routed the event.
+    pub delivery: Option<Delivery>,
+    /// The due entries (lane, due time) this claim found for it.
+    pub claimed: Vec<(u8, u64)>,
+}
+
+/// A due entry whose records could not be read: its seq, the due entries found, and why.
+pub type Unreadable = (u64, Vec<(u8, u64)>, StoreError);
+
+/// A claim: the due entries, and when the next one not yet due will be.
+#[derive(Debug, Default)]
+pub struct Claim {
+    pub entries: Vec<OutboxEntry>,
+    pub next_due_ms: Option<u64>,
+    /// Due entries whose records could not be read, with why. Never skipped silently: the
+    /// relay defers and logs them, and they stay in the file for inspection.
+    pub unreadable: Vec<Unreadable>,
+    /// Due entries whose event is gone: (seq, (lane, due time)).
+    pub orphans: Vec<(u64, (u8, u64))>,
+}
+
+pub(super) fn claim(
+    db: &impl ReadableDatabase,
+    now_ms: u64,
+    limit: usize,
+    lanes: &[u8],
+) -> Result<Claim> {
+    let txn = db.begin_read()?;
+    let due = txn.open_table(LANES)?;
+    let events = txn.open_table(EVENTS)?;
+    let delivery = txn.open_table(DELIVERY)?;
+    let mut claim = Claim::default();
+    let mut index: BTreeMap<u64, usize> = BTreeMap::new();
+    let note_next = |due_ms: u64, claim: &mut Claim| {
+        claim.next_due_ms = Some(claim.next_due_ms.map_or(due_ms, |n| n.min(due_ms)));
+    };
+    for &lane in lanes {
+        let range = due.range((lane, 0, 0)..=(lane, u64::MAX, u64::MAX))?;
+        for (taken, entry) in range.enumerate() {
+            let (_, due_ms, seq) = entry?.0.value();
+            if due_ms > now_ms || taken == limit {
+                note_next(due_ms, &mut claim);
+                break;
+            }
+            if let Some(&i) = index.get(&seq) {
+                claim.entries[i].claimed.push((lane, due_ms));
+                continue;
+            }
+            let Some(bytes) = events.get(seq)? else {
+                claim.orphans.push((seq, (lane, due_ms)));
+                continue;
+            };
+            let decoded = record::decode_event(bytes.value()).and_then(|event| {
+                let state = delivery.get(seq).ok().flatten();
+                let state = state.map(|b| record::decode_delivery(b.value())).transpose()?;
+                Ok((event, state))
+            });
+            match decoded {
+                Ok((event, delivery)) => {
+                    index.insert(seq, claim.entries.len());
+                    let claimed = vec![(lane, due_ms)];
+                    claim.entries.push(OutboxEntry { seq, event, delivery, claimed });
+                }
+                Err(source) => {
+                    let error = StoreError::Corrupt { seq, source };
+                    claim.unreadable.push((seq, vec![(lane, due_ms)], error));
+                }
+            }
+        }
+    }
+    Ok(claim)
+}
+
+pub(super) fn pending(db: &impl ReadableDatabase) -> Result<u64> {
+    Ok(db.begin_read()?.open_table(EVENTS)?.len()?)
+}
+
+/// Filters for DLQ listings and bulk operations; every given field must match.
+#[derive(Debug, Clone, Default)]
+pub struct DlqFilter {
+    pub source: Option<String>,
+    pub event_type: Option<String>,
+    /// Matches when some failed destination's label (`rabbitmq:ex/key`, `kafka:topic`)
+    /// contains this text.
+    pub destination: Option<String>,
+    pub reason: Option<Reason>,
+}
+
+impl DlqFilter {
+    pub fn is_empty(&self) -> bool {
+        self.source.is_none()
+            && self.event_type.is_none()
+            && self.destination.is_none()
+            && self.reason.is_none()
+    }
+
+    pub fn matches(&self, r: &DlqRecord) -> bool {
+        self.source.as_deref().is_none_or(|s| r.event.source().as_str() == s)
+            && self.event_type.as_deref().is_none_or(|t| r.event.event_type().as_str() == t)
+            && self
+                .destination
+                .as_deref()
+                .is_none_or(|d| r.destinations.iter().any(|dd| dd.state.target.label().contains(d)))
+            && self.reason.is_none_or(|reason| {
+                r.reason == reason || r.destinations.iter().any(|d| d.reason == reason)
+            })
+    }
+}
+
+/// One DLQ entry and its position (the cursor unit).
+#[derive(Debug, Clone)]
+pub struct DlqEntry {
+    pub dlq_seq: u64,
+    pub record: DlqRecord,
+}
+
+/// A page of a newest-first listing; `next_cursor` continues it.
+#[derive(Debug, Clone, Default)]
+pub struct DlqPage {
+    pub entries: Vec<DlqEntry>,
+    pub next_cursor: Option<u64>,
+}
+
+pub(super) fn dlq_list(
+    db: &impl ReadableDatabase,
+    filter: &DlqFilter,
+    cursor: Option<u64>,
+    limit: usize,
+) -> Result<DlqPage> {
+    let txn = db.begin_read()?;
+    let dlq = txn.open_table(DLQ)?;
+    let mut page = DlqPage::default();
+    for entry in dlq.range(..cursor.unwrap_or(u64::MAX))?.rev() {
+        let (key, value) = entry?;
+        let dlq_seq = key.value();
+        let record = record::decode_dlq(value.value())
+            .map_err(|source| StoreError::Corrupt { seq: dlq_seq, source })?;
+        if !filter.matches(&record) {
+            continue;
+        }
+        if page.entries.len() == limit {
+            page.next_cursor = page.entries.last().map(|e| e.dlq_seq);
+            break;
+        }
+        page.entries.push(DlqEntry { dlq_seq, record });
+    }
+    Ok(page)
+}
+
+pub(super) fn dlq_get(db: &impl ReadableDatabase, id: EventId) -> Result<Option<DlqEntry>> {
+    let txn = db.begin_read()?;
+    let Some(dlq_seq) = txn.open_table(DLQ_IDS)?.get(id.as_u128())?.map(|v| v.value()) else {
+        return Ok(None);
+    };
+    let dlq = txn.open_table(DLQ)?;
+    let Some(bytes) = dlq.get(dlq_seq)? else { return Ok(None) };
+    let record = record::decode_dlq(bytes.value())
+        .map_err(|source| StoreError::Corrupt { seq: dlq_seq, source })?;
+    Ok(Some(DlqEntry { dlq_seq, record }))
+}
+
+/// Backlog of one destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DestinationBacklog {
+    pub destination: String,
+    pub broker: &'static str,
+    /// Events still to deliver there.
+    pub pending: u64,
+    /// Of those, how many failed at least once.
+    pub retrying: u64,
+    /// Failed attempts so far, summed over the pending events.
+    pub failed_attempts: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxStats {
+    pub pending: u64,
+    /// Accepted but not routed yet.
+    pub unrouted: u64,
+    pub oldest_pending_age_ms: Option<u64>,
+    pub dlq_entries: u64,
+    pub destinations: Vec<DestinationBacklog>,
+}
+
+pub(super) fn outbox_stats(db: &impl ReadableDatabase, now_ms: u64) -> Result<OutboxStats> {
+    let txn = db.begin_read()?;
+    let events = txn.open_table(EVENTS)?;
+    let delivery = txn.open_table(DELIVERY)?;
+    let mut stats = OutboxStats {
+        pending: events.len()?,
+        dlq_entries: txn.open_table(DLQ)?.len()?,
+        ..OutboxStats::default()
+    };
+    stats.unrouted = stats.pending.saturating_sub(delivery.len()?);
+    // Sequence order is acceptance order: the first event is the oldest.
+    if let Some((key, value)) = events.first()? {
+        let event = record::decode_event(value.value())
+            .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?;
+        stats.oldest_pending_age_ms = Some(now_ms.saturating_sub(event.received_at_ms()));
+    }
+    let mut by_label: BTreeMap<String, DestinationBacklog> = BTreeMap::new();
+    for entry in delivery.iter()? {
+        let (key, value) = entry?;
+        let d = record::decode_delivery(value.value())
+            .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?;
+        for s in d.destinations.iter().filter(|s| s.is_pending()) {
+            let label = s.target.label();
+            let b = by_label.entry(label.clone()).or_insert_with(|| DestinationBacklog {
+                destination: label,
+                broker: s.target.broker().as_str(),
+                ..DestinationBacklog::default()
+            });
+            b.pending += 1;
+            b.retrying += u64::from(s.attempts > 0);
+            b.failed_attempts += u64::from(s.attempts);
+        }
+    }
+    stats.destinations = by_label.into_values().collect();
+    Ok(stats)
+}
+
+/// A stopped daemon's store, opened read-only (the CLI's `--offline`).
+pub struct ReadOnlyStore(redb::ReadOnlyDatabase);
+
+impl ReadOnlyStore {
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = redb::Database::builder().open_read_only(path).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot open {} read-only ({e}); is the daemon still running?",
+                path.display()
+            ))
+        })?;
+        Ok(Self(db))
+    }
+
+    pub fn dlq_list(
+        &self,
+        filter: &DlqFilter,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> Result<DlqPage> {
+        dlq_list(&self.0, filter, cursor, limit)
+    }
+
+    pub fn dlq_get(&self, id: EventId) -> Result<Option<DlqEntry>> {
+        dlq_get(&self.0, id)
+    }
+
+    pub fn outbox_stats(&self, now_ms: u64) -> Result<OutboxStats> {
+        outbox_stats(&self.0, now_ms)
+    }
+}
