@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminState};
 use crate::config::{BrokersConfig, Config, ConfigError, Secret};
+use crate::event::now_ms;
 use crate::ingest::{self, IngestState};
 use crate::publish::Publishers;
 use crate::publish::kafka::KafkaPublisher;
@@ -60,12 +62,35 @@ impl LiveConfig {
     }
 }
 
-/// Runs the daemon on `listener` until `shutdown` completes, then stops it in order.
+/// The sockets the daemon serves; bound by the caller so that tests can use port 0.
+pub struct Listeners {
+    pub ingest: TcpListener,
+    /// Needed when `admin.token` is set; ignored otherwise.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds `server.listen`, and `admin.listen` when the admin API is on.
+    pub async fn bind(config: &Config) -> std::io::Result<Self> {
+        let ingest = TcpListener::bind(config.server.listen).await?;
+        let admin = match config.admin.enabled_token() {
+            Some(_) => Some(TcpListener::bind(config.admin.listen).await?),
+            None => None,
+        };
+        Ok(Self { ingest, admin })
+    }
+}
+
+/// How often DLQ retention (`dlq.max_entries`, `dlq.max_age`) is applied.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Runs the daemon on `listeners` until `shutdown` completes, then stops it in order.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AppError> {
+    let Listeners { ingest: listener, admin: admin_listener } = listeners;
     let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(&config)?));
     let store_config = config.store.clone();
     let (store, closer) =
@@ -81,6 +106,22 @@ pub async fn run(
     let relay_task = tokio::spawn(relay.run(relay_cancel.clone()));
 
     let http_cancel = CancellationToken::new();
+    if let Some(token) = config.admin.enabled_token() {
+        let listener = admin_listener.ok_or_else(|| {
+            std::io::Error::other("admin.token is set but no admin listener was bound")
+        })?;
+        let admin = admin::router(AdminState { store: store.clone(), token: token.clone() });
+        let addr = listener.local_addr()?;
+        let server = axum::serve(listener, admin)
+            .with_graceful_shutdown(http_cancel.clone().cancelled_owned());
+        tokio::spawn(async move {
+            if let Err(error) = server.await {
+                tracing::error!(%error, "admin listener failed");
+            }
+        });
+        tracing::info!(%addr, "admin API listening");
+    }
+    spawn_retention(&config, store.clone(), relay_cancel.clone());
     let router = ingest::router(IngestState { sink: Arc::new(store.clone()), live });
     let addr = listener.local_addr()?;
     let server =
@@ -123,6 +164,29 @@ pub async fn run(
     drop(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Applies `dlq.max_entries` / `dlq.max_age` now and every `RETENTION_INTERVAL`.
+fn spawn_retention(config: &Config, store: Store, cancel: CancellationToken) {
+    let max_entries = config.dlq.max_entries;
+    let max_age = config.dlq.max_age.map(|d| d.get());
+    if max_entries.is_none() && max_age.is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        loop {
+            let older_than = max_age.map(|age| now_ms().saturating_sub(age.as_millis() as u64));
+            match store.dlq_expire(max_entries, older_than).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "DLQ retention removed entries"),
+                Err(error) => tracing::warn!(%error, "DLQ retention failed; will retry"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(RETENTION_INTERVAL) => {}
+            }
+        }
+    });
 }
 
 fn remaining(deadline: Instant) -> Duration {

@@ -16,7 +16,9 @@
 //! [`app`] wires the tasks together and shuts them down in pipeline order.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod event;
 pub mod ingest;

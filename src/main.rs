@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use orchestron::cli;
 use orchestron::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -29,14 +30,36 @@ enum Command {
         #[arg(long, short, default_value = "/etc/orchestron/config.yaml")]
         config: PathBuf,
     },
+    /// Inspect, replay and purge the dead-letter queue.
+    Dlq {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(subcommand)]
+        command: cli::DlqCommand,
+    },
+    /// Inspect the outbox.
+    Outbox {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(subcommand)]
+        command: cli::OutboxCommand,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    telemetry::init(cli.log_format);
-    let result = match cli.command {
-        Command::Serve { config } => serve(&config),
+    let args = Cli::parse();
+    let result = match args.command {
+        Command::Serve { config } => {
+            telemetry::init(args.log_format);
+            serve(&config)
+        }
         Command::CheckConfig { config } => check_config(&config),
+        Command::Dlq { connection, command } => {
+            operator(async move { cli::dlq(&connection, &command).await })
+        }
+        Command::Outbox { connection, command } => {
+            operator(async move { cli::outbox(&connection, &command).await })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,6 +68,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs an operator command and prints its output.
+fn operator(
+    command: impl std::future::Future<Output = Result<String, cli::CliError>>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let output = runtime.block_on(command)?;
+    println!("{}", output.trim_end());
+    Ok(())
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
@@ -58,8 +91,8 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     let config = orchestron::config::load(path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
-        orchestron::app::run(config, listener, shutdown_signal()).await?;
+        let listeners = orchestron::app::Listeners::bind(&config).await?;
+        orchestron::app::run(config, listeners, shutdown_signal()).await?;
         Ok(())
     })
 }

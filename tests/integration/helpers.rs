@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const API_KEY: &str = "test-key";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const KAFKA: &str = "127.0.0.1:9092";
 
@@ -26,6 +27,8 @@ pub fn unique(prefix: &str) -> String {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// Serves the admin API when the test config sets `admin.token` (see `ADMIN_TOKEN`).
+    pub admin_addr: SocketAddr,
     pub dir: TempDir,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -37,7 +40,8 @@ pub fn config_text(store_dir: &Path, extra: &str) -> String {
     format!(
         "server:\n  listen: \"127.0.0.1:0\"\n  shutdown_timeout: 10s\n  max_body_bytes: 64KiB\n\
          store:\n  path: {}\n\
-         sources:\n  default:\n    api_keys: [\"{API_KEY}\"]\n{extra}",
+         sources:\n  default:\n    api_keys: [\"{API_KEY}\"]\n\
+         admin:\n  listen: \"127.0.0.1:0\"\n  token: \"{ADMIN_TOKEN}\"\n{extra}",
         store_dir.join("orchestron.redb").display()
     )
 }
@@ -54,15 +58,34 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let listeners = orchestron::app::Listeners { ingest: listener, admin: Some(admin) };
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(orchestron::app::run(config, listener, async {
+        let task = tokio::spawn(orchestron::app::run(config, listeners, async {
             let _ = rx.await;
         }));
-        TestApp { addr, dir, client: reqwest::Client::new(), shutdown: Some(tx), task: Some(task) }
+        TestApp {
+            addr,
+            admin_addr,
+            dir,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    /// An authorized admin request.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.admin_url(path)).bearer_auth(ADMIN_TOKEN)
     }
 
     /// POSTs `body` as event type `ty` with the test API key.

@@ -142,8 +142,10 @@ async fn over_quota_answers_503_with_retry_after_never_2xx() {
         orchestron::config::load_str("t.yaml".as_ref(), &format!("{text}{extra}"), &[]).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin = Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let listeners = orchestron::app::Listeners { ingest: listener, admin };
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(orchestron::app::run(config, listener, async {
+    let task = tokio::spawn(orchestron::app::run(config, listeners, async {
         let _ = rx.await;
     }));
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -7,6 +7,7 @@
 
 mod config_files;
 mod crash;
+mod dlq;
 mod helpers;
 mod ingest;
 mod kafka;

@@ -1,0 +1,210 @@
+//! The admin listener (`admin.listen`, loopback by default): dead-letter queue and outbox.
+//!
+//! Every request needs `Authorization: Bearer <admin.token>` (compared in constant time);
+//! without a configured token the listener is not started at all. It serves only admin
+//! routes, and the ingest listener serves none of them.
+
+pub mod view;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::config::Secret;
+use crate::event::{EventId, clock_ms, now_ms};
+use crate::store::{DlqFilter, DlqSelector, Reason, Store, StoreError};
+use view::{CountView, DlqEntryView, DlqPageView, OutboxView};
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub store: Store,
+    pub token: Secret,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/admin/dlq", get(list).delete(purge))
+        .route("/admin/dlq/replay", post(replay_matching))
+        .route("/admin/dlq/{event_id}", get(show).delete(delete_one))
+        .route("/admin/dlq/{event_id}/replay", post(replay_one))
+        .route("/admin/outbox", get(outbox))
+        .fallback(|| async { AdminError::NotFound })
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AdminError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("store unavailable")]
+    Store(#[from] StoreError),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AdminError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            AdminError::Store(e) => {
+                tracing::error!(error = %e, "admin request failed in the store");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+        };
+        let mut response =
+            (status, Json(json!({ "error": code, "message": self.to_string() }))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if bool::from(presented.as_bytes().ct_eq(state.token.expose().as_bytes())) {
+        next.run(request).await
+    } else {
+        AdminError::Unauthorized.into_response()
+    }
+}
+
+/// Filters, from the query string or a JSON body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterParams {
+    source: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    destination: Option<String>,
+    reason: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<u64>,
+    /// `DELETE /admin/dlq` without a filter needs `all=true`.
+    all: Option<bool>,
+}
+
+impl FilterParams {
+    fn filter(&self) -> Result<DlqFilter, AdminError> {
+        let reason = self
+            .reason
+            .as_deref()
+            .map(|r| {
+                Reason::parse(r).ok_or_else(|| {
+                    let known: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+                    AdminError::BadRequest(format!(
+                        "unknown reason {r:?}; one of {}",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(DlqFilter {
+            source: self.source.clone(),
+            event_type: self.event_type.clone(),
+            destination: self.destination.clone(),
+            reason,
+        })
+    }
+}
+
+fn event_id(raw: &str) -> Result<EventId, AdminError> {
+    EventId::parse(raw).ok_or_else(|| AdminError::BadRequest(format!("{raw:?} is not an event id")))
+}
+
+async fn list(
+    State(state): State<AdminState>,
+    Query(params): Query<FilterParams>,
+) -> Result<Json<DlqPageView>, AdminError> {
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let page = state.store.dlq_list(params.filter()?, params.cursor, limit).await?;
+    Ok(Json(DlqPageView {
+        entries: page.entries.iter().map(|e| DlqEntryView::new(e, false)).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+async fn show(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<DlqEntryView>, AdminError> {
+    let entry = state.store.dlq_get(event_id(&id)?).await?.ok_or(AdminError::NotFound)?;
+    Ok(Json(DlqEntryView::new(&entry, true)))
+}
+
+async fn replay_one(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<CountView>, AdminError> {
+    let id = event_id(&id)?;
+    let n = state.store.dlq_replay(DlqSelector::Id(id), clock_ms()).await?;
+    if n == 0 {
+        return Err(AdminError::NotFound);
+    }
+    tracing::info!(event_id = %id, "replayed from the DLQ");
+    Ok(Json(CountView { replayed: Some(n), deleted: None }))
+}
+
+async fn replay_matching(
+    State(state): State<AdminState>,
+    Query(query): Query<FilterParams>,
+    body: Option<Json<FilterParams>>,
+) -> Result<Json<CountView>, AdminError> {
+    let params = body.map(|Json(b)| b).unwrap_or(query);
+    let filter = params.filter()?;
+    let n = state.store.dlq_replay(DlqSelector::Matching(filter.clone()), clock_ms()).await?;
+    tracing::info!(replayed = n, ?filter, "replayed from the DLQ");
+    Ok(Json(CountView { replayed: Some(n), deleted: None }))
+}
+
+async fn delete_one(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<CountView>, AdminError> {
+    let n = state.store.dlq_delete(DlqSelector::Id(event_id(&id)?)).await?;
+    if n == 0 {
+        return Err(AdminError::NotFound);
+    }
+    Ok(Json(CountView { replayed: None, deleted: Some(n) }))
+}
+
+async fn purge(
+    State(state): State<AdminState>,
+    Query(params): Query<FilterParams>,
+) -> Result<Json<CountView>, AdminError> {
+    let filter = params.filter()?;
+    if filter.is_empty() && params.all != Some(true) {
+        return Err(AdminError::BadRequest(
+            "purging the whole DLQ needs all=true; or filter by source, type, destination, reason"
+                .into(),
+        ));
+    }
+    let n = state.store.dlq_delete(DlqSelector::Matching(filter.clone())).await?;
+    tracing::info!(deleted = n, ?filter, "purged from the DLQ");
+    Ok(Json(CountView { replayed: None, deleted: Some(n) }))
+}
+
+async fn outbox(State(state): State<AdminState>) -> Result<Json<OutboxView>, AdminError> {
+    Ok(Json(state.store.outbox_stats(now_ms()).await?.into()))
+}

@@ -1,0 +1,399 @@
+//! The operator commands `orchestron dlq ...` and `orchestron outbox stats`.
+//!
+//! They talk to the running daemon's admin API (address and token from the config file,
+//! overridable by flags). With the daemon stopped, `--offline` reads the store file directly,
+//! read-only (list, show, stats). Output is a human table, or the API's JSON with `--json`.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::admin::view::{CountView, DlqEntryView, DlqPageView, OutboxView};
+use crate::event::{EventId, now_ms};
+use crate::store::{DlqFilter, ReadOnlyStore, Reason};
+
+#[derive(Debug, clap::Args)]
+pub struct ConnectionArgs {
+    /// Config file: where the admin API listens, its token, the store path.
+    #[arg(long, short, global = true, default_value = "/etc/orchestron/config.yaml")]
+    pub config: PathBuf,
+    /// Admin API base URL (default: http:// + admin.listen from the config).
+    #[arg(long, global = true)]
+    pub admin_url: Option<String>,
+    /// Admin bearer token (default: admin.token from the config).
+    #[arg(long, global = true, env = "ORCHESTRON_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Read the store file directly (daemon stopped; read-only commands only).
+    #[arg(long, global = true)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Default, clap::Args)]
+pub struct FilterArgs {
+    #[arg(long)]
+    pub source: Option<String>,
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Matches destinations whose label contains this (e.g. `kafka:orders`).
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// unroutable, rejected, max_attempts, expired or no_route.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+impl FilterArgs {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        [
+            ("source", &self.source),
+            ("type", &self.event_type),
+            ("destination", &self.destination),
+            ("reason", &self.reason),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.query().is_empty()
+    }
+
+    fn filter(&self) -> Result<DlqFilter, CliError> {
+        let reason = self
+            .reason
+            .as_deref()
+            .map(|r| Reason::parse(r).ok_or_else(|| CliError(format!("unknown reason {r:?}"))))
+            .transpose()?;
+        Ok(DlqFilter {
+            source: self.source.clone(),
+            event_type: self.event_type.clone(),
+            destination: self.destination.clone(),
+            reason,
+        })
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DlqCommand {
+    /// List dead-lettered events, newest first.
+    List {
+        #[command(flatten)]
+        filter: FilterArgs,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue a listing (the `next_cursor` of the previous page).
+        #[arg(long)]
+        cursor: Option<u64>,
+    },
+    /// Show one entry, with its body and every failed destination.
+    Show { event_id: String },
+    /// Send entries back to the outbox, for the destinations that failed only.
+    Replay {
+        /// One entry; or use filters, or --all.
+        event_id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+    /// Delete entries for good.
+    Purge {
+        event_id: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum OutboxCommand {
+    /// Pending events, oldest age, per-destination backlog.
+    Stats,
+}
+
+/// A message for the operator; the command exits 1 with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(String);
+
+/// Where the commands go: the daemon's admin API, or the store file.
+enum Backend {
+    Api { base: String, token: String, client: reqwest::Client },
+    Offline(ReadOnlyStore),
+}
+
+impl Backend {
+    fn new(args: &ConnectionArgs) -> Result<Self, CliError> {
+        let load = || {
+            crate::config::load(&args.config)
+                .map_err(|e| CliError(format!("cannot read the config: {e}")))
+        };
+        if args.offline {
+            let config = load()?;
+            let store =
+                ReadOnlyStore::open(&config.store.path).map_err(|e| CliError(e.to_string()))?;
+            return Ok(Backend::Offline(store));
+        }
+        let (base, token) = match (&args.admin_url, &args.token) {
+            (Some(url), Some(token)) => (url.clone(), token.clone()),
+            (url, token) => {
+                let config = load()?;
+                let base = url.clone().unwrap_or_else(|| format!("http://{}", config.admin.listen));
+                let token = token
+                    .clone()
+                    .or_else(|| config.admin.enabled_token().map(|t| t.expose().to_owned()))
+                    .ok_or_else(|| {
+                        CliError(
+                            "no admin token: set admin.token in the config or pass --token".into(),
+                        )
+                    })?;
+                (base, token)
+            }
+        };
+        Ok(Backend::Api {
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            client: reqwest::Client::new(),
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, CliError> {
+        let Backend::Api { base, token, client } = self else {
+            return Err(CliError("this command needs the running daemon (drop --offline)".into()));
+        };
+        let url = format!("{base}{path}");
+        let response =
+            client.request(method, &url).bearer_auth(token).query(query).send().await.map_err(
+                |e| {
+                    CliError(format!(
+                        "cannot reach the admin API at {base}: {e}. Is the daemon running with \
+                     admin.token set? With the daemon stopped, use --offline."
+                    ))
+                },
+            )?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json()
+                .await
+                .map_err(|e| CliError(format!("unexpected answer from {url}: {e}")));
+        }
+        let message = response
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Err(CliError(match status {
+            StatusCode::UNAUTHORIZED => {
+                "the admin API refused the token (401); check admin.token or --token".to_owned()
+            }
+            StatusCode::NOT_FOUND => "not found in the dead-letter queue".to_owned(),
+            _ => format!("the admin API answered {status}: {message}"),
+        }))
+    }
+}
+
+fn event_id(raw: &str) -> Result<EventId, CliError> {
+    EventId::parse(raw).ok_or_else(|| CliError(format!("{raw:?} is not an event id")))
+}
+
+fn to_json(value: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(value).expect("views serialize")
+}
+
+/// Runs a `dlq` command and returns what to print.
+pub async fn dlq(args: &ConnectionArgs, command: &DlqCommand) -> Result<String, CliError> {
+    let backend = Backend::new(args)?;
+    match command {
+        DlqCommand::List { filter, limit, cursor } => {
+            let page: DlqPageView = match &backend {
+                Backend::Offline(store) => {
+                    let page = store
+                        .dlq_list(&filter.filter()?, *cursor, *limit)
+                        .map_err(|e| CliError(e.to_string()))?;
+                    DlqPageView {
+                        entries: page.entries.iter().map(|e| DlqEntryView::new(e, false)).collect(),
+                        next_cursor: page.next_cursor,
+                    }
+                }
+                Backend::Api { .. } => {
+                    let mut query = filter.query();
+                    query.push(("limit", limit.to_string()));
+                    if let Some(c) = cursor {
+                        query.push(("cursor", c.to_string()));
+                    }
+                    backend.call(Method::GET, "/admin/dlq", &query).await?
+                }
+            };
+            Ok(if args.json { to_json(&page) } else { dlq_table(&page) })
+        }
+        DlqCommand::Show { event_id: raw } => {
+            let id = event_id(raw)?;
+            let entry: DlqEntryView = match &backend {
+                Backend::Offline(store) => {
+                    let entry = store.dlq_get(id).map_err(|e| CliError(e.to_string()))?;
+                    let entry = entry
+                        .ok_or_else(|| CliError("not found in the dead-letter queue".into()))?;
+                    DlqEntryView::new(&entry, true)
+                }
+                Backend::Api { .. } => {
+                    backend.call(Method::GET, &format!("/admin/dlq/{id}"), &[]).await?
+                }
+            };
+            Ok(if args.json { to_json(&entry) } else { dlq_detail(&entry) })
+        }
+        DlqCommand::Replay { event_id: raw, all, filter } => {
+            let path = bulk_path(raw.as_deref(), *all, filter, "replay")?;
+            let path = path.map(|p| format!("{p}/replay")).unwrap_or("/admin/dlq/replay".into());
+            let count: CountView = backend.call(Method::POST, &path, &filter.query()).await?;
+            let n = count.replayed.unwrap_or(0);
+            Ok(if args.json { to_json(&count) } else { format!("replayed {n} event(s)") })
+        }
+        DlqCommand::Purge { event_id: raw, all, filter } => {
+            let path = bulk_path(raw.as_deref(), *all, filter, "purge")?;
+            let mut query = filter.query();
+            if *all {
+                query.push(("all", "true".into()));
+            }
+            let path = path.unwrap_or("/admin/dlq".into());
+            let count: CountView = backend.call(Method::DELETE, &path, &query).await?;
+            let n = count.deleted.unwrap_or(0);
+            Ok(if args.json { to_json(&count) } else { format!("deleted {n} entr(ies)") })
+        }
+    }
+}
+
+/// `Some(/admin/dlq/<id>)` for one entry, `None` for a filtered or `--all` bulk operation.
+fn bulk_path(
+    id: Option<&str>,
+    all: bool,
+    filter: &FilterArgs,
+    verb: &str,
+) -> Result<Option<String>, CliError> {
+    match (id, all, filter.is_empty()) {
+        (Some(id), false, true) => Ok(Some(format!("/admin/dlq/{}", event_id(id)?))),
+        (None, true, true) | (None, false, false) => Ok(None),
+        (None, false, true) => Err(CliError(format!(
+            "{verb} what? Give an event id, filters (--source, --type, --destination, --reason), or --all"
+        ))),
+        _ => Err(CliError("give either an event id, filters, or --all".into())),
+    }
+}
+
+/// Runs an `outbox` command and returns what to print.
+pub async fn outbox(args: &ConnectionArgs, command: &OutboxCommand) -> Result<String, CliError> {
+    let OutboxCommand::Stats = command;
+    let backend = Backend::new(args)?;
+    let stats: OutboxView = match &backend {
+        Backend::Offline(store) => {
+            store.outbox_stats(now_ms()).map_err(|e| CliError(e.to_string()))?.into()
+        }
+        Backend::Api { .. } => backend.call(Method::GET, "/admin/outbox", &[]).await?,
+    };
+    if args.json {
+        return Ok(to_json(&stats));
+    }
+    let age = stats.oldest_pending_age_seconds.map_or("-".to_owned(), |s| format!("{s:.1} s"));
+    let mut out = format!(
+        "pending: {} (not routed yet: {}), oldest: {age}, dead-lettered: {}\n",
+        stats.pending, stats.unrouted, stats.dlq_entries
+    );
+    let rows = stats
+        .destinations
+        .iter()
+        .map(|d| {
+            vec![
+                d.destination.clone(),
+                d.broker.clone(),
+                d.pending.to_string(),
+                d.retrying.to_string(),
+                d.failed_attempts.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["DESTINATION", "BROKER", "PENDING", "RETRYING", "FAILED ATTEMPTS"],
+        rows,
+    ));
+    Ok(out)
+}
+
+fn dlq_table(page: &DlqPageView) -> String {
+    let rows = page
+        .entries
+        .iter()
+        .map(|e| {
+            let dests: Vec<_> = e.destinations.iter().map(|d| d.destination.as_str()).collect();
+            vec![
+                e.event_id.clone(),
+                e.event_type.clone(),
+                e.source.clone(),
+                e.reason.clone(),
+                if dests.is_empty() { "-".into() } else { dests.join(",") },
+                e.dead_lettered_at.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut out =
+        table(&["EVENT ID", "TYPE", "SOURCE", "REASON", "DESTINATIONS", "DEAD-LETTERED AT"], rows);
+    if let Some(cursor) = page.next_cursor {
+        let _ = writeln!(out, "more: --cursor {cursor}");
+    }
+    out
+}
+
+fn dlq_detail(e: &DlqEntryView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "event id:         {}", e.event_id);
+    let _ = writeln!(out, "type:             {}", e.event_type);
+    let _ = writeln!(out, "source:           {}", e.source);
+    let _ = writeln!(out, "received at:      {}", e.received_at.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "dead-lettered at: {}", e.dead_lettered_at.as_deref().unwrap_or("-"));
+    let _ = writeln!(out, "reason:           {}", e.reason);
+    for d in &e.destinations {
+        let _ = writeln!(
+            out,
+            "destination:      {} ({}, {} attempts, first {}, last {}): {}",
+            d.destination,
+            d.reason,
+            d.attempts,
+            d.first_attempt_at.as_deref().unwrap_or("-"),
+            d.last_attempt_at.as_deref().unwrap_or("-"),
+            d.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    let body = e.body.as_ref().map(to_json).unwrap_or_default();
+    let _ = writeln!(out, "body ({} bytes):\n{body}", e.body_bytes);
+    out
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header_row: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(header_row).chain(rows) {
+        let line: Vec<String> =
+            row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
