@@ -124,7 +124,8 @@ async fn serve(
     sink: Arc<dyn EventSink>,
 ) -> (u16, tokio::sync::oneshot::Sender<()>) {
     let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(config).unwrap()));
-    let router = orchestron::ingest::router(IngestState { sink, live });
+    let metrics = Arc::new(orchestron::telemetry::metrics::Metrics::new());
+    let router = orchestron::ingest::router(IngestState { sink, live, metrics });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::config::{BrokersConfig, Config, ConfigError, Secret};
+use crate::config::{BrokersConfig, Config, ConfigError, MetricsListener, Secret};
 use crate::event::now_ms;
 use crate::ingest::{self, IngestState};
 use crate::publish::Publishers;
@@ -21,6 +21,7 @@ use crate::publish::rabbitmq::RabbitMqPublisher;
 use crate::relay::{Relay, RelayPolicy};
 use crate::routing::RouteTable;
 use crate::store::{Store, StoreError};
+use crate::telemetry::{self, http::Probe, metrics::Metrics};
 use crate::validate::{SchemaError, SchemaRegistry};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,25 +93,38 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let Listeners { ingest: listener, admin: admin_listener } = listeners;
     let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(&config)?));
+    let metrics = Arc::new(Metrics::new());
     let store_config = config.store.clone();
+    let store_metrics = Arc::clone(&metrics);
     let (store, closer) =
-        tokio::task::spawn_blocking(move || Store::open(&store_config))
+        tokio::task::spawn_blocking(move || Store::open_with_metrics(&store_config, store_metrics))
             .await
             .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
 
     let brokers_cancel = CancellationToken::new();
-    let publishers = start_publishers(&config.brokers, &brokers_cancel)?;
+    let publishers = start_publishers(&config.brokers, &brokers_cancel, &metrics)?;
 
     let relay_cancel = CancellationToken::new();
-    let relay = Relay::new(store.clone(), Arc::clone(&live), publishers.clone());
+    let relay =
+        Relay::new(store.clone(), Arc::clone(&live), publishers.clone(), Arc::clone(&metrics));
     let relay_task = tokio::spawn(relay.run(relay_cancel.clone()));
 
     let http_cancel = CancellationToken::new();
+    let probe = Probe {
+        store: store.clone(),
+        publishers: publishers.clone(),
+        live: Arc::clone(&live),
+        metrics: Arc::clone(&metrics),
+        max_store_bytes: config.store.max_bytes.as_u64(),
+    };
+    let metrics_on_admin = config.metrics.listener == MetricsListener::Admin;
     if let Some(token) = config.admin.enabled_token() {
         let listener = admin_listener.ok_or_else(|| {
             std::io::Error::other("admin.token is set but no admin listener was bound")
         })?;
-        let admin = admin::router(AdminState { store: store.clone(), token: token.clone() });
+        let admin = admin::router(AdminState { store: store.clone(), token: token.clone() })
+            .merge(telemetry::http::router(probe.clone(), false))
+            .merge(admin::metrics_router(probe.clone(), token.clone(), metrics_on_admin));
         let addr = listener.local_addr()?;
         let server = axum::serve(listener, admin)
             .with_graceful_shutdown(http_cancel.clone().cancelled_owned());
@@ -121,8 +135,16 @@ pub async fn run(
         });
         tracing::info!(%addr, "admin API listening");
     }
-    spawn_retention(&config, store.clone(), relay_cancel.clone());
-    let router = ingest::router(IngestState { sink: Arc::new(store.clone()), live });
+    spawn_retention(&config, store.clone(), Arc::clone(&metrics), relay_cancel.clone());
+    telemetry::http::spawn_backlog_refresh(
+        store.clone(),
+        Arc::clone(&metrics),
+        relay_cancel.clone(),
+    );
+    let ingest_state =
+        IngestState { sink: Arc::new(store.clone()), live, metrics: Arc::clone(&metrics) };
+    let router =
+        ingest::router(ingest_state).merge(telemetry::http::router(probe, !metrics_on_admin));
     let addr = listener.local_addr()?;
     let server =
         axum::serve(listener, router).with_graceful_shutdown(http_cancel.clone().cancelled_owned());
@@ -167,7 +189,12 @@ pub async fn run(
 }
 
 /// Applies `dlq.max_entries` / `dlq.max_age` now and every `RETENTION_INTERVAL`.
-fn spawn_retention(config: &Config, store: Store, cancel: CancellationToken) {
+fn spawn_retention(
+    config: &Config,
+    store: Store,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
     let max_entries = config.dlq.max_entries;
     let max_age = config.dlq.max_age.map(|d| d.get());
     if max_entries.is_none() && max_age.is_none() {
@@ -178,7 +205,10 @@ fn spawn_retention(config: &Config, store: Store, cancel: CancellationToken) {
             let older_than = max_age.map(|age| now_ms().saturating_sub(age.as_millis() as u64));
             match store.dlq_expire(max_entries, older_than).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(expired = n, "DLQ retention removed entries"),
+                Ok(n) => {
+                    metrics.dlq_expired.inc_by(n);
+                    tracing::info!(expired = n, "DLQ retention removed entries");
+                }
                 Err(error) => tracing::warn!(%error, "DLQ retention failed; will retry"),
             }
             tokio::select! {
@@ -196,15 +226,18 @@ fn remaining(deadline: Instant) -> Duration {
 fn start_publishers(
     brokers: &BrokersConfig,
     cancel: &CancellationToken,
+    metrics: &Arc<Metrics>,
 ) -> Result<Publishers, AppError> {
     let mut publishers = Publishers::default();
     if let Some(rabbitmq) = &brokers.rabbitmq {
         let connected = Arc::clone(&publishers.connected);
-        publishers.rabbitmq = Some(RabbitMqPublisher::start(rabbitmq, connected, cancel.clone()));
+        let p = RabbitMqPublisher::start(rabbitmq, connected, cancel.clone(), Arc::clone(metrics));
+        publishers.rabbitmq = Some(p);
     }
     if let Some(kafka) = &brokers.kafka {
         let connected = Arc::clone(&publishers.connected);
-        publishers.kafka = Some(KafkaPublisher::start(kafka, connected, cancel.clone())?);
+        let p = KafkaPublisher::start(kafka, connected, cancel.clone(), Arc::clone(metrics))?;
+        publishers.kafka = Some(p);
     }
     Ok(publishers)
 }

@@ -42,6 +42,23 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// `/metrics` on the admin listener, behind the token, when `metrics.listener: admin`; and
+/// `/health` (no token: a liveness probe must not need the secret).
+pub fn metrics_router(
+    probe: crate::telemetry::http::Probe,
+    token: Secret,
+    metrics: bool,
+) -> Router {
+    let health = Router::new().route("/health", get(|| async { Json(json!({ "status": "ok" })) }));
+    if !metrics {
+        return health;
+    }
+    let state = AdminState { store: probe.store.clone(), token };
+    let scrape = crate::telemetry::http::router(probe, true)
+        .route_layer(middleware::from_fn_with_state(state, authorize));
+    health.merge(Router::new().route_service("/metrics", scrape))
+}
+
 #[derive(Debug, thiserror::Error)]
 enum AdminError {
     #[error("missing or wrong bearer token")]

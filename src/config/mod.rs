@@ -39,6 +39,26 @@ pub struct Config {
     pub dlq: DlqConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Which listener serves `GET /metrics`.
+    #[serde(default)]
+    pub listener: MetricsListener,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsListener {
+    /// The ingest listener, without authentication (the default).
+    #[default]
+    Ingest,
+    /// The admin listener, behind its bearer token.
+    Admin,
 }
 
 /// The admin listener: DLQ, outbox and (later) config endpoints. Off without a token.
@@ -363,6 +383,10 @@ impl Config {
             if backoff.is_some_and(|b| b.initial.get() > b.max.get()) {
                 problems.push(format!("{at}: initial is longer than max"));
             }
+        }
+        if self.metrics.listener == MetricsListener::Admin && self.admin.enabled_token().is_none() {
+            problems
+                .push("metrics.listener: admin needs admin.token (the admin API is off)".into());
         }
         let dlq_copy = self.dlq.publish_to.as_ref();
         if let Some(Err(e)) = dlq_copy.map(|d| crate::routing::Target::check(d, &self.brokers)) {

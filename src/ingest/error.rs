@@ -67,6 +67,23 @@ impl IngestError {
         }
     }
 
+    /// The `reason` label of `orchestron_ingest_rejected_total`: a small fixed set.
+    pub fn metric_reason(&self) -> &'static str {
+        match self {
+            IngestError::Unauthorized => "auth",
+            IngestError::UnsupportedMediaType => "media_type",
+            IngestError::InvalidEventType(_)
+            | IngestError::BodyRead
+            | IngestError::InvalidJson(_)
+            | IngestError::NotAnObject => "invalid",
+            IngestError::PayloadTooLarge { .. } => "size",
+            IngestError::SchemaViolation(_) => "schema",
+            IngestError::Unroutable => "unroutable",
+            IngestError::Store(StoreError::QuotaExceeded) => "store_full",
+            IngestError::Store(_) => "unavailable",
+        }
+    }
+
     /// The message sent to the client. Store failures get a fixed text: their detail (paths,
     /// OS errors) is for the log only.
     fn public_message(&self) -> String {

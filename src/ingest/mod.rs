@@ -27,6 +27,7 @@ pub use error::IngestError;
 use crate::app::LiveConfig;
 use crate::event::{EventId, EventType, SourceName, ValidatedEvent, now_ms};
 use crate::store::{Store, StoreError};
+use crate::telemetry::metrics::{Metrics, status_class};
 
 /// Where accepted events go: the store in the daemon. The seam exists so that benchmarks can
 /// measure the HTTP and validation path alone, with the same router.
@@ -47,6 +48,7 @@ pub struct IngestState {
     pub sink: Arc<dyn EventSink>,
     /// One snapshot is loaded per request and used from start to end.
     pub live: Arc<ArcSwap<LiveConfig>>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: IngestState) -> Router {
@@ -71,12 +73,22 @@ async fn accept_event(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match accept(&state, &event_type, &headers, body).await {
-        Ok(id) => {
+    const SOURCE: &str = "default";
+    let started = std::time::Instant::now();
+    let result = accept(&state, &event_type, &headers, body).await;
+    let m = &state.metrics;
+    let status = result.as_ref().map_or_else(|e| e.status(), |_| StatusCode::ACCEPTED);
+    m.ingest_requests.with_label_values(&[SOURCE, status_class(status.as_u16())]).inc();
+    m.ingest_duration.with_label_values(&[SOURCE]).observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok((id, size)) => {
+            m.ingest_accepted.with_label_values(&[SOURCE]).inc();
+            m.ingest_body_bytes.with_label_values(&[SOURCE]).observe(size as f64);
             let answer = json!({ "event_id": id.to_string(), "status": "accepted" });
             (StatusCode::ACCEPTED, Json(answer)).into_response()
         }
         Err(error) => {
+            m.ingest_rejected.with_label_values(&[SOURCE, error.metric_reason()]).inc();
             match &error {
                 IngestError::Store(cause) => {
                     tracing::warn!(source = "default", %cause, "event refused: store cannot accept");
@@ -98,7 +110,7 @@ async fn accept(
     event_type: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<EventId, IngestError> {
+) -> Result<(EventId, usize), IngestError> {
     let live = state.live.load_full();
     authenticate(&live, headers)?;
     if !is_json(headers) {
@@ -117,10 +129,11 @@ async fn accept(
     if !live.routes.is_routable(&source, &event_type) {
         return Err(IngestError::Unroutable);
     }
+    let size = bytes.len();
     let event = ValidatedEvent::new(EventId::new(), source, event_type, now_ms(), bytes);
     let id = state.sink.append(event).await?;
     tracing::debug!(event_id = %id, source = "default", "event accepted");
-    Ok(id)
+    Ok((id, size))
 }
 
 fn authenticate(live: &LiveConfig, headers: &HeaderMap) -> Result<(), IngestError> {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Outgoing, PublishError, Publisher};
 use crate::config::KafkaConfig;
 use crate::routing::{BrokerKind, Target};
+use crate::telemetry::metrics::Metrics;
 
 /// How long a send may wait for room in librdkafka's local queue before failing (transient).
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +45,7 @@ impl KafkaPublisher {
         config: &KafkaConfig,
         connected: Arc<Notify>,
         cancel: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, KafkaError> {
         let client_config = client_config(config);
         let producer: FutureProducer = client_config.create()?;
@@ -52,11 +54,16 @@ impl KafkaPublisher {
             config: client_config,
             reachable: AtomicBool::new(false),
         });
-        tokio::spawn(Arc::clone(&publisher).probe(connected, cancel));
+        tokio::spawn(Arc::clone(&publisher).probe(connected, cancel, metrics));
         Ok(publisher)
     }
 
-    async fn probe(self: Arc<Self>, connected: Arc<Notify>, cancel: CancellationToken) {
+    async fn probe(
+        self: Arc<Self>,
+        connected: Arc<Notify>,
+        cancel: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) {
         loop {
             let producer = self.producer.load_full();
             let reachable = tokio::task::spawn_blocking(move || {
@@ -67,6 +74,7 @@ impl KafkaPublisher {
             let was = self.reachable.swap(reachable, Ordering::Relaxed);
             if reachable && !was {
                 tracing::info!(destination = "kafka", "Kafka cluster reachable");
+                metrics.broker_reconnects.with_label_values(&["kafka"]).inc();
                 connected.notify_waiters();
             } else if !reachable && was {
                 tracing::warn!(destination = "kafka", "Kafka cluster unreachable");

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Outgoing, PublishError, Publisher};
 use crate::config::{ExchangeConfig, ExchangeType, RabbitMqConfig};
 use crate::routing::{BrokerKind, Target};
+use crate::telemetry::metrics::Metrics;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
@@ -46,6 +47,7 @@ impl RabbitMqPublisher {
         config: &RabbitMqConfig,
         connected: Arc<Notify>,
         cancel: CancellationToken,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let publisher = Arc::new(Self {
             channel: ArcSwapOption::empty(),
@@ -55,7 +57,7 @@ impl RabbitMqPublisher {
         });
         let url = config.url.expose().to_owned();
         let exchanges = config.declare.exchanges.clone();
-        tokio::spawn(Arc::clone(&publisher).maintain(url, exchanges, connected, cancel));
+        tokio::spawn(Arc::clone(&publisher).maintain(url, exchanges, connected, cancel, metrics));
         publisher
     }
 
@@ -66,6 +68,7 @@ impl RabbitMqPublisher {
         exchanges: Vec<ExchangeConfig>,
         connected: Arc<Notify>,
         cancel: CancellationToken,
+        metrics: Arc<Metrics>,
     ) {
         let mut delay = RECONNECT_MIN;
         while !cancel.is_cancelled() {
@@ -76,6 +79,7 @@ impl RabbitMqPublisher {
             match attempt {
                 Ok(Ok((conn, channel))) => {
                     tracing::info!(destination = "rabbitmq", "connected to RabbitMQ");
+                    metrics.broker_reconnects.with_label_values(&["rabbitmq"]).inc();
                     delay = RECONNECT_MIN;
                     let conn = Arc::new(conn);
                     self.connection.store(Some(Arc::clone(&conn)));

@@ -24,6 +24,7 @@ use crate::event::clock_ms;
 use crate::publish::{Outgoing, PublishError, Publishers};
 use crate::routing::BrokerKind;
 use crate::store::{Claim, DlqRecord, Outcome, Settlement, Store, StoreError, UNROUTED};
+use crate::telemetry::metrics::Metrics;
 
 pub use backoff::RelayPolicy;
 use plan::Plan;
@@ -50,11 +51,17 @@ pub struct Relay {
     store: Store,
     live: Arc<ArcSwap<LiveConfig>>,
     publishers: Publishers,
+    metrics: Arc<Metrics>,
 }
 
 impl Relay {
-    pub fn new(store: Store, live: Arc<ArcSwap<LiveConfig>>, publishers: Publishers) -> Self {
-        Self { store, live, publishers }
+    pub fn new(
+        store: Store,
+        live: Arc<ArcSwap<LiveConfig>>,
+        publishers: Publishers,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { store, live, publishers, metrics }
     }
 
     /// Runs passes until `cancel`; a pass in progress is finished first.
@@ -130,13 +137,21 @@ impl Relay {
 
         let now = clock_ms();
         for (&(i, j), outcome) in jobs.iter().zip(outcomes) {
-            plans[i].record(j, outcome, policy, now, &mut pass);
+            plans[i].record(j, outcome, policy, now, &mut pass, &self.metrics);
         }
         let mut dead_letters = Vec::new();
         for plan in plans {
             let settlement = plan.settle();
             if let Some(dead) = &settlement.dead_letter {
                 pass.dead_lettered += 1;
+                for reason in dead
+                    .destinations
+                    .iter()
+                    .map(|d| d.reason)
+                    .chain(dead.destinations.is_empty().then_some(dead.reason))
+                {
+                    self.metrics.dead_lettered.with_label_values(&[reason.as_str()]).inc();
+                }
                 dead_letters.push(dead.clone());
             }
             settlements.push(settlement);
@@ -161,6 +176,7 @@ impl Relay {
             return;
         }
         let publishers = self.publishers.clone();
+        let metrics = Arc::clone(&self.metrics);
         tokio::spawn(async move {
             for (record, target) in copies {
                 let Some(publisher) = publishers.get(target.broker()) else { continue };
@@ -179,6 +195,7 @@ impl Relay {
                 let message =
                     Outgoing { event: &record.event, target: &target, extra_headers: &headers };
                 if let Err(error) = publisher.publish(message).await {
+                    metrics.dlq_copy_failures.inc();
                     tracing::warn!(
                         event_id = %record.event.id(), destination = %target.label(), %error,
                         "could not publish the dead-letter copy; the DLQ entry is kept"

@@ -8,6 +8,7 @@ use crate::store::{
     DeadDestination, Delivery, DestinationState, DlqRecord, OutboxEntry, Outcome, Reason,
     Settlement, Status, UNROUTED,
 };
+use crate::telemetry::metrics::Metrics;
 
 pub(super) struct Plan {
     pub entry: OutboxEntry,
@@ -31,7 +32,10 @@ impl Plan {
                     .routes
                     .resolve(&entry.event)
                     .into_iter()
-                    .map(|(target, retry)| DestinationState::new(target, retry))
+                    .map(|r| DestinationState {
+                        name: r.name,
+                        ..DestinationState::new(r.target, r.retry)
+                    })
                     .collect(),
             },
         };
@@ -74,8 +78,25 @@ impl Plan {
         policy: &RelayPolicy,
         now: u64,
         pass: &mut Pass,
+        metrics: &Metrics,
     ) {
         let state = &mut self.delivery.destinations[j];
+        let name = state.name.as_str();
+        let result = match &outcome {
+            Ok(()) => "ok",
+            Err(e) => match e.class {
+                ErrorClass::NotConnected => {
+                    metrics.publish_deferred.with_label_values(&[name]).inc();
+                    "deferred"
+                }
+                ErrorClass::Transient => "transient",
+                ErrorClass::Unroutable => "unroutable",
+                ErrorClass::Permanent => "permanent",
+            },
+        };
+        if result != "deferred" {
+            metrics.publish_total.with_label_values(&[name, result]).inc();
+        }
         if let Err(PublishError { class: ErrorClass::NotConnected, .. }) = outcome {
             pass.deferred += 1;
             state.next_attempt_ms = now + DEFER_DELAY.as_millis() as u64;
@@ -88,6 +109,11 @@ impl Plan {
         }
         let error = match outcome {
             Ok(()) => {
+                let latency = now_ms().saturating_sub(self.entry.event.received_at_ms());
+                metrics
+                    .publish_latency
+                    .with_label_values(&[state.name.as_str()])
+                    .observe(latency as f64 / 1000.0);
                 pass.delivered += 1;
                 state.status = Status::Done;
                 state.last_error = None;
@@ -115,6 +141,7 @@ impl Plan {
                 self.give_up(j, reason);
             }
             None => {
+                metrics.retries.with_label_values(&[state.name.as_str()]).inc();
                 let delay = policy.delay(state.attempts, state.retry.backoff_ms);
                 state.next_attempt_ms = now + delay.as_millis() as u64;
                 tracing::warn!(

@@ -95,7 +95,8 @@ async fn harness(rabbit: Arc<Scripted>, kafka: Arc<Scripted>) -> Harness {
         kafka: Some(kafka as Arc<dyn Publisher>),
         connected: Arc::default(),
     };
-    Harness { relay: Relay::new(store.clone(), live, publishers), store, closer, _dir: dir }
+    let relay = Relay::new(store.clone(), live, publishers, Arc::default());
+    Harness { relay, store, closer, _dir: dir }
 }
 
 fn event(ty: &str) -> ValidatedEvent {

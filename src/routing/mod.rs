@@ -66,6 +66,15 @@ impl Target {
         }
     }
 
+    /// A name for metrics when the configured one is unknown: the broker and the exchange
+    /// (never templated) or topic.
+    pub fn config_name(&self) -> String {
+        match self {
+            Target::RabbitMq { exchange, .. } => format!("rabbitmq:{exchange}"),
+            Target::Kafka { topic, .. } => format!("kafka:{topic}"),
+        }
+    }
+
     /// Config-time check of one destination: its broker is configured, its templates parse.
     pub(crate) fn check(dest: &DestinationConfig, brokers: &BrokersConfig) -> Result<(), String> {
         Destination::parse(dest)?;
@@ -123,6 +132,23 @@ impl Destination {
     fn resolve(&self, event: &ValidatedEvent, body: &mut Option<serde_json::Value>) -> Target {
         self.kind.resolve(event, body)
     }
+
+    /// The configured destination, templates unrendered: `rabbitmq:orders`, `kafka:t.{type}`.
+    fn name(&self) -> String {
+        match &self.kind {
+            DestinationKind::RabbitMq { exchange, .. } => format!("rabbitmq:{exchange}"),
+            DestinationKind::Kafka { topic, .. } => format!("kafka:{}", topic.source()),
+        }
+    }
+}
+
+/// A destination resolved for one event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub target: Target,
+    pub retry: RetryOverride,
+    /// See [`Destination::name`]: a bounded metric label.
+    pub name: String,
 }
 
 impl DestinationKind {
@@ -243,20 +269,34 @@ impl RouteTable {
 
     /// The concrete targets of `event` with their retry overrides; empty when nothing
     /// matches.
-    pub fn resolve(&self, event: &ValidatedEvent) -> Vec<(Target, RetryOverride)> {
+    pub fn resolve(&self, event: &ValidatedEvent) -> Vec<Resolved> {
         let mut body = None;
         let Some(destinations) = self.destinations(event.source(), event.event_type()) else {
             return Vec::new();
         };
-        let mut targets: Vec<(Target, RetryOverride)> = Vec::with_capacity(destinations.len());
+        let mut targets: Vec<Resolved> = Vec::with_capacity(destinations.len());
         for d in destinations {
             let target = d.resolve(event, &mut body);
             // Destinations rendering to the same target are one delivery, not two.
-            if !targets.iter().any(|(t, _)| *t == target) {
-                targets.push((target, d.retry));
+            if !targets.iter().any(|r| r.target == target) {
+                targets.push(Resolved { target, retry: d.retry, name: d.name() });
             }
         }
         targets
+    }
+
+    /// The brokers some route or the default route sends to (what `/ready` checks).
+    pub fn brokers_used(&self) -> Vec<BrokerKind> {
+        let all = self.routes.iter().flat_map(|r| r.to.iter()).chain(self.default.iter().flatten());
+        let mut used: Vec<BrokerKind> = all
+            .map(|d| match d.kind {
+                DestinationKind::RabbitMq { .. } => BrokerKind::RabbitMq,
+                DestinationKind::Kafka { .. } => BrokerKind::Kafka,
+            })
+            .collect();
+        used.sort();
+        used.dedup();
+        used
     }
 }
 
@@ -291,7 +331,8 @@ mod tests {
             "routes:\n  - match: { type: \"order.*\" }\n    to:\n      - rabbitmq: { exchange: orders, routing_key: \"{source}.{type}\" }\n      - kafka: { topic: \"t-{type}\", key: /customer_id }\n  - match: { type: \"order.created\" }\n    to: [ { kafka: { topic: never } } ]\ndefault_route:\n  to: [ { rabbitmq: { exchange: events, routing_key: \"{type}\" } } ]\n",
         );
         let resolved = t.resolve(&event("order.created", r#"{"customer_id": 42}"#));
-        let targets: Vec<Target> = resolved.into_iter().map(|(t, _)| t).collect();
+        let targets: Vec<Target> = resolved.iter().map(|r| r.target.clone()).collect();
+        assert_eq!(resolved[1].name, "kafka:t-{type}");
         assert_eq!(
             targets,
             vec![
@@ -303,7 +344,7 @@ mod tests {
             ]
         );
         let other: Vec<Target> =
-            t.resolve(&event("user.deleted", "{}")).into_iter().map(|(t, _)| t).collect();
+            t.resolve(&event("user.deleted", "{}")).into_iter().map(|r| r.target).collect();
         assert_eq!(
             other,
             vec![Target::RabbitMq {
@@ -319,9 +360,9 @@ mod tests {
             "routes:\n  - match: { type: \"a\" }\n    max_attempts: 3\n    backoff: { initial: 1s, max: 2s }\n    to:\n      - kafka: { topic: a, max_attempts: 7 }\n      - rabbitmq: { exchange: e }\n",
         );
         let resolved = t.resolve(&event("a", "{}"));
-        assert_eq!(resolved[0].1.max_attempts, Some(7));
-        assert_eq!(resolved[0].1.backoff_ms, Some((1000, 2000)));
-        assert_eq!(resolved[1].1.max_attempts, Some(3));
+        assert_eq!(resolved[0].retry.max_attempts, Some(7));
+        assert_eq!(resolved[0].retry.backoff_ms, Some((1000, 2000)));
+        assert_eq!(resolved[1].retry.max_attempts, Some(3));
     }
 
     #[test]
@@ -334,7 +375,7 @@ mod tests {
         assert!(!t.is_routable(&src, &EventType::parse("b.a").unwrap()));
         // A missing key is no key, not an error.
         let targets = |body| -> Vec<Target> {
-            t.resolve(&event("a.b", body)).into_iter().map(|(t, _)| t).collect()
+            t.resolve(&event("a.b", body)).into_iter().map(|r| r.target).collect()
         };
         assert_eq!(targets("{}"), vec![Target::Kafka { topic: "a".into(), key: None }]);
         assert_eq!(

@@ -8,7 +8,7 @@ enum Part {
 }
 
 #[derive(Debug, Clone)]
-pub(super) struct Template(Vec<Part>);
+pub(super) struct Template(Vec<Part>, String);
 
 impl Template {
     pub(super) fn parse(text: &str) -> Result<Self, String> {
@@ -37,7 +37,12 @@ impl Template {
         if !rest.is_empty() {
             parts.push(Part::Text(rest.to_owned()));
         }
-        Ok(Self(parts))
+        Ok(Self(parts, text.to_owned()))
+    }
+
+    /// The template as written in the config.
+    pub(super) fn source(&self) -> &str {
+        &self.1
     }
 
     pub(super) fn is_empty(&self) -> bool {

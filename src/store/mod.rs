@@ -33,10 +33,11 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::config::StoreConfig;
 use crate::event::{EventId, ValidatedEvent};
+use crate::telemetry::metrics::Metrics;
 
 pub use query::{
     Claim, DestinationBacklog, DlqEntry, DlqFilter, DlqPage, OutboxEntry, OutboxStats,
-    ReadOnlyStore,
+    ReadOnlyStore, Summary,
 };
 pub use record::{
     DeadDestination, DecodeError, Delivery, DestinationState, DlqRecord, Reason, RetryOverride,
@@ -145,6 +146,7 @@ struct Shared {
     durable_commits: AtomicU64,
     /// Events appended since open.
     appended_events: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 /// Counters since the store was opened.
@@ -171,6 +173,14 @@ impl Store {
     /// Opens (creating or, after a crash, repairing) the store file and starts the writer.
     /// Blocking: call it from `spawn_blocking` or before the runtime gets busy.
     pub fn open(config: &StoreConfig) -> Result<(Store, StoreCloser)> {
+        Self::open_with_metrics(config, Arc::new(Metrics::new()))
+    }
+
+    /// [`Store::open`], recording commit metrics into `metrics`.
+    pub fn open_with_metrics(
+        config: &StoreConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, StoreCloser)> {
         let started = std::time::Instant::now();
         let cache = config.cache_bytes.as_u64() as usize;
         let db = open_database(&config.path, cache)?;
@@ -183,6 +193,7 @@ impl Store {
             appended: Notify::new(),
             durable_commits: AtomicU64::new(0),
             appended_events: AtomicU64::new(0),
+            metrics,
         });
         tracing::info!(
             path = %config.path.display(),
@@ -279,6 +290,11 @@ impl Store {
 
     pub async fn dlq_get(&self, id: EventId) -> Result<Option<DlqEntry>> {
         self.read(move |db| query::dlq_get(db, id)).await
+    }
+
+    /// Outbox depth, oldest age and DLQ size: O(1), cheap enough for every scrape.
+    pub async fn summary(&self, now_ms: u64) -> Result<query::Summary> {
+        self.read(move |db| query::summary(db, now_ms)).await
     }
 
     /// Outbox depth, age and per-destination backlog. Walks the delivery table: O(outbox).

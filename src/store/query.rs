@@ -181,6 +181,8 @@ pub(super) fn dlq_get(db: &impl ReadableDatabase, id: EventId) -> Result<Option<
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DestinationBacklog {
     pub destination: String,
+    /// The configured destination (a bounded metric label).
+    pub name: String,
     pub broker: &'static str,
     /// Events still to deliver there.
     pub pending: u64,
@@ -225,6 +227,7 @@ pub(super) fn outbox_stats(db: &impl ReadableDatabase, now_ms: u64) -> Result<Ou
             let label = s.target.label();
             let b = by_label.entry(label.clone()).or_insert_with(|| DestinationBacklog {
                 destination: label,
+                name: s.name.clone(),
                 broker: s.target.broker().as_str(),
                 ..DestinationBacklog::default()
             });
@@ -235,6 +238,32 @@ pub(super) fn outbox_stats(db: &impl ReadableDatabase, now_ms: u64) -> Result<Ou
     }
     stats.destinations = by_label.into_values().collect();
     Ok(stats)
+}
+
+/// What a metrics scrape reads, in O(1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub pending: u64,
+    pub oldest_pending_age_ms: Option<u64>,
+    pub dlq_entries: u64,
+}
+
+pub(super) fn summary(db: &impl ReadableDatabase, now_ms: u64) -> Result<Summary> {
+    let txn = db.begin_read()?;
+    let events = txn.open_table(EVENTS)?;
+    let oldest = match events.first()? {
+        Some((key, value)) => Some(
+            record::decode_event(value.value())
+                .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?
+                .received_at_ms(),
+        ),
+        None => None,
+    };
+    Ok(Summary {
+        pending: events.len()?,
+        oldest_pending_age_ms: oldest.map(|t| now_ms.saturating_sub(t)),
+        dlq_entries: txn.open_table(DLQ)?.len()?,
+    })
 }
 
 /// A stopped daemon's store, opened read-only (the CLI's `--offline`).

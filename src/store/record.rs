@@ -104,11 +104,15 @@ pub struct DestinationState {
     pub next_attempt_ms: u64,
     pub last_error: Option<String>,
     pub retry: RetryOverride,
+    /// The destination as configured (`rabbitmq:orders`, `kafka:events.{type}`): a metric
+    /// label that senders cannot multiply.
+    pub name: String,
 }
 
 impl DestinationState {
     pub fn new(target: Target, retry: RetryOverride) -> Self {
         Self {
+            name: target.config_name(),
             target,
             status: Status::Pending,
             attempts: 0,
@@ -272,6 +276,7 @@ fn encode_destination(w: &mut Writer, dest: &DestinationState) {
     let (initial, max) = dest.retry.backoff_ms.unwrap_or((u64::MAX, u64::MAX));
     w.u64(initial);
     w.u64(max);
+    w.bytes(dest.name.as_bytes());
 }
 
 fn decode_target(r: &mut Reader<'_>) -> Result<Target, DecodeError> {
@@ -314,7 +319,9 @@ fn decode_destination(r: &mut Reader<'_>, version: u8) -> Result<DestinationStat
     } else {
         RetryOverride::default()
     };
+    let name = if version >= DELIVERY_V2 { r.str()?.to_owned() } else { target.config_name() };
     Ok(DestinationState {
+        name,
         target,
         status,
         attempts,

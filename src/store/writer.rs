@@ -196,7 +196,10 @@ impl Writer {
         let durable = self.dirty || batch.iter().any(Command::needs_fsync);
         let mut pending = Vec::with_capacity(batch.len());
         let counters_before = self.counters;
-        match self.commit(&db, batch, durable, &mut pending) {
+        let started = Instant::now();
+        let committed = self.commit(&db, batch, durable, &mut pending);
+        self.shared.metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+        match committed {
             Ok(()) => {
                 self.dirty = !durable;
                 if durable {
@@ -206,12 +209,14 @@ impl Writer {
                 let appended =
                     pending.into_iter().map(Pending::succeed).filter(|&a| a).count() as u64;
                 if appended > 0 {
+                    self.shared.metrics.store_batch_events.observe(appended as f64);
                     self.shared.appended_events.fetch_add(appended, Ordering::Relaxed);
                     self.shared.appended.notify_one();
                 }
             }
             Err(error) => {
                 tracing::error!(%error, "store commit failed; failing the batch and reopening");
+                self.shared.metrics.store_commit_failures.inc();
                 self.counters = counters_before;
                 pending.into_iter().for_each(|p| p.fail(&error));
                 self.fail();
@@ -395,7 +400,10 @@ impl Writer {
                 let destinations: Vec<DestinationState> = record
                     .destinations
                     .iter()
-                    .map(|d| DestinationState::new(d.state.target.clone(), d.state.retry))
+                    .map(|d| DestinationState {
+                        name: d.state.name.clone(),
+                        ..DestinationState::new(d.state.target.clone(), d.state.retry)
+                    })
                     .collect();
                 let mut lanes: Vec<u8> =
                     destinations.iter().map(|d| d.target.broker().lane()).collect();

@@ -1,6 +1,9 @@
 //! Logging: `tracing` to stderr, human-readable for terminals or JSON lines for journald and
 //! log shippers. The filter follows `RUST_LOG` syntax (default `info`).
 
+pub mod http;
+pub mod metrics;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -1,0 +1,119 @@
+//! `GET /metrics` and `GET /ready`, served by the ingest listener (and mirrored on the admin
+//! listener). Gauges that describe the store and the brokers are read at scrape time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::metrics::Metrics;
+use crate::app::LiveConfig;
+use crate::event::now_ms;
+use crate::publish::Publishers;
+use crate::routing::BrokerKind;
+use crate::store::Store;
+
+/// How often the per-destination backlog (an O(outbox) walk) is recomputed.
+const BACKLOG_REFRESH: Duration = Duration::from_secs(15);
+
+#[derive(Clone)]
+pub struct Probe {
+    pub store: Store,
+    pub publishers: Publishers,
+    pub live: Arc<ArcSwap<LiveConfig>>,
+    pub metrics: Arc<Metrics>,
+    pub max_store_bytes: u64,
+}
+
+/// `/ready`, and `/metrics` when `with_metrics`.
+pub fn router(probe: Probe, with_metrics: bool) -> Router {
+    let router = Router::new().route("/ready", get(ready));
+    let router = if with_metrics { router.route("/metrics", get(metrics)) } else { router };
+    router.with_state(probe)
+}
+
+impl Probe {
+    /// The parts that keep the daemon from keeping its promise right now.
+    pub fn failing(&self) -> Vec<&'static str> {
+        let mut failing = Vec::new();
+        if !self.store.is_healthy() {
+            failing.push("store");
+        }
+        if self.store.file_bytes() > self.max_store_bytes {
+            failing.push("store_quota");
+        }
+        for broker in self.live.load().routes.brokers_used() {
+            if !self.publishers.get(broker).is_some_and(|p| p.is_connected()) {
+                failing.push(broker.as_str());
+            }
+        }
+        failing
+    }
+
+    async fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        m.store_bytes.set(self.store.file_bytes() as i64);
+        let dir = self.store.path().parent().filter(|d| !d.as_os_str().is_empty());
+        if let Ok(free) = fs4::available_space(dir.unwrap_or(std::path::Path::new("."))) {
+            m.store_disk_free_bytes.set(free as i64);
+        }
+        if let Ok(summary) = self.store.summary(now_ms()).await {
+            m.outbox_pending.set(summary.pending as i64);
+            m.outbox_oldest_age.set(summary.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0);
+            m.dlq_entries.set(summary.dlq_entries as i64);
+        }
+        for broker in BrokerKind::ALL {
+            if let Some(p) = self.publishers.get(broker) {
+                m.broker_up.with_label_values(&[broker.as_str()]).set(i64::from(p.is_connected()));
+            }
+        }
+    }
+}
+
+async fn ready(State(probe): State<Probe>) -> Response {
+    let failing = probe.failing();
+    if failing.is_empty() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        let body = json!({ "status": "not_ready", "failing": failing });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(probe): State<Probe>) -> Response {
+    probe.refresh_gauges().await;
+    let content_type = "text/plain; version=0.0.4; charset=utf-8";
+    ([(header::CONTENT_TYPE, content_type)], probe.metrics.render()).into_response()
+}
+
+/// Recomputes `orchestron_outbox_destination_backlog` every `BACKLOG_REFRESH`.
+pub fn spawn_backlog_refresh(
+    store: Store,
+    metrics: Arc<Metrics>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            if let Ok(stats) = store.outbox_stats(now_ms()).await {
+                metrics.outbox_backlog.reset();
+                let mut by_name = std::collections::BTreeMap::<String, i64>::new();
+                for d in stats.destinations {
+                    *by_name.entry(d.name).or_default() += d.pending as i64;
+                }
+                for (name, pending) in by_name {
+                    metrics.outbox_backlog.with_label_values(&[name.as_str()]).set(pending);
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(BACKLOG_REFRESH) => {}
+            }
+        }
+    });
+}

@@ -1,0 +1,227 @@
+//! Every metric Orchestron exports, in one place: names and help texts are a public
+//! interface (dashboards and alerts depend on them).
+//!
+//! Labels come only from configuration (source, destination, broker) or from fixed sets
+//! (status class, result, reason); never from event ids, types or anything a sender chooses.
+//! A destination label is the configured broker and exchange or topic template, e.g.
+//! `rabbitmq:orders` or `kafka:events.{type}`.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// One daemon's metrics, with their own registry (so that tests running several daemons in
+/// one process do not mix their counts).
+pub struct Metrics {
+    registry: Registry,
+    pub ingest_requests: IntCounterVec,
+    pub ingest_accepted: IntCounterVec,
+    pub ingest_rejected: IntCounterVec,
+    pub ingest_duration: HistogramVec,
+    pub ingest_body_bytes: HistogramVec,
+    pub store_batch_events: Histogram,
+    pub store_commit_seconds: Histogram,
+    pub store_commit_failures: IntCounter,
+    pub store_bytes: IntGauge,
+    pub store_disk_free_bytes: IntGauge,
+    pub outbox_pending: IntGauge,
+    pub outbox_oldest_age: Gauge,
+    pub outbox_backlog: IntGaugeVec,
+    pub publish_total: IntCounterVec,
+    pub publish_deferred: IntCounterVec,
+    pub publish_latency: HistogramVec,
+    pub retries: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub dlq_entries: IntGauge,
+    pub dlq_expired: IntCounter,
+    pub dlq_copy_failures: IntCounter,
+    pub broker_up: IntGaugeVec,
+    pub broker_reconnects: IntCounterVec,
+    pub build_info: IntGaugeVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("orchestron")
+}
+
+fn hopts(name: &str, help: &str, buckets: Vec<f64>) -> HistogramOpts {
+    HistogramOpts::new(name, help).namespace("orchestron").buckets(buckets)
+}
+
+const SECONDS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const LATENCY: &[f64] =
+    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
+const BYTES: &[f64] = &[256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0];
+const BATCH: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($metric:expr) => {{
+                let m = $metric.expect("metric definitions are valid");
+                registry.register(Box::new(m.clone())).expect("metric names are unique");
+                m
+            }};
+        }
+        let metrics = Self {
+            ingest_requests: reg!(IntCounterVec::new(
+                opts(
+                    "ingest_requests_total",
+                    "Ingest requests answered, by source and status class (2xx, 4xx, 5xx)."
+                ),
+                &["source", "status"]
+            )),
+            ingest_accepted: reg!(IntCounterVec::new(
+                opts("ingest_accepted_total", "Events accepted (202 after a durable commit)."),
+                &["source"]
+            )),
+            ingest_rejected: reg!(IntCounterVec::new(
+                opts(
+                    "ingest_rejected_total",
+                    "Requests refused, by reason: auth, media_type, invalid, size, schema, unroutable, store_full, unavailable."
+                ),
+                &["source", "reason"]
+            )),
+            ingest_duration: reg!(HistogramVec::new(
+                hopts(
+                    "ingest_request_duration_seconds",
+                    "Time from request to answer, including the durable commit.",
+                    SECONDS.to_vec()
+                ),
+                &["source"]
+            )),
+            ingest_body_bytes: reg!(HistogramVec::new(
+                hopts("ingest_body_bytes", "Size of accepted request bodies.", BYTES.to_vec()),
+                &["source"]
+            )),
+            store_batch_events: reg!(Histogram::with_opts(hopts(
+                "store_append_batch_events",
+                "Events per durable group commit (events per fsync).",
+                BATCH.to_vec()
+            ))),
+            store_commit_seconds: reg!(Histogram::with_opts(hopts(
+                "store_commit_duration_seconds",
+                "Duration of store commits (durable and settle-only).",
+                SECONDS.to_vec()
+            ))),
+            store_commit_failures: reg!(IntCounter::with_opts(opts(
+                "store_commit_failures_total",
+                "Store commits that failed; each answered its batch with 503 and reopened the store."
+            ))),
+            store_bytes: reg!(IntGauge::with_opts(opts("store_bytes", "Size of the store file."))),
+            store_disk_free_bytes: reg!(IntGauge::with_opts(opts(
+                "store_disk_free_bytes",
+                "Free space on the store's file system."
+            ))),
+            outbox_pending: reg!(IntGauge::with_opts(opts(
+                "outbox_pending_events",
+                "Events accepted and not yet delivered to every destination (nor dead-lettered)."
+            ))),
+            outbox_oldest_age: reg!(Gauge::with_opts(opts(
+                "outbox_oldest_pending_age_seconds",
+                "Age of the oldest pending event, computed at scrape; 0 when the outbox is empty."
+            ))),
+            outbox_backlog: reg!(IntGaugeVec::new(
+                opts(
+                    "outbox_destination_backlog",
+                    "Pending events per destination (refreshed every 15 s)."
+                ),
+                &["destination"]
+            )),
+            publish_total: reg!(IntCounterVec::new(
+                opts(
+                    "relay_publish_total",
+                    "Publish attempts by destination and result: ok, transient, unroutable, permanent."
+                ),
+                &["destination", "result"]
+            )),
+            publish_deferred: reg!(IntCounterVec::new(
+                opts(
+                    "relay_deferred_total",
+                    "Publishes not attempted because the broker was not connected."
+                ),
+                &["destination"]
+            )),
+            publish_latency: reg!(HistogramVec::new(
+                hopts(
+                    "relay_delivery_latency_seconds",
+                    "Time from acceptance to the broker's confirm.",
+                    LATENCY.to_vec()
+                ),
+                &["destination"]
+            )),
+            retries: reg!(IntCounterVec::new(
+                opts("relay_retries_total", "Failed publishes scheduled for another attempt."),
+                &["destination"]
+            )),
+            dead_lettered: reg!(IntCounterVec::new(
+                opts(
+                    "dead_lettered_total",
+                    "Event deliveries moved to the DLQ, by reason: unroutable, rejected, max_attempts, expired, no_route."
+                ),
+                &["reason"]
+            )),
+            dlq_entries: reg!(IntGauge::with_opts(opts(
+                "dlq_entries",
+                "Entries in the dead-letter queue."
+            ))),
+            dlq_expired: reg!(IntCounter::with_opts(opts(
+                "dlq_expired_total",
+                "DLQ entries removed by retention (dlq.max_entries, dlq.max_age)."
+            ))),
+            dlq_copy_failures: reg!(IntCounter::with_opts(opts(
+                "dlq_copy_failures_total",
+                "Dead-letter copies (dlq.publish_to) that could not be published."
+            ))),
+            broker_up: reg!(IntGaugeVec::new(
+                opts(
+                    "broker_up",
+                    "1 when the broker is connected (RabbitMQ) or reachable (Kafka)."
+                ),
+                &["broker"]
+            )),
+            broker_reconnects: reg!(IntCounterVec::new(
+                opts("broker_reconnects_total", "Connections (re)established to the broker."),
+                &["broker"]
+            )),
+            build_info: reg!(IntGaugeVec::new(
+                opts("build_info", "Always 1; the version label says which build runs."),
+                &["version"]
+            )),
+            registry,
+        };
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        // Only fails if registered twice, which one registry per daemon prevents.
+        let _ = metrics.registry.register(Box::new(process));
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// `2xx`, `4xx`, `5xx` for a status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
