@@ -1,8 +1,10 @@
 //! The relay: moves events from the outbox to their destinations, or to the DLQ.
 //!
-//! One pass claims what is due in the lanes of connected brokers (plus events not routed yet),
-//! routes new events, publishes every due pending destination concurrently, and settles the
-//! batch in one store command. Per destination: a confirm marks it done; a broker that is not
+//! Independent workers, one per lane: the routing worker takes newly accepted events, routes
+//! them and files them into the lane of each broker they go to; each broker's worker claims
+//! only its own lane, publishes the due destinations concurrently and settles its batch in
+//! one store command. A slow or failing broker therefore never holds up another one, and a
+//! disconnected broker's worker does not even read its backlog. Per destination: a confirm marks it done; a broker that is not
 //! connected defers it without counting an attempt; a transient or unroutable failure is
 //! retried with backoff until its `max_attempts`; a permanent failure, exhausted attempts or
 //! `relay.max_age` move it to the DLQ in the same transaction. A destination that confirmed is
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::LiveConfig;
@@ -40,6 +43,8 @@ const ERROR_PAUSE: Duration = Duration::from_secs(1);
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pass {
     pub claimed: usize,
+    /// Events routed (filed into broker lanes) by the routing worker.
+    pub routed: usize,
     pub delivered: usize,
     pub failed: usize,
     pub deferred: usize,
@@ -52,6 +57,8 @@ pub struct Relay {
     live: Arc<ArcSwap<LiveConfig>>,
     publishers: Publishers,
     metrics: Arc<Metrics>,
+    /// Per lane: woken when the routing worker filed events into it.
+    routed: [Notify; 3],
 }
 
 impl Relay {
@@ -61,50 +68,96 @@ impl Relay {
         publishers: Publishers,
         metrics: Arc<Metrics>,
     ) -> Self {
-        Self { store, live, publishers, metrics }
+        Self { store, live, publishers, metrics, routed: Default::default() }
     }
 
-    /// Runs passes until `cancel`; a pass in progress is finished first.
+    /// Runs the routing worker and one worker per configured broker until `cancel`; each
+    /// finishes the pass it is in first.
     pub async fn run(self, cancel: CancellationToken) {
+        let relay = Arc::new(self);
+        let mut workers = tokio::task::JoinSet::new();
+        workers.spawn(Arc::clone(&relay).route_loop(cancel.clone()));
+        for broker in BrokerKind::ALL {
+            if relay.publishers.get(broker).is_some() {
+                workers.spawn(Arc::clone(&relay).publish_loop(broker, cancel.clone()));
+            }
+        }
+        workers.join_all().await;
+        tracing::info!("relay stopped");
+    }
+
+    async fn route_loop(self: Arc<Self>, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
-            let wait = match self.run_once().await {
-                // Something was published or settled: there may be more right away.
-                Ok(pass) if pass.delivered + pass.failed + pass.dead_lettered > 0 => continue,
-                Ok(pass) if pass.deferred > 0 => DEFER_DELAY,
-                Ok(pass) => pass
-                    .next_due_ms
-                    .map(|due| Duration::from_millis(due.saturating_sub(clock_ms())))
-                    .unwrap_or(MAX_IDLE)
-                    .min(MAX_IDLE),
+            let wait = match self.run_lane(UNROUTED).await {
+                Ok(pass) if pass.routed + pass.dead_lettered > 0 => continue,
+                Ok(pass) => until(pass.next_due_ms),
                 Err(error) => {
-                    tracing::error!(%error, "relay pass failed");
+                    tracing::error!(%error, "routing pass failed");
                     ERROR_PAUSE
                 }
             };
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = self.store.appended() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn publish_loop(self: Arc<Self>, broker: BrokerKind, cancel: CancellationToken) {
+        let lane = broker.lane();
+        let routed = &self.routed[usize::from(lane)];
+        while !cancel.is_cancelled() {
+            let connected = self.publishers.get(broker).is_some_and(|p| p.is_connected());
+            let wait = if !connected {
+                // Nothing to claim while down: wait for the reconnect (or look again soon).
+                DEFER_DELAY
+            } else {
+                match self.run_lane(lane).await {
+                    Ok(pass) if pass.delivered + pass.failed + pass.dead_lettered > 0 => continue,
+                    Ok(pass) if pass.deferred > 0 => DEFER_DELAY,
+                    Ok(pass) => until(pass.next_due_ms),
+                    Err(error) => {
+                        tracing::error!(%error, broker = broker.as_str(), "relay pass failed");
+                        ERROR_PAUSE
+                    }
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = routed.notified() => {}
                 _ = self.publishers.connected.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        tracing::info!("relay stopped");
     }
 
-    /// The lanes worth claiming now: unrouted events, and each connected broker's.
-    fn lanes(&self) -> Vec<u8> {
-        let connected = BrokerKind::ALL
-            .into_iter()
-            .filter(|&b| self.publishers.get(b).is_some_and(|p| p.is_connected()))
-            .map(BrokerKind::lane);
-        std::iter::once(UNROUTED).chain(connected).collect()
-    }
-
-    /// One claim → publish → settle pass.
+    /// One routing pass, then one pass of each connected broker's lane. Tests drive the
+    /// relay with this, pass by pass.
     pub async fn run_once(&self) -> Result<Pass, StoreError> {
+        let mut total = self.run_lane(UNROUTED).await?;
+        for broker in BrokerKind::ALL {
+            if self.publishers.get(broker).is_some_and(|p| p.is_connected()) {
+                let pass = self.run_lane(broker.lane()).await?;
+                total.claimed += pass.claimed;
+                total.delivered += pass.delivered;
+                total.failed += pass.failed;
+                total.deferred += pass.deferred;
+                total.dead_lettered += pass.dead_lettered;
+                total.next_due_ms = match (total.next_due_ms, pass.next_due_ms) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        Ok(total)
+    }
+
+    /// One claim → (route | publish) → settle pass over one lane.
+    pub async fn run_lane(&self, lane: u8) -> Result<Pass, StoreError> {
         let live = self.live.load_full();
         let policy = &live.relay;
-        let claim = self.store.claim_due(clock_ms(), policy.batch_size, self.lanes()).await?;
+        let claim = self.store.claim_due(clock_ms(), policy.batch_size, vec![lane]).await?;
         let now = clock_ms();
         let mut pass = Pass {
             claimed: claim.entries.len(),
@@ -113,7 +166,7 @@ impl Relay {
         };
         let mut settlements = set_aside(policy, &claim, now);
         let mut plans: Vec<Plan> =
-            claim.entries.into_iter().map(|entry| Plan::new(entry, &live, now)).collect();
+            claim.entries.into_iter().map(|entry| Plan::new(entry, &live, now, lane)).collect();
 
         let jobs: Vec<(usize, usize)> = plans
             .iter()
@@ -140,8 +193,15 @@ impl Relay {
             plans[i].record(j, outcome, policy, now, &mut pass, &self.metrics);
         }
         let mut dead_letters = Vec::new();
+        let mut filed = [false; 3];
         for plan in plans {
-            let settlement = plan.settle();
+            let settlement = plan.settle(now);
+            if lane == UNROUTED {
+                pass.routed += 1;
+                for &(l, _) in &settlement.add_due {
+                    filed[usize::from(l).min(2)] = true;
+                }
+            }
             if let Some(dead) = &settlement.dead_letter {
                 pass.dead_lettered += 1;
                 for reason in dead
@@ -158,6 +218,11 @@ impl Relay {
         }
         if !settlements.is_empty() {
             self.store.settle(settlements).await?;
+        }
+        for (lane, filed) in filed.iter().enumerate() {
+            if *filed {
+                self.routed[lane].notify_one();
+            }
         }
         if !dead_letters.is_empty() {
             self.copy_dead_letters(&live, dead_letters);
@@ -204,6 +269,14 @@ impl Relay {
             }
         });
     }
+}
+
+/// How long to sleep until `next_due_ms` (bounded by `MAX_IDLE`).
+fn until(next_due_ms: Option<u64>) -> Duration {
+    next_due_ms
+        .map(|due| Duration::from_millis(due.saturating_sub(clock_ms())))
+        .unwrap_or(MAX_IDLE)
+        .min(MAX_IDLE)
 }
 
 /// Entries the store could not read are kept and looked at again every `backoff.max`; index

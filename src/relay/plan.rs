@@ -13,18 +13,15 @@ use crate::telemetry::metrics::Metrics;
 pub(super) struct Plan {
     pub entry: OutboxEntry,
     pub delivery: Delivery,
-    /// The entry came from the unrouted lane: this pass acts on every destination.
-    all_lanes: bool,
-    /// Otherwise, only on destinations in the lanes it was claimed from.
-    lanes: Vec<u8>,
+    /// The lane this pass works on: `UNROUTED` routes (and publishes nothing); a broker's
+    /// lane acts only on that broker's destinations.
+    lane: u8,
     /// Destinations given up on in this pass, with why.
     dead: Vec<(usize, Reason)>,
 }
 
 impl Plan {
-    pub fn new(entry: OutboxEntry, live: &LiveConfig, now: u64) -> Self {
-        let all_lanes = entry.claimed.iter().any(|&(lane, _)| lane == UNROUTED);
-        let lanes = entry.claimed.iter().map(|&(lane, _)| lane).collect();
+    pub fn new(entry: OutboxEntry, live: &LiveConfig, now: u64, lane: u8) -> Self {
         let delivery = match entry.delivery.clone().filter(|d| !d.destinations.is_empty()) {
             Some(stored) => stored,
             None => Delivery {
@@ -39,11 +36,12 @@ impl Plan {
                     .collect(),
             },
         };
-        let mut plan = Self { entry, delivery, all_lanes, lanes, dead: Vec::new() };
+        let mut plan = Self { entry, delivery, lane, dead: Vec::new() };
         let age = now.saturating_sub(plan.entry.event.received_at_ms());
         if live.relay.max_age.is_some_and(|max| age > max.as_millis() as u64) {
             for j in 0..plan.delivery.destinations.len() {
-                if plan.delivery.destinations[j].is_pending() {
+                let s = &plan.delivery.destinations[j];
+                if s.is_pending() && (lane == UNROUTED || plan.acts_on(s)) {
                     plan.give_up(j, Reason::Expired);
                 }
             }
@@ -51,8 +49,9 @@ impl Plan {
         plan
     }
 
+    /// Whether this pass publishes to `s` (routing passes publish nothing).
     fn acts_on(&self, s: &DestinationState) -> bool {
-        self.all_lanes || self.lanes.contains(&s.target.broker().lane())
+        self.lane != UNROUTED && s.target.broker().lane() == self.lane
     }
 
     /// Indexes of the destinations to publish to now.
@@ -153,7 +152,7 @@ impl Plan {
     }
 
     /// The store command for this entry after the pass.
-    pub fn settle(mut self) -> Settlement {
+    pub fn settle(mut self, now: u64) -> Settlement {
         let seq = self.entry.seq;
         let remove_due = std::mem::take(&mut self.entry.claimed);
         if self.delivery.destinations.is_empty() {
@@ -172,14 +171,6 @@ impl Plan {
                 dead_letter: Some(dead_letter),
             };
         }
-        let mut add_due: Vec<(u8, u64)> = Vec::new();
-        for s in self.delivery.destinations.iter().filter(|s| s.is_pending() && self.acts_on(s)) {
-            let lane = s.target.broker().lane();
-            match add_due.iter_mut().find(|(l, _)| *l == lane) {
-                Some((_, due)) => *due = (*due).min(s.next_attempt_ms),
-                None => add_due.push((lane, s.next_attempt_ms)),
-            }
-        }
         let dead_letter = (!self.dead.is_empty()).then(|| DlqRecord {
             event: self.entry.event.clone(),
             dead_lettered_at_ms: now_ms(),
@@ -193,11 +184,34 @@ impl Plan {
                 })
                 .collect(),
         });
-        let outcome = if self.delivery.destinations.iter().any(DestinationState::is_pending) {
-            Outcome::Store(self.delivery)
-        } else {
-            Outcome::Delete
-        };
-        Settlement { seq, remove_due, add_due, outcome, dead_letter }
+        if self.lane == UNROUTED {
+            // File the event into the lane of every broker it still waits for, due now.
+            let mut add_due: Vec<(u8, u64)> = self
+                .delivery
+                .destinations
+                .iter()
+                .filter(|s| s.is_pending())
+                .map(|s| (s.target.broker().lane(), now))
+                .collect();
+            add_due.sort_unstable();
+            add_due.dedup();
+            let outcome =
+                if add_due.is_empty() { Outcome::Delete } else { Outcome::Store(self.delivery) };
+            return Settlement { seq, remove_due, add_due, outcome, dead_letter };
+        }
+        // A broker's pass reports only its own destinations; the store merges them into the
+        // current record, so another broker's worker settling the same event loses nothing.
+        let mine: Vec<(usize, DestinationState)> = self
+            .delivery
+            .destinations
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.target.broker().lane() == self.lane)
+            .map(|(j, s)| (j, s.clone()))
+            .collect();
+        let next_due =
+            mine.iter().filter(|(_, s)| s.is_pending()).map(|(_, s)| s.next_attempt_ms).min();
+        let add_due = next_due.map(|due| vec![(self.lane, due)]).unwrap_or_default();
+        Settlement { seq, remove_due, add_due, outcome: Outcome::Update(mine), dead_letter }
     }
 }

@@ -122,6 +122,10 @@ pub enum Outcome {
     Keep,
     /// Write the new delivery state.
     Store(Delivery),
+    /// Replace these destinations' states (by index) in the stored record; if nothing is
+    /// pending afterwards, remove the event. Lets workers of different brokers settle the
+    /// same event without overwriting each other.
+    Update(Vec<(usize, DestinationState)>),
     /// Nothing is pending any more: remove the event and its delivery state.
     Delete,
 }

@@ -354,6 +354,7 @@ impl Writer {
                 t.events.remove(s.seq)?;
                 t.delivery.remove(s.seq)?;
             }
+            Outcome::Update(updates) => merge_update(t, s.seq, updates)?,
         }
         if let Some(dead) = s.dead_letter {
             self.dead_letter(t, dead)?;
@@ -463,6 +464,27 @@ impl Writer {
         self.dirty = false;
         self.last_reopen_attempt = None;
     }
+}
+
+/// Applies one broker worker's destination states to the stored record.
+fn merge_update(t: &mut Tables<'_>, seq: u64, updates: &[(usize, DestinationState)]) -> Result<()> {
+    let current = t.delivery.get(seq)?.map(|b| record::decode_delivery(b.value()));
+    let Some(Ok(mut current)) = current else {
+        // The event is gone (or its record unreadable): nothing to merge into.
+        return Ok(());
+    };
+    for (j, state) in updates {
+        if let Some(slot) = current.destinations.get_mut(*j).filter(|s| s.target == state.target) {
+            *slot = state.clone();
+        }
+    }
+    if current.destinations.iter().any(DestinationState::is_pending) {
+        t.delivery.insert(seq, record::encode_delivery(&current).as_slice())?;
+    } else {
+        t.events.remove(seq)?;
+        t.delivery.remove(seq)?;
+    }
+    Ok(())
 }
 
 fn open_tables(txn: &WriteTransaction) -> Result<Tables<'_>> {

@@ -240,3 +240,36 @@ async fn tansu_broker_receives_every_event_with_its_key() {
     check_delivered(&sent, &got);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_slow_kafka_does_not_hold_up_rabbitmq() {
+    let mock = MockCluster::new(1).unwrap();
+    let topic = unique("t");
+    mock.create_topic(&topic, 1, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let exchange = unique("ex");
+    let mut queue = crate::helpers::RabbitQueue::bind(&exchange, "#").await;
+    let config = format!(
+        "brokers:\n  rabbitmq: {{ url: \"{}\" }}\n  kafka: {{ bootstrap_servers: \"{bootstrap}\" }}\n\
+         default_route:\n  to:\n    - kafka: {{ topic: {topic}, key: /customer }}\n    - rabbitmq: {{ exchange: {exchange}, routing_key: k }}\n",
+        crate::helpers::AMQP_URL
+    );
+    let app = TestApp::spawn(&config).await;
+    // Let the producer connect, then make every Kafka round trip take 2 seconds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mock.broker_round_trip_time(1, Duration::from_secs(2)).unwrap();
+    let started = std::time::Instant::now();
+    let sent = post_all(&app, 0..20).await;
+    let got = queue.collect(20, Duration::from_secs(10)).await;
+    let rabbit_time = started.elapsed();
+    assert_eq!(got.len(), 20);
+    assert!(
+        rabbit_time < Duration::from_millis(1500),
+        "RabbitMQ waited for Kafka: {rabbit_time:?}"
+    );
+    // Kafka gets them too, once it is fast again.
+    mock.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    let kafka = consume(&bootstrap, &topic, 1, 20, Duration::from_secs(30)).await;
+    check_delivered(&sent, &kafka);
+    app.stop().await;
+}
