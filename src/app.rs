@@ -28,15 +28,15 @@ use crate::validate::{SchemaError, SchemaRegistry};
 pub enum AppError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("schemas: {0}")]
+    #[error("schemas")]
     Schemas(#[from] SchemaError),
     #[error("routes: {0}")]
     Routes(String),
-    #[error("store: {0}")]
+    #[error("store")]
     Store(#[from] StoreError),
-    #[error("kafka producer: {0}")]
+    #[error("kafka producer")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("http server: {0}")]
+    #[error("http server")]
     Serve(#[from] std::io::Error),
 }
 

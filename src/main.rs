@@ -10,9 +10,9 @@ use orchestron::telemetry::{self, LogFormat};
 #[derive(Parser)]
 #[command(name = "orchestron", version, about = "Durable webhook relay to Kafka and RabbitMQ")]
 struct Cli {
-    /// Log line format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text")]
-    log_format: LogFormat,
+    /// Log line format on stderr (default: `log.format` from the config, else text).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,10 +49,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Cli::parse();
     let result = match args.command {
-        Command::Serve { config } => {
-            telemetry::init(args.log_format);
-            serve(&config)
-        }
+        Command::Serve { config } => serve(&config, args.log_format),
         Command::CheckConfig { config } => check_config(&config),
         Command::Dlq { connection, command } => {
             operator(async move { cli::dlq(&connection, &command).await })
@@ -87,8 +84,9 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+fn serve(path: &std::path::Path, log_format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = orchestron::config::load(path)?;
+    telemetry::init(log_format.unwrap_or(config.log.format));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listeners = orchestron::app::Listeners::bind(&config).await?;

@@ -41,6 +41,16 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`; `--log-format` overrides it. The filter is `RUST_LOG` (default info).
+    #[serde(default)]
+    pub format: crate::telemetry::LogFormat,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,9 +6,13 @@ pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable, for terminals.
+    #[default]
     Text,
+    /// One JSON object per line, for journald and log shippers.
     Json,
 }
 

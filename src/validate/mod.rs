@@ -16,7 +16,7 @@ const MAX_VIOLATIONS: usize = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
-    #[error("schema directory {}: {source}", .dir.display())]
+    #[error("schema directory {}", .dir.display())]
     Dir { dir: PathBuf, source: std::io::Error },
     #[error("{}: {message}", .file.display())]
     File { file: PathBuf, message: String },

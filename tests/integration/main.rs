@@ -11,4 +11,5 @@ mod dlq;
 mod helpers;
 mod ingest;
 mod kafka;
+mod observability;
 mod rabbitmq;
