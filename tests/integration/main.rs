@@ -12,4 +12,5 @@ mod helpers;
 mod ingest;
 mod kafka;
 mod observability;
+mod openapi;
 mod rabbitmq;
