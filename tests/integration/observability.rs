@@ -1,7 +1,7 @@
 //! Metrics values after real traffic, `promtool check metrics`, and `/ready` following the
 //! broker connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -190,4 +190,51 @@ async fn ready_follows_the_rabbitmq_connection() {
         app.admin(Method::GET, "/admin/outbox").send().await.unwrap().json().await.unwrap();
     assert!(outbox["pending"].as_u64().unwrap() <= 1);
     app.stop().await;
+}
+
+/// The metric names `src/telemetry/metrics.rs` defines (with the `orchestron_` prefix).
+fn defined_metrics() -> BTreeSet<String> {
+    let source = std::fs::read_to_string("src/telemetry/metrics.rs").unwrap();
+    let mut names = BTreeSet::new();
+    for chunk in source.split("opts(").skip(1) {
+        let name = chunk.trim_start().trim_start_matches('\n').trim_start();
+        if let Some(rest) = name.strip_prefix('"') {
+            names.insert(format!("orchestron_{}", &rest[..rest.find('"').unwrap()]));
+        }
+    }
+    names
+}
+
+/// `orchestron_*` names used in a document, with histogram suffixes removed.
+fn used_metrics(text: &str) -> BTreeSet<String> {
+    let mut used = BTreeSet::new();
+    for (i, _) in text.match_indices("orchestron_") {
+        let name: String =
+            text[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name)
+            .to_owned();
+        used.insert(base);
+    }
+    used
+}
+
+#[test]
+fn dashboard_and_monitoring_docs_use_only_exported_metric_names() {
+    let defined = defined_metrics();
+    assert!(defined.contains("orchestron_dlq_expired_total"), "{defined:?}");
+    for doc in ["docs/grafana-dashboard.json", "docs/monitoring.md"] {
+        let text = std::fs::read_to_string(doc).unwrap();
+        let used = used_metrics(&text);
+        assert!(!used.is_empty(), "{doc} names no metric");
+        let unknown: Vec<_> = used.difference(&defined).collect();
+        assert!(unknown.is_empty(), "{doc} uses metrics that do not exist: {unknown:?}");
+    }
+    // The dashboard is valid JSON with panels.
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string("docs/grafana-dashboard.json").unwrap())
+            .unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 10);
 }
