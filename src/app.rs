@@ -94,6 +94,8 @@ pub async fn run(
     let Listeners { ingest: listener, admin: admin_listener } = listeners;
     let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(&config)?));
     let metrics = Arc::new(Metrics::new());
+    metrics.config_info.with_label_values(&[config.fingerprint.as_str()]).set(1);
+    metrics.config_loaded.set((now_ms() / 1000) as i64);
     let store_config = config.store.clone();
     let store_metrics = Arc::clone(&metrics);
     let (store, closer) =

@@ -54,9 +54,11 @@ pub fn metrics_router(
         return health;
     }
     let state = AdminState { store: probe.store.clone(), token };
-    let scrape = crate::telemetry::http::router(probe, true)
-        .route_layer(middleware::from_fn_with_state(state, authorize));
-    health.merge(Router::new().route_service("/metrics", scrape))
+    let scrape = Router::new()
+        .route("/metrics", get(crate::telemetry::http::metrics))
+        .route_layer(middleware::from_fn_with_state(state, authorize))
+        .with_state(probe);
+    health.merge(scrape)
 }
 
 #[derive(Debug, thiserror::Error)]

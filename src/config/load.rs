@@ -57,7 +57,22 @@ pub fn load_str(
         })?
     };
     config.check().map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })?;
+    let mut config = config;
+    config.fingerprint = fingerprint(text, overrides);
     Ok(config)
+}
+
+fn fingerprint(text: &str, overrides: &[(String, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(text.as_bytes());
+    for (k, v) in overrides {
+        hash.update(b"\0");
+        hash.update(k.as_bytes());
+        hash.update(b"=");
+        hash.update(v.as_bytes());
+    }
+    hash.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 fn is_override(var: &str) -> bool {

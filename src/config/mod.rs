@@ -43,6 +43,10 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// SHA-256 (hex, first 16 digits) of the file text and the overrides applied: which
+    /// configuration is running (the `orchestron_config_info` metric).
+    #[serde(skip)]
+    pub fingerprint: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

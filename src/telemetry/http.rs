@@ -86,7 +86,8 @@ async fn ready(State(probe): State<Probe>) -> Response {
     }
 }
 
-async fn metrics(State(probe): State<Probe>) -> Response {
+/// `GET /metrics`: refreshes the scrape-time gauges, then renders every metric.
+pub async fn metrics(State(probe): State<Probe>) -> Response {
     probe.refresh_gauges().await;
     let content_type = "text/plain; version=0.0.4; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], probe.metrics.render()).into_response()

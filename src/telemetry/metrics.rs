@@ -39,6 +39,8 @@ pub struct Metrics {
     pub broker_up: IntGaugeVec,
     pub broker_reconnects: IntCounterVec,
     pub build_info: IntGaugeVec,
+    pub config_info: IntGaugeVec,
+    pub config_loaded: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -197,6 +199,17 @@ impl Metrics {
                 opts("build_info", "Always 1; the version label says which build runs."),
                 &["version"]
             )),
+            config_info: reg!(IntGaugeVec::new(
+                opts(
+                    "config_info",
+                    "Always 1; the hash label fingerprints the running configuration."
+                ),
+                &["hash"]
+            )),
+            config_loaded: reg!(IntGauge::with_opts(opts(
+                "config_loaded_timestamp_seconds",
+                "When the running configuration was loaded (Unix time)."
+            ))),
             registry,
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

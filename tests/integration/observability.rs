@@ -238,3 +238,24 @@ fn dashboard_and_monitoring_docs_use_only_exported_metric_names() {
             .unwrap();
     assert!(dashboard["panels"].as_array().unwrap().len() >= 10);
 }
+
+#[tokio::test]
+async fn metrics_can_move_to_the_admin_listener_behind_the_token() {
+    let app = TestApp::spawn(&format!(
+        "brokers:\n  rabbitmq: {{ url: \"{AMQP_URL}\" }}\nmetrics: {{ listener: admin }}\n\
+         default_route:\n  to: [ {{ rabbitmq: {{ exchange: amq.topic, routing_key: x }} }} ]\n"
+    ))
+    .await;
+    assert_eq!(app.client.get(app.url("/metrics")).send().await.unwrap().status(), 404);
+    assert_eq!(app.client.get(app.admin_url("/metrics")).send().await.unwrap().status(), 401);
+    let scraped = app.admin(Method::GET, "/metrics").send().await.unwrap();
+    assert_eq!(scraped.status(), 200);
+    let m = parse(&scraped.text().await.unwrap());
+    let info: Vec<_> = m.keys().filter(|k| k.starts_with("orchestron_config_info{hash=")).collect();
+    assert_eq!(info.len(), 1, "one config fingerprint");
+    assert!(value(&m, "orchestron_config_loaded_timestamp_seconds") > 1.7e9);
+    // Health and readiness stay on both listeners, without a token.
+    assert_eq!(app.client.get(app.admin_url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(app.client.get(app.url("/health")).send().await.unwrap().status(), 200);
+    app.stop().await;
+}
