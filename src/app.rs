@@ -12,13 +12,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::config::{BrokersConfig, Config, ConfigError, MetricsListener, Secret};
+use crate::config::{BrokersConfig, Config, ConfigError, MetricsListener, Reloader, Secret};
 use crate::event::now_ms;
 use crate::ingest::{self, IngestState};
 use crate::publish::Publishers;
 use crate::publish::kafka::KafkaPublisher;
 use crate::publish::rabbitmq::RabbitMqPublisher;
 use crate::relay::{Relay, RelayPolicy};
+use crate::routing::BrokerKind;
 use crate::routing::RouteTable;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, http::Probe, metrics::Metrics};
@@ -138,6 +139,13 @@ pub async fn run(
         tracing::info!(%addr, "admin API listening");
     }
     spawn_retention(&config, store.clone(), Arc::clone(&metrics), relay_cancel.clone());
+    if let Some(path) = &config.path {
+        let running =
+            BrokerKind::ALL.into_iter().filter(|&b| publishers.get(b).is_some()).collect();
+        let reloader =
+            Reloader::new(path, &config, running, Arc::clone(&live), Arc::clone(&metrics));
+        spawn_reload_on_sighup(reloader, relay_cancel.clone())?;
+    }
     telemetry::http::spawn_backlog_refresh(
         store.clone(),
         Arc::clone(&metrics),
@@ -187,6 +195,28 @@ pub async fn run(
     }
     drop(store);
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `systemctl reload` and `kill -HUP`: reload the config file (instead of SIGHUP's default,
+/// which would end the process).
+fn spawn_reload_on_sighup(reloader: Reloader, cancel: CancellationToken) -> std::io::Result<()> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                signal = hangups.recv() => {
+                    if signal.is_none() {
+                        return;
+                    }
+                    // Blocking file reads and schema compilation: off the async workers.
+                    let r = &reloader;
+                    let _ = tokio::task::block_in_place(|| r.reload());
+                }
+            }
+        }
+    });
     Ok(())
 }
 

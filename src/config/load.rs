@@ -26,7 +26,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
     let overrides = std::env::vars().filter(|(k, _)| is_override(k)).collect::<Vec<_>>();
-    load_str(path, &text, &overrides)
+    let mut config = load_str(path, &text, &overrides)?;
+    config.path = Some(path.to_owned());
+    Ok(config)
 }
 
 /// [`load`] on text already read; `path` is only used in messages.

@@ -5,6 +5,7 @@
 //! resolves secret references; [`Config::check`] runs the checks serde cannot express.
 
 mod load;
+mod reload;
 mod secret;
 mod units;
 
@@ -16,6 +17,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 pub use load::{ConfigError, load, load_str};
+pub use reload::Reloader;
 pub use secret::Secret;
 pub use units::HumanDuration;
 
@@ -47,6 +49,9 @@ pub struct Config {
     /// configuration is running (the `orchestron_config_info` metric).
     #[serde(skip)]
     pub fingerprint: String,
+    /// The file this was loaded from (`None` for text loaded directly): SIGHUP reloads it.
+    #[serde(skip)]
+    pub path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,10 +4,12 @@
 //! them and files them into the lane of each broker they go to; each broker's worker claims
 //! only its own lane, publishes the due destinations concurrently and settles its batch in
 //! one store command. A slow or failing broker therefore never holds up another one, and a
-//! disconnected broker's worker does not even read its backlog. Per destination: a confirm marks it done; a broker that is not
-//! connected defers it without counting an attempt; a transient or unroutable failure is
-//! retried with backoff until its `max_attempts`; a permanent failure, exhausted attempts or
-//! `relay.max_age` move it to the DLQ in the same transaction. A destination that confirmed is
+//! disconnected broker's worker does not even read its backlog.
+//!
+//! Per destination: a confirm marks it done; a broker found disconnected mid-pass defers it
+//! without counting an attempt; a transient or unroutable failure is retried with backoff
+//! until its `max_attempts`; a permanent failure, exhausted attempts or `relay.max_age` move
+//! it to the DLQ in the same transaction. A destination that confirmed is
 //! never published again because a sibling failed. Only when nothing is pending any more does
 //! the event leave the outbox.
 

@@ -41,6 +41,7 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     pub config_info: IntGaugeVec,
     pub config_loaded: IntGauge,
+    pub config_reloads: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -208,8 +209,12 @@ impl Metrics {
             )),
             config_loaded: reg!(IntGauge::with_opts(opts(
                 "config_loaded_timestamp_seconds",
-                "When the running configuration was loaded (Unix time)."
+                "When the running configuration was loaded or last reloaded (Unix time)."
             ))),
+            config_reloads: reg!(IntCounterVec::new(
+                opts("config_reloads_total", "Reloads (SIGHUP) by result: success, failure."),
+                &["result"]
+            )),
             registry,
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

@@ -14,3 +14,4 @@ mod kafka;
 mod observability;
 mod openapi;
 mod rabbitmq;
+mod reload;
