@@ -160,6 +160,12 @@ pub async fn run(
         axum::serve(listener, router).with_graceful_shutdown(http_cancel.clone().cancelled_owned());
     let mut server_task = tokio::spawn(async move { server.await });
     tracing::info!(%addr, "accepting webhooks");
+    // The store is open (any repair done) and every listener is bound: tell systemd.
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("accepting webhooks"),
+    ]);
+    spawn_watchdog(relay_cancel.clone());
 
     tokio::select! {
         _ = shutdown => tracing::info!("shutting down"),
@@ -168,6 +174,7 @@ pub async fn run(
         }
     }
     let deadline = Instant::now() + config.server.shutdown_timeout.get();
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
 
     // 1. Stop accepting; requests in flight finish, so their appends commit and get answers.
     http_cancel.cancel();
@@ -246,6 +253,28 @@ fn spawn_retention(
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(RETENTION_INTERVAL) => {}
+            }
+        }
+    });
+}
+
+/// sd_notify(3); does nothing when not started by systemd (`NOTIFY_SOCKET` unset).
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(state) {
+        tracing::warn!(%error, "could not notify systemd");
+    }
+}
+
+/// With `WatchdogSec=` set, pings systemd at half the interval while the runtime is alive, so
+/// a wedged daemon is restarted.
+fn spawn_watchdog(cancel: CancellationToken) {
+    let Some(interval) = sd_notify::watchdog_enabled() else { return };
+    tokio::spawn(async move {
+        loop {
+            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(interval / 2) => {}
             }
         }
     });

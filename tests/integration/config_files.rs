@@ -42,7 +42,6 @@ fn check_config_exits_zero_on_good_and_nonzero_with_the_key_on_bad() {
 fn packaged_config_resolves_systemd_credentials_and_env_overrides() {
     let creds = tempfile::tempdir().unwrap();
     std::fs::write(creds.path().join("api-key"), "k-from-credential\n").unwrap();
-    std::fs::write(creds.path().join("rabbitmq-password"), "pw").unwrap();
     std::fs::write(creds.path().join("admin-token"), "t0ken").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_orchestron"))
         .args(["check-config", "--config", "packaging/config.yaml"])

@@ -15,3 +15,4 @@ mod observability;
 mod openapi;
 mod rabbitmq;
 mod reload;
+mod systemd;
