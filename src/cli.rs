@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::admin::view::{CountView, DlqEntryView, DlqPageView, OutboxView};
 use crate::event::{EventId, now_ms};
-use crate::store::{DlqFilter, ReadOnlyStore, Reason};
+use crate::store::{DlqFilter, ReadOnlyStore};
 
 #[derive(Debug, clap::Args)]
 pub struct ConnectionArgs {
@@ -65,17 +65,13 @@ impl FilterArgs {
     }
 
     fn filter(&self) -> Result<DlqFilter, CliError> {
-        let reason = self
-            .reason
-            .as_deref()
-            .map(|r| Reason::parse(r).ok_or_else(|| CliError(format!("unknown reason {r:?}"))))
-            .transpose()?;
-        Ok(DlqFilter {
-            source: self.source.clone(),
-            event_type: self.event_type.clone(),
-            destination: self.destination.clone(),
-            reason,
-        })
+        DlqFilter::parse(
+            self.source.clone(),
+            self.event_type.clone(),
+            self.destination.clone(),
+            self.reason.as_deref(),
+        )
+        .map_err(CliError)
     }
 }
 

@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Secret;
 use crate::event::{EventId, clock_ms, now_ms};
-use crate::store::{DlqFilter, DlqSelector, Reason, Store, StoreError};
+use crate::store::{DlqFilter, DlqSelector, Store, StoreError};
 use view::{CountView, DlqEntryView, DlqPageView, OutboxView};
 
 const DEFAULT_LIMIT: usize = 50;
@@ -126,25 +126,13 @@ struct FilterParams {
 
 impl FilterParams {
     fn filter(&self) -> Result<DlqFilter, AdminError> {
-        let reason = self
-            .reason
-            .as_deref()
-            .map(|r| {
-                Reason::parse(r).ok_or_else(|| {
-                    let known: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
-                    AdminError::BadRequest(format!(
-                        "unknown reason {r:?}; one of {}",
-                        known.join(", ")
-                    ))
-                })
-            })
-            .transpose()?;
-        Ok(DlqFilter {
-            source: self.source.clone(),
-            event_type: self.event_type.clone(),
-            destination: self.destination.clone(),
-            reason,
-        })
+        DlqFilter::parse(
+            self.source.clone(),
+            self.event_type.clone(),
+            self.destination.clone(),
+            self.reason.as_deref(),
+        )
+        .map_err(AdminError::BadRequest)
     }
 }
 

@@ -105,6 +105,24 @@ pub struct DlqFilter {
 }
 
 impl DlqFilter {
+    /// A filter from text fields (query parameters, CLI flags); fails on an unknown reason.
+    pub fn parse(
+        source: Option<String>,
+        event_type: Option<String>,
+        destination: Option<String>,
+        reason: Option<&str>,
+    ) -> Result<Self, String> {
+        let reason = reason
+            .map(|r| {
+                Reason::parse(r).ok_or_else(|| {
+                    let known: Vec<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+                    format!("unknown reason {r:?}; one of {}", known.join(", "))
+                })
+            })
+            .transpose()?;
+        Ok(Self { source, event_type, destination, reason })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.source.is_none()
             && self.event_type.is_none()

@@ -12,11 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{AMQP_URL, API_KEY, RabbitQueue, unique};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::helpers::{AMQP_URL, API_KEY, RabbitQueue, free_port, unique, write_binary_config};
 
 fn start(config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
@@ -61,21 +57,10 @@ async fn crash_loop(cycles: usize) {
     let mut queue = RabbitQueue::bind(&exchange, "#").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("config.yaml");
+    let relay = "relay: { backoff: { initial: 100ms, max: 1s } }
+";
+    let config = write_binary_config(dir.path(), port, AMQP_URL, &exchange, relay);
     let log = dir.path().join("daemon.log");
-    std::fs::write(
-        &config,
-        format!(
-            "server: {{ listen: \"127.0.0.1:{port}\" }}\n\
-             store: {{ path: {} }}\n\
-             brokers: {{ rabbitmq: {{ url: \"{AMQP_URL}\" }} }}\n\
-             sources: {{ default: {{ api_keys: [\"{API_KEY}\"] }} }}\n\
-             relay: {{ backoff: {{ initial: 100ms, max: 1s }} }}\n\
-             default_route: {{ to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ] }}\n",
-            dir.path().join("o.redb").display()
-        ),
-    )
-    .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
 
@@ -184,20 +169,9 @@ async fn crash_loop_long() {
 async fn sigterm_answers_requests_in_flight_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = dir.path().join("config.yaml");
+    let broker_down = "amqp://guest:guest@127.0.0.1:1/%2f";
+    let config = write_binary_config(dir.path(), port, broker_down, "x", "");
     let log = dir.path().join("daemon.log");
-    std::fs::write(
-        &config,
-        format!(
-            "server: {{ listen: \"127.0.0.1:{port}\", shutdown_timeout: 5s }}\n\
-             store: {{ path: {} }}\n\
-             brokers: {{ rabbitmq: {{ url: \"amqp://guest:guest@127.0.0.1:1/%2f\" }} }}\n\
-             sources: {{ default: {{ api_keys: [\"{API_KEY}\"] }} }}\n\
-             default_route: {{ to: [ {{ rabbitmq: {{ exchange: x, routing_key: k }} }} ] }}\n",
-            dir.path().join("o.redb").display()
-        ),
-    )
-    .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let mut child = start(&config, &log);

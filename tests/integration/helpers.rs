@@ -20,6 +20,33 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const KAFKA: &str = "127.0.0.1:9092";
 
+/// Writes `config.yaml` in `dir` for running the real binary: ingest on `port`, the store in
+/// `dir`, RabbitMQ at `amqp_url`, every event to `exchange`; `extra` adds top-level keys.
+pub fn write_binary_config(
+    dir: &Path,
+    port: u16,
+    amqp_url: &str,
+    exchange: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let path = dir.join("config.yaml");
+    let text = format!(
+        "server: {{ listen: \"127.0.0.1:{port}\", shutdown_timeout: 5s }}\n\
+         store: {{ path: {} }}\n\
+         brokers: {{ rabbitmq: {{ url: \"{amqp_url}\" }} }}\n\
+         sources: {{ default: {{ api_keys: [\"{API_KEY}\"] }} }}\n\
+         default_route: {{ to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ] }}\n{extra}",
+        dir.join("o.redb").display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A free port on loopback (for the real binary, which binds its own).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A unique name for this test's exchange, queue or topic.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())

@@ -5,7 +5,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{AMQP_URL, API_KEY};
+use crate::helpers::{AMQP_URL, free_port, write_binary_config};
 
 fn receive(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 4096];
@@ -19,20 +19,8 @@ fn ready_is_sent_after_the_listener_accepts_and_stopping_on_sigterm() {
     let socket_path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = dir.path().join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "server: {{ listen: \"127.0.0.1:{port}\" }}\n\
-             store: {{ path: {} }}\n\
-             brokers: {{ rabbitmq: {{ url: \"{AMQP_URL}\" }} }}\n\
-             sources: {{ default: {{ api_keys: [\"{API_KEY}\"] }} }}\n\
-             default_route: {{ to: [ {{ rabbitmq: {{ exchange: amq.topic, routing_key: k }} }} ] }}\n",
-            dir.path().join("o.redb").display()
-        ),
-    )
-    .unwrap();
+    let port = free_port();
+    let config = write_binary_config(dir.path(), port, AMQP_URL, "amq.topic", "");
     let mut child = Command::new(env!("CARGO_BIN_EXE_orchestron"))
         .args(["serve", "--config"])
         .arg(&config)
