@@ -12,7 +12,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
-use crate::config::{BrokersConfig, Config, ConfigError, MetricsListener, Reloader, Secret};
+use crate::config::{
+    BrokersConfig, Config, ConfigError, MetricsListener, Reloader, Secret, initial_status,
+};
 use crate::event::now_ms;
 use crate::ingest::{self, IngestState};
 use crate::publish::Publishers;
@@ -95,6 +97,7 @@ pub async fn run(
     let Listeners { ingest: listener, admin: admin_listener } = listeners;
     let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(&config)?));
     let metrics = Arc::new(Metrics::new());
+    let config_status = initial_status(&config);
     metrics.config_info.with_label_values(&[config.fingerprint.as_str()]).set(1);
     metrics.config_loaded.set((now_ms() / 1000) as i64);
     let store_config = config.store.clone();
@@ -125,7 +128,12 @@ pub async fn run(
         let listener = admin_listener.ok_or_else(|| {
             std::io::Error::other("admin.token is set but no admin listener was bound")
         })?;
-        let admin = admin::router(AdminState { store: store.clone(), token: token.clone() })
+        let admin_state = AdminState {
+            store: store.clone(),
+            token: token.clone(),
+            config_status: Arc::clone(&config_status),
+        };
+        let admin = admin::router(admin_state)
             .merge(telemetry::http::router(probe.clone(), false))
             .merge(admin::metrics_router(probe.clone(), token.clone(), metrics_on_admin));
         let addr = listener.local_addr()?;
@@ -142,9 +150,18 @@ pub async fn run(
     if let Some(path) = &config.path {
         let running =
             BrokerKind::ALL.into_iter().filter(|&b| publishers.get(b).is_some()).collect();
-        let reloader =
-            Reloader::new(path, &config, running, Arc::clone(&live), Arc::clone(&metrics));
-        spawn_reload_on_sighup(reloader, relay_cancel.clone())?;
+        let reloader = Arc::new(Reloader::new(
+            path,
+            &config,
+            running,
+            Arc::clone(&live),
+            Arc::clone(&metrics),
+            Arc::clone(&config_status),
+        ));
+        spawn_reload_on_sighup(Arc::clone(&reloader), relay_cancel.clone())?;
+        if let Err(error) = reloader.watch(config.schemas.dir.clone(), relay_cancel.clone()) {
+            tracing::warn!(%error, "cannot watch the config files; reload with SIGHUP");
+        }
     }
     telemetry::http::spawn_backlog_refresh(
         store.clone(),
@@ -207,7 +224,10 @@ pub async fn run(
 
 /// `systemctl reload` and `kill -HUP`: reload the config file (instead of SIGHUP's default,
 /// which would end the process).
-fn spawn_reload_on_sighup(reloader: Reloader, cancel: CancellationToken) -> std::io::Result<()> {
+fn spawn_reload_on_sighup(
+    reloader: Arc<Reloader>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         loop {
@@ -218,8 +238,8 @@ fn spawn_reload_on_sighup(reloader: Reloader, cancel: CancellationToken) -> std:
                         return;
                     }
                     // Blocking file reads and schema compilation: off the async workers.
-                    let r = &reloader;
-                    let _ = tokio::task::block_in_place(|| r.reload());
+                    let r = Arc::clone(&reloader);
+                    let _ = tokio::task::spawn_blocking(move || r.reload()).await;
                 }
             }
         }

@@ -28,6 +28,7 @@ const MAX_LIMIT: usize = 1000;
 pub struct AdminState {
     pub store: Store,
     pub token: Secret,
+    pub config_status: crate::config::SharedStatus,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -37,6 +38,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/dlq/{event_id}", get(show).delete(delete_one))
         .route("/admin/dlq/{event_id}/replay", post(replay_one))
         .route("/admin/outbox", get(outbox))
+        .route("/admin/config", get(config_status))
         .fallback(|| async { AdminError::NotFound })
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -53,7 +55,7 @@ pub fn metrics_router(
     if !metrics {
         return health;
     }
-    let state = AdminState { store: probe.store.clone(), token };
+    let state = AdminState { store: probe.store.clone(), token, config_status: Default::default() };
     let scrape = Router::new()
         .route("/metrics", get(crate::telemetry::http::metrics))
         .route_layer(middleware::from_fn_with_state(state, authorize))
@@ -210,6 +212,10 @@ async fn purge(
     let n = state.store.dlq_delete(DlqSelector::Matching(filter.clone())).await?;
     tracing::info!(deleted = n, ?filter, "purged from the DLQ");
     Ok(Json(CountView { replayed: None, deleted: Some(n) }))
+}
+
+async fn config_status(State(state): State<AdminState>) -> Json<crate::config::ConfigStatus> {
+    Json(state.config_status.lock().expect("config status lock").clone())
 }
 
 async fn outbox(State(state): State<AdminState>) -> Result<Json<OutboxView>, AdminError> {

@@ -1,4 +1,5 @@
-//! Reloading the config file on SIGHUP (`systemctl reload`): load → validate → swap → report.
+//! Reloading the config file on SIGHUP (`systemctl reload`) or when the file or the schema
+//! directory changes: load → validate → swap → report.
 //!
 //! Everything a request or a relay pass reads from [`crate::app::LiveConfig`] is reloadable:
 //! the API keys, routes, schemas, body limit and relay policy. Settings that shape the
@@ -8,17 +9,54 @@
 //! keeps running, the error is logged with the file position, and the failure is counted.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use super::Config;
 use crate::app::LiveConfig;
 use crate::event::now_ms;
 use crate::telemetry::metrics::Metrics;
 
+/// What `GET /admin/config` reports: which configuration runs and how the last reload went.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigStatus {
+    /// Fingerprint of the running configuration (also `orchestron_config_info{hash}`).
+    pub version: String,
+    pub loaded_at: String,
+    pub last_reload_at: Option<String>,
+    /// The error of the last reload if it failed; cleared by a successful one.
+    pub last_error: Option<String>,
+    /// Settings changed in the file that only a restart applies.
+    pub needs_restart: Vec<String>,
+}
+
+/// Shared between the reloader and the admin API.
+pub type SharedStatus = Arc<Mutex<ConfigStatus>>;
+
+fn rfc3339_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The status of a configuration just loaded at start.
+pub fn initial_status(config: &Config) -> SharedStatus {
+    Arc::new(Mutex::new(ConfigStatus {
+        version: config.fingerprint.clone(),
+        loaded_at: rfc3339_now(),
+        ..ConfigStatus::default()
+    }))
+}
+
+/// Quiet time after a file change before reloading: editors write in several steps.
+const DEBOUNCE: Duration = Duration::from_millis(300);
+
 /// What running settings a reload compares against.
 pub struct Reloader {
+    status: SharedStatus,
     path: PathBuf,
     /// The restart-only settings the process was started with, as text.
     started_with: Vec<(&'static str, String)>,
@@ -50,8 +88,10 @@ impl Reloader {
         running_brokers: Vec<crate::routing::BrokerKind>,
         live: Arc<ArcSwap<LiveConfig>>,
         metrics: Arc<Metrics>,
+        status: SharedStatus,
     ) -> Self {
         Self {
+            status,
             path: path.to_owned(),
             started_with: restart_only(config),
             running_brokers,
@@ -63,6 +103,21 @@ impl Reloader {
     /// Reloads the file; on any error the running configuration is left as it was.
     pub fn reload(&self) -> Result<(), String> {
         let result = self.try_reload();
+        {
+            // std Mutex: a short update, no await while held.
+            let mut status = self.status.lock().expect("config status lock");
+            status.last_reload_at = Some(rfc3339_now());
+            match &result {
+                Ok((version, needs_restart)) => {
+                    status.version = version.clone();
+                    status.loaded_at = rfc3339_now();
+                    status.last_error = None;
+                    status.needs_restart = needs_restart.clone();
+                }
+                Err(error) => status.last_error = Some(error.clone()),
+            }
+        }
+        let result = result.map(drop);
         let outcome = if result.is_ok() { "success" } else { "failure" };
         self.metrics.config_reloads.with_label_values(&[outcome]).inc();
         match &result {
@@ -75,7 +130,8 @@ impl Reloader {
         result
     }
 
-    fn try_reload(&self) -> Result<(), String> {
+    /// Returns the new fingerprint and the restart-only settings that changed.
+    fn try_reload(&self) -> Result<(String, Vec<String>), String> {
         let config = super::load(&self.path).map_err(|e| e.to_string())?;
         let live = LiveConfig::build(&config).map_err(|e| e.to_string())?;
         let missing: Vec<&str> = live
@@ -91,11 +147,11 @@ impl Reloader {
                 missing.join(", ")
             ));
         }
-        let needs_restart: Vec<&str> = restart_only(&config)
+        let needs_restart: Vec<String> = restart_only(&config)
             .into_iter()
             .zip(&self.started_with)
             .filter(|((_, new), (_, old))| new != old)
-            .map(|((name, _), _)| name)
+            .map(|((name, _), _)| name.to_owned())
             .collect();
         if !needs_restart.is_empty() {
             tracing::warn!(
@@ -107,6 +163,58 @@ impl Reloader {
         self.metrics.config_info.reset();
         self.metrics.config_info.with_label_values(&[config.fingerprint.as_str()]).set(1);
         self.metrics.config_loaded.set((now_ms() / 1000) as i64);
+        Ok((config.fingerprint, needs_restart))
+    }
+
+    /// Reloads when the config file or a file in the schema directory changes. The parent
+    /// directories are watched, not the files: editors save by writing a new file and
+    /// renaming it over the old one, which a watch on the old file would miss.
+    pub fn watch(
+        self: Arc<Self>,
+        schema_dir: Option<PathBuf>,
+        cancel: CancellationToken,
+    ) -> notify::Result<()> {
+        let config_file = self.path.file_name().map(|n| n.to_owned());
+        let config_dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let schema_dir_abs = schema_dir.as_ref().and_then(|d| std::fs::canonicalize(d).ok());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                let relevant = event.paths.iter().any(|p| {
+                    p.file_name() == config_file.as_deref()
+                        || schema_dir_abs.as_ref().is_some_and(|d| p.starts_with(d))
+                });
+                if relevant && !event.kind.is_access() {
+                    let _ = tx.send(());
+                }
+            })?;
+        watcher.watch(&config_dir, RecursiveMode::NonRecursive)?;
+        if let Some(dir) = &schema_dir {
+            watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        }
+        tokio::spawn(async move {
+            let _watcher = watcher; // lives as long as this task
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    changed = rx.recv() => if changed.is_none() { return },
+                }
+                // Wait for DEBOUNCE of quiet, so a save in several steps is one reload.
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = rx.recv() => continue,
+                        _ = tokio::time::sleep(DEBOUNCE) => break,
+                    }
+                }
+                let reloader = Arc::clone(&self);
+                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+            }
+        });
         Ok(())
     }
 }

@@ -212,7 +212,10 @@ impl Metrics {
                 "When the running configuration was loaded or last reloaded (Unix time)."
             ))),
             config_reloads: reg!(IntCounterVec::new(
-                opts("config_reloads_total", "Reloads (SIGHUP) by result: success, failure."),
+                opts(
+                    "config_reloads_total",
+                    "Reloads (file change or SIGHUP) by result: success, failure."
+                ),
                 &["result"]
             )),
             registry,

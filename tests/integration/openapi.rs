@@ -191,6 +191,8 @@ async fn every_documented_operation_answers_as_documented() {
         case(Method::GET, ONE, "/admin/dlq/not-an-id", Auth::Admin),
         case(Method::GET, ONE, format!("/admin/dlq/{id}"), Auth::None),
         case(Method::GET, "/admin/outbox", "/admin/outbox", Auth::Admin),
+        case(Method::GET, "/admin/config", "/admin/config", Auth::Admin),
+        case(Method::GET, "/admin/config", "/admin/config", Auth::None),
         case(Method::GET, "/admin/outbox", "/admin/outbox", Auth::None),
         case(Method::POST, REPLAY_ONE, format!("/admin/dlq/{unknown}/replay"), Auth::Admin),
         case(Method::POST, REPLAY_ONE, "/admin/dlq/x/replay", Auth::Admin),

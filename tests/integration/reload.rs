@@ -9,10 +9,12 @@ use crate::helpers::{AMQP_URL, API_KEY, RabbitQueue, unique};
 fn config(port: u16, store: &std::path::Path, exchange: &str) -> String {
     format!(
         "server: {{ listen: \"127.0.0.1:{port}\" }}\n\
+         admin: {{ listen: \"127.0.0.1:{}\", token: t0ken }}\n\
          store: {{ path: {} }}\n\
          brokers: {{ rabbitmq: {{ url: \"{AMQP_URL}\" }} }}\n\
          sources: {{ default: {{ api_keys: [\"{API_KEY}\"] }} }}\n\
          default_route: {{ to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ] }}\n",
+        port + 1,
         store.display()
     )
 }
@@ -46,7 +48,13 @@ async fn sighup_applies_new_routes_and_survives_a_broken_file() {
     let mut q1 = RabbitQueue::bind(&first, "#").await;
     let mut q2 = RabbitQueue::bind(&second, "#").await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Two adjacent free ports: ingest and admin.
+    let port = loop {
+        let p = crate::helpers::free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
     let path = dir.path().join("config.yaml");
     let store = dir.path().join("o.redb");
     std::fs::write(&path, config(port, &store, &first)).unwrap();
@@ -91,7 +99,30 @@ async fn sighup_applies_new_routes_and_survives_a_broken_file() {
     }
     assert_eq!(post(&client, &base, "{\"n\":3}").await, 202);
     assert_eq!(q2.collect(1, Duration::from_secs(10)).await.len(), 1, "old config still routes");
+    let status: serde_json::Value = client
+        .get(format!("http://127.0.0.1:{}/admin/config", port + 1))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(status["last_error"].as_str().unwrap().contains("line 1"), "{status}");
     assert!(q1.collect(1, Duration::from_millis(300)).await.is_empty());
+
+    // No signal at all: saving the file (write a temp file, rename it over) is enough.
+    let temp = dir.path().join("config.yaml.tmp");
+    std::fs::write(&temp, config(port, &store, &first)).unwrap();
+    std::fs::rename(&temp, &path).unwrap();
+    let started = Instant::now();
+    loop {
+        assert_eq!(post(&client, &base, "{\"n\":4}").await, 202);
+        if !q1.collect(1, Duration::from_millis(300)).await.is_empty() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "file change not picked up");
+    }
     assert!(child.try_wait().unwrap().is_none(), "SIGHUP did not end the process");
     Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
