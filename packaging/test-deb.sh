@@ -26,10 +26,14 @@ for f in ./usr/bin/orchestron ./usr/lib/systemd/system/orchestron.service \
          ./usr/share/doc/orchestron/operations.md; do
   grep -q " $f\$" <<<"$contents" || fail "missing $f"
 done
-dpkg-deb --info "$deb" | grep -q 'Depends: .*adduser' || fail "Depends lacks adduser"
-dpkg-deb --info "$deb" conffiles | grep -qx /etc/orchestron/config.yaml || fail "config not a conffile"
+# (Outputs are captured before grep: with pipefail, `producer | grep -q` can fail on SIGPIPE.)
+info=$(dpkg-deb --info "$deb")
+grep -q 'Depends: .*adduser' <<<"$info" || fail "Depends lacks adduser"
+conffiles=$(dpkg-deb --info "$deb" conffiles)
+grep -qx /etc/orchestron/config.yaml <<<"$conffiles" || fail "config not a conffile"
 for script in postinst postrm prerm; do
-  dpkg-deb --info "$deb" "$script" | grep -q 'deb-systemd' || fail "$script lacks the systemd snippets"
+  text=$(dpkg-deb --info "$deb" "$script")
+  grep -q 'deb-systemd' <<<"$text" || fail "$script lacks the systemd snippets"
 done
 grep -q '\${file:' packaging/config.yaml && ! grep -Eq 'api_keys: \["[0-9a-f]{16,}' packaging/config.yaml \
   || fail "packaged config must reference secrets, not hold them"
@@ -47,7 +51,8 @@ getent passwd orchestron >/dev/null || fail "no orchestron user"
 [ "$(stat -c '%a %U %G' /etc/orchestron/tls)" = "750 root orchestron" ] || fail "tls dir"
 [ "$(stat -c '%a %U %G' /etc/orchestron/credentials/api-key)" = "640 root orchestron" ] || fail "credential"
 systemd-analyze verify /usr/lib/systemd/system/orchestron.service
-/usr/bin/orchestron --help | grep -q check-config
+help=$(/usr/bin/orchestron --help)
+grep -q check-config <<<"$help" || fail "--help lacks check-config"
 out=$(cd / && /usr/bin/orchestron check-config --config /etc/orchestron/config.yaml 2>&1 || true)
 grep -q 'cannot read secret' <<<"$out" || fail "without its credentials the config must not load: $out"
 CREDENTIALS_DIRECTORY=/etc/orchestron/credentials \
@@ -104,9 +109,9 @@ cargo deb --no-build --deb-version 0.1.1-1 >/dev/null
 DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold target/debian/orchestron_0.1.1-1_amd64.deb >/dev/null
 [ "$(dpkg-query -W -f '${Version}' orchestron)" = 0.1.1-1 ] || fail "not upgraded"
 grep -q '# edited by the operator' /etc/orchestron/config.yaml || fail "conffile edit lost"
-CREDENTIALS_DIRECTORY=/etc/orchestron/credentials \
-  orchestron outbox stats --offline --config /etc/orchestron/config.yaml --json \
-  | grep -q '"pending": [1-9]' || fail "store lost on upgrade"
+stats=$(CREDENTIALS_DIRECTORY=/etc/orchestron/credentials \
+  orchestron outbox stats --offline --config /etc/orchestron/config.yaml --json)
+grep -q '"pending": [1-9]' <<<"$stats" || fail "store lost on upgrade: $stats"
 [ "$(cat /etc/orchestron/credentials/api-key)" = "$key" ] || fail "credential regenerated on upgrade"
 
 log "remove keeps data; purge removes user and data"

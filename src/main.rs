@@ -1,5 +1,6 @@
 //! The `orchestron` command: parses the command line and hands over to the library.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -73,8 +74,12 @@ fn operator(
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let output = runtime.block_on(command)?;
-    println!("{}", output.trim_end());
-    Ok(())
+    // A reader that stops early (`| head`, `| grep -q`) is not an error.
+    let mut stdout = std::io::stdout().lock();
+    match writeln!(stdout, "{}", output.trim_end()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
