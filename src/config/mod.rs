@@ -232,6 +232,9 @@ pub struct RouteConfig {
     #[serde(rename = "match", default)]
     pub matches: MatchConfig,
     pub to: Vec<DestinationConfig>,
+    /// Keep looking after this route matched: later matches add their destinations.
+    #[serde(rename = "continue", default)]
+    pub continue_matching: bool,
     /// Overrides `relay.max_attempts` for this route's destinations.
     pub max_attempts: Option<u32>,
     /// Overrides `relay.backoff` for this route's destinations.
@@ -246,6 +249,20 @@ pub struct MatchConfig {
     /// Glob (`*`) on the event type.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
+    /// Conditions on values in the JSON body; all must hold.
+    #[serde(default)]
+    pub body: Vec<BodyMatchConfig>,
+}
+
+/// One condition on the body: the value at `pointer` equals a value, is one of several, or
+/// exists (or not). Exactly one of `equals`, `one_of`, `exists`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BodyMatchConfig {
+    pub pointer: String,
+    pub equals: Option<serde_json::Value>,
+    pub one_of: Option<Vec<serde_json::Value>>,
+    pub exists: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

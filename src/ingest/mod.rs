@@ -26,6 +26,7 @@ pub use error::IngestError;
 
 use crate::app::LiveConfig;
 use crate::event::{EventId, EventType, SourceName, ValidatedEvent, now_ms};
+use crate::routing::Body as EventBody;
 use crate::store::{Store, StoreError};
 use crate::telemetry::metrics::{Metrics, status_class};
 
@@ -126,7 +127,7 @@ async fn accept(
         return Err(IngestError::NotAnObject);
     }
     live.schemas.validate(&event_type, &value).map_err(IngestError::SchemaViolation)?;
-    if !live.routes.is_routable(&source, &event_type) {
+    if !live.routes.is_routable(&source, &event_type, &mut EventBody::parsed(value)) {
         return Err(IngestError::Unroutable);
     }
     let size = bytes.len();

@@ -8,7 +8,7 @@
 mod glob;
 mod template;
 
-use crate::config::{BackoffConfig, BrokersConfig, Config, DestinationConfig};
+use crate::config::{BackoffConfig, BodyMatchConfig, BrokersConfig, Config, DestinationConfig};
 use crate::event::{EventType, SourceName, ValidatedEvent};
 use crate::store::RetryOverride;
 
@@ -202,17 +202,78 @@ fn key_bytes(value: &serde_json::Value) -> Option<Vec<u8>> {
     }
 }
 
+/// A condition on a body value.
+#[derive(Debug)]
+enum BodyMatch {
+    Equals(String, serde_json::Value),
+    OneOf(String, Vec<serde_json::Value>),
+    Exists(String, bool),
+}
+
+impl BodyMatch {
+    fn parse(c: &BodyMatchConfig) -> Result<Self, String> {
+        if !c.pointer.starts_with('/') {
+            return Err(format!("match.body: {:?} is not a JSON pointer", c.pointer));
+        }
+        let p = c.pointer.clone();
+        match (&c.equals, &c.one_of, c.exists) {
+            (Some(v), None, None) => Ok(BodyMatch::Equals(p, v.clone())),
+            (None, Some(vs), None) => Ok(BodyMatch::OneOf(p, vs.clone())),
+            (None, None, Some(e)) => Ok(BodyMatch::Exists(p, e)),
+            _ => Err(format!(
+                "match.body {:?}: give exactly one of equals, one_of, exists",
+                c.pointer
+            )),
+        }
+    }
+
+    fn holds(&self, body: &serde_json::Value) -> bool {
+        match self {
+            BodyMatch::Equals(p, v) => body.pointer(p) == Some(v),
+            BodyMatch::OneOf(p, vs) => body.pointer(p).is_some_and(|x| vs.contains(x)),
+            BodyMatch::Exists(p, e) => body.pointer(p).is_some() == *e,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Route {
     source: Option<Glob>,
     event_type: Option<Glob>,
+    body: Vec<BodyMatch>,
     to: Vec<Destination>,
+    continue_matching: bool,
 }
 
 impl Route {
-    fn matches(&self, source: &SourceName, ty: &EventType) -> bool {
+    fn matches(&self, source: &SourceName, ty: &EventType, body: &mut Body<'_>) -> bool {
         self.source.as_ref().is_none_or(|g| g.matches(source.as_str()))
             && self.event_type.as_ref().is_none_or(|g| g.matches(ty.as_str()))
+            && (self.body.is_empty() || {
+                let value = body.get();
+                self.body.iter().all(|m| m.holds(value))
+            })
+    }
+}
+
+/// An event body, parsed at most once and only if a route or destination looks inside it.
+pub struct Body<'a> {
+    raw: &'a [u8],
+    parsed: Option<serde_json::Value>,
+}
+
+impl<'a> Body<'a> {
+    pub fn raw(raw: &'a [u8]) -> Self {
+        Self { raw, parsed: None }
+    }
+
+    pub fn parsed(value: serde_json::Value) -> Self {
+        Self { raw: &[], parsed: Some(value) }
+    }
+
+    fn get(&mut self) -> &serde_json::Value {
+        let raw = self.raw;
+        self.parsed.get_or_insert_with(|| serde_json::from_slice(raw).unwrap_or_default())
     }
 }
 
@@ -236,7 +297,9 @@ impl RouteTable {
                 Ok(Route {
                     source: r.matches.source.as_deref().map(Glob::new),
                     event_type: r.matches.event_type.as_deref().map(Glob::new),
+                    body: r.matches.body.iter().map(BodyMatch::parse).collect::<Result<_, _>>()?,
                     to: parse_all(&r.to, (r.max_attempts, r.backoff))?,
+                    continue_matching: r.continue_matching,
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -254,26 +317,43 @@ impl RouteTable {
         self.dlq_copy.as_ref().map(|d| d.resolve(event, &mut None))
     }
 
-    fn destinations(&self, source: &SourceName, ty: &EventType) -> Option<&[Destination]> {
-        match self.routes.iter().find(|r| r.matches(source, ty)) {
-            Some(route) => Some(&route.to),
-            None => self.default.as_deref(),
+    /// The destinations of every matching route, in order: the first match ends the search
+    /// unless it says `continue: true`. The default route only if nothing matched.
+    fn destinations(
+        &self,
+        source: &SourceName,
+        ty: &EventType,
+        body: &mut Body<'_>,
+    ) -> Vec<&Destination> {
+        let mut found = Vec::new();
+        let mut matched = false;
+        for route in &self.routes {
+            if route.matches(source, ty, body) {
+                matched = true;
+                found.extend(route.to.iter());
+                if !route.continue_matching {
+                    break;
+                }
+            }
         }
+        if !matched {
+            found.extend(self.default.iter().flatten());
+        }
+        found
     }
 
-    /// Whether an event of this source and type would go anywhere. Ingest refuses events
-    /// that would not, rather than accepting them into a void.
-    pub fn is_routable(&self, source: &SourceName, ty: &EventType) -> bool {
-        self.destinations(source, ty).is_some_and(|d| !d.is_empty())
+    /// Whether an event would go anywhere. Ingest refuses events that would not, rather than
+    /// accepting them into a void.
+    pub fn is_routable(&self, source: &SourceName, ty: &EventType, body: &mut Body<'_>) -> bool {
+        !self.destinations(source, ty, body).is_empty()
     }
 
     /// The concrete targets of `event` with their retry overrides; empty when nothing
     /// matches.
     pub fn resolve(&self, event: &ValidatedEvent) -> Vec<Resolved> {
-        let mut body = None;
-        let Some(destinations) = self.destinations(event.source(), event.event_type()) else {
-            return Vec::new();
-        };
+        let mut view = Body::raw(event.body());
+        let destinations = self.destinations(event.source(), event.event_type(), &mut view);
+        let mut body = view.parsed.take();
         let mut targets: Vec<Resolved> = Vec::with_capacity(destinations.len());
         for d in destinations {
             let target = d.resolve(event, &mut body);
@@ -355,6 +435,33 @@ mod tests {
     }
 
     #[test]
+    fn continue_fans_out_and_body_values_select_routes() {
+        let t = table(
+            "routes:\n\
+             \x20 - match: { type: \"order.*\" }\n    continue: true\n    to: [ { kafka: { topic: audit } } ]\n\
+             \x20 - match: { body: [ { pointer: /tier, equals: gold } ] }\n    to: [ { rabbitmq: { exchange: vip } } ]\n\
+             \x20 - match: { body: [ { pointer: /region, one_of: [eu, uk] }, { pointer: /test, exists: false } ] }\n    to: [ { rabbitmq: { exchange: europe } } ]\n\
+             default_route:\n  to: [ { rabbitmq: { exchange: other } } ]\n",
+        );
+        let names = |ty: &str, body: &str| -> Vec<String> {
+            t.resolve(&event(ty, body)).into_iter().map(|r| r.target.config_name()).collect()
+        };
+        assert_eq!(names("order.created", r#"{"tier":"gold"}"#), ["kafka:audit", "rabbitmq:vip"]);
+        assert_eq!(names("order.created", r#"{"tier":"silver"}"#), ["kafka:audit"]);
+        assert_eq!(names("user.created", r#"{"region":"uk"}"#), ["rabbitmq:europe"]);
+        assert_eq!(names("user.created", r#"{"region":"uk","test":1}"#), ["rabbitmq:other"]);
+        assert_eq!(names("user.created", "{}"), ["rabbitmq:other"]);
+        let bad = "routes:\n  - match: { body: [ { pointer: /a, equals: 1, exists: true } ] }\n    to: [ { kafka: { topic: t } } ]\n";
+        let text = format!(
+            "server: {{ listen: \"127.0.0.1:0\" }}\nstore: {{ path: x }}\n\
+             brokers:\n  kafka: {{ bootstrap_servers: x }}\n\
+             sources: {{ default: {{ api_keys: [k] }} }}\n{bad}"
+        );
+        let config = crate::config::load_str("t.yaml".as_ref(), &text, &[]).unwrap();
+        assert!(RouteTable::from_config(&config).unwrap_err().contains("exactly one"));
+    }
+
+    #[test]
     fn retry_overrides_merge_destination_over_route() {
         let t = table(
             "routes:\n  - match: { type: \"a\" }\n    max_attempts: 3\n    backoff: { initial: 1s, max: 2s }\n    to:\n      - kafka: { topic: a, max_attempts: 7 }\n      - rabbitmq: { exchange: e }\n",
@@ -371,8 +478,9 @@ mod tests {
             "routes:\n  - match: { type: \"a.*\" }\n    to: [ { kafka: { topic: a, key: /k } } ]\n",
         );
         let src = SourceName::parse("default").unwrap();
-        assert!(t.is_routable(&src, &EventType::parse("a.b").unwrap()));
-        assert!(!t.is_routable(&src, &EventType::parse("b.a").unwrap()));
+        let mut body = Body::raw(b"{}");
+        assert!(t.is_routable(&src, &EventType::parse("a.b").unwrap(), &mut body));
+        assert!(!t.is_routable(&src, &EventType::parse("b.a").unwrap(), &mut body));
         // A missing key is no key, not an error.
         let targets = |body| -> Vec<Target> {
             t.resolve(&event("a.b", body)).into_iter().map(|r| r.target).collect()
