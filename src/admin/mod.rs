@@ -40,7 +40,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/outbox", get(outbox))
         .route("/admin/config", get(config_status))
         .fallback(|| async { AdminError::NotFound })
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route_layer(middleware::from_fn_with_state(state.token.clone(), authorize))
         .with_state(state)
 }
 
@@ -55,10 +55,9 @@ pub fn metrics_router(
     if !metrics {
         return health;
     }
-    let state = AdminState { store: probe.store.clone(), token, config_status: Default::default() };
     let scrape = Router::new()
         .route("/metrics", get(crate::telemetry::http::metrics))
-        .route_layer(middleware::from_fn_with_state(state, authorize))
+        .route_layer(middleware::from_fn_with_state(token, authorize))
         .with_state(probe);
     health.merge(scrape)
 }
@@ -97,14 +96,15 @@ impl IntoResponse for AdminError {
     }
 }
 
-async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+/// The bearer-token check in front of every admin route (and `/metrics` when it moved there).
+async fn authorize(State(token): State<Secret>, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if bool::from(presented.as_bytes().ct_eq(state.token.expose().as_bytes())) {
+    if bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
         next.run(request).await
     } else {
         AdminError::Unauthorized.into_response()
