@@ -25,9 +25,9 @@ use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 use orchestron::app::LiveConfig;
 use orchestron::config::Config;
-use orchestron::event::{EventId, ValidatedEvent};
+use orchestron::event::ValidatedEvent;
 use orchestron::ingest::{EventSink, IngestState};
-use orchestron::store::{Store, StoreError};
+use orchestron::store::{Appended, IdempotencyKey, Store, StoreError};
 
 const KEY: &str = "bench-key";
 
@@ -47,8 +47,12 @@ fn main() {
 struct Discard;
 
 impl EventSink for Discard {
-    fn append(&self, event: ValidatedEvent) -> BoxFuture<'_, Result<EventId, StoreError>> {
-        Box::pin(async move { Ok(event.id()) })
+    fn append(
+        &self,
+        event: ValidatedEvent,
+        _key: Option<IdempotencyKey>,
+    ) -> BoxFuture<'_, Result<Appended, StoreError>> {
+        Box::pin(async move { Ok(Appended::Accepted(event.id())) })
     }
 }
 

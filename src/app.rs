@@ -13,10 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
 use crate::config::{
-    BrokersConfig, Config, ConfigError, MetricsListener, Reloader, Secret, initial_status,
+    BrokersConfig, Config, ConfigError, MetricsListener, Reloader, initial_status,
 };
 use crate::event::now_ms;
-use crate::ingest::{self, IngestState};
+use crate::ingest::{self, IngestState, Sources};
 use crate::publish::Publishers;
 use crate::publish::kafka::KafkaPublisher;
 use crate::publish::rabbitmq::RabbitMqPublisher;
@@ -35,6 +35,8 @@ pub enum AppError {
     Schemas(#[from] SchemaError),
     #[error("routes: {0}")]
     Routes(String),
+    #[error("{0}")]
+    Sources(String),
     #[error("store")]
     Store(#[from] StoreError),
     #[error("kafka producer")]
@@ -47,8 +49,9 @@ pub enum AppError {
 pub struct LiveConfig {
     pub routes: RouteTable,
     pub schemas: SchemaRegistry,
-    pub api_keys: Vec<Secret>,
-    pub max_body_bytes: u64,
+    pub sources: Sources,
+    pub body_read_timeout: Duration,
+    pub dedup_window: Duration,
     pub relay: RelayPolicy,
 }
 
@@ -59,8 +62,9 @@ impl LiveConfig {
         Ok(Self {
             routes: RouteTable::from_config(config).map_err(AppError::Routes)?,
             schemas: SchemaRegistry::load(config.schemas.dir.as_deref())?,
-            api_keys: config.sources.default.api_keys.clone(),
-            max_body_bytes: config.server.max_body_bytes.as_u64(),
+            sources: Sources::from_config(config).map_err(AppError::Sources)?,
+            body_read_timeout: config.server.timeouts.body_read.get(),
+            dedup_window: config.store.dedup_window.get(),
             relay: RelayPolicy::from_config(&config.relay),
         })
     }
@@ -147,6 +151,7 @@ pub async fn run(
         tracing::info!(%addr, "admin API listening");
     }
     spawn_retention(&config, store.clone(), Arc::clone(&metrics), relay_cancel.clone());
+    spawn_dedup_expiry(store.clone(), Arc::clone(&metrics), relay_cancel.clone());
     if let Some(path) = &config.path {
         let running =
             BrokerKind::ALL.into_iter().filter(|&b| publishers.get(b).is_some()).collect();
@@ -273,6 +278,36 @@ fn spawn_retention(
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(RETENTION_INTERVAL) => {}
+            }
+        }
+    });
+}
+
+/// How often expired idempotency keys are collected, and how many per commit.
+const DEDUP_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+const DEDUP_EXPIRY_BATCH: usize = 10_000;
+
+/// Removes idempotency keys older than `store.dedup_window`, in bounded commits.
+fn spawn_dedup_expiry(store: Store, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            loop {
+                match store.dedup_expire(now_ms(), DEDUP_EXPIRY_BATCH).await {
+                    Ok(n) => {
+                        metrics.dedup_expired.inc_by(n);
+                        if n < DEDUP_EXPIRY_BATCH as u64 {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "expiring idempotency keys failed; will retry");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(DEDUP_EXPIRY_INTERVAL) => {}
             }
         }
     });

@@ -130,6 +130,8 @@ pub struct ValidatedEvent {
     event_type: EventType,
     received_at_ms: u64,
     body: Bytes,
+    /// Request headers the source keeps (`keep_headers`): lowercase name, value as sent.
+    headers: Vec<(String, String)>,
 }
 
 impl ValidatedEvent {
@@ -142,7 +144,13 @@ impl ValidatedEvent {
         received_at_ms: u64,
         body: Bytes,
     ) -> Self {
-        Self { id, source, event_type, received_at_ms, body }
+        Self { id, source, event_type, received_at_ms, body, headers: Vec::new() }
+    }
+
+    /// The same event carrying these kept request headers.
+    pub(crate) fn with_headers(mut self, headers: Vec<(String, String)>) -> Self {
+        self.headers = headers;
+        self
     }
 
     pub fn id(&self) -> EventId {
@@ -164,6 +172,11 @@ impl ValidatedEvent {
     /// The request body, byte for byte as the sender sent it.
     pub fn body(&self) -> &Bytes {
         &self.body
+    }
+
+    /// The kept request headers, published with the event as metadata.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
     }
 }
 

@@ -153,7 +153,7 @@ sources:
         .unwrap();
         assert_eq!(c.server.listen.port(), 0);
         assert_eq!(c.relay.batch_size, 7);
-        assert_eq!(c.sources.default.api_keys.len(), 2);
+        assert_eq!(c.sources["default"].api_keys.len(), 2);
         let err = load(MINIMAL, &[("ORCHESTRON_SERVER__LISTN", "x")]).unwrap_err().to_string();
         assert!(err.contains("listn"), "{err}");
     }

@@ -125,6 +125,67 @@ pub struct ServerConfig {
     /// the process exits anyway. Anything not yet published stays in the outbox.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: HumanDuration,
+    /// HTTPS on the ingest listener. Absent: plain HTTP (behind a TLS-terminating proxy).
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM: the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+    /// PEM: CA certificates. Set: every client must present a certificate one of them signed.
+    pub client_ca: Option<PathBuf>,
+    /// `"1.2"` (default) or `"1.3"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Limits on how long a connection may take for each step; a client too slow for them is
+/// disconnected, so stalled connections (slowloris) cannot pile up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// From accept to a finished TLS handshake.
+    #[serde(default = "default_handshake_timeout")]
+    pub tls_handshake: HumanDuration,
+    /// To receive a request's complete header block (also bounds an idle keep-alive
+    /// connection waiting for its next request).
+    #[serde(default = "default_header_timeout")]
+    pub header_read: HumanDuration,
+    /// To receive a request's complete body.
+    #[serde(default = "default_body_timeout")]
+    pub body_read: HumanDuration,
+    /// Longest a connection may stay open without a request in progress.
+    #[serde(default = "default_idle_timeout")]
+    pub idle: HumanDuration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Self {
+            tls_handshake: default_handshake_timeout(),
+            header_read: default_header_timeout(),
+            body_read: default_body_timeout(),
+            idle: default_idle_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +201,10 @@ pub struct StoreConfig {
     /// Most events one group commit takes. `1` gives one fsync per request (a benchmark arm).
     #[serde(default = "default_commit_batch")]
     pub commit_batch_max: usize,
+    /// How long an idempotency key is remembered: a repeat within it is answered as a
+    /// duplicate and not published again.
+    #[serde(default = "default_dedup_window")]
+    pub dedup_window: HumanDuration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -204,19 +269,108 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `sources:`: the name `default` serves `POST /api/events/{event_type}`; every other name
+/// serves `POST /hooks/{name}`.
+pub type SourcesConfig = BTreeMap<String, SourceConfig>;
+
+/// The generic endpoint's source name.
+pub const DEFAULT_SOURCE: &str = "default";
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SourcesConfig {
-    /// Serves `POST /api/events/{event_type}`.
-    pub default: DefaultSourceConfig,
+pub struct SourceConfig {
+    /// Accepted `X-API-Key` values: plaintext, or `sha256:<64 hex digits>` (the SHA-256 of the
+    /// key) so the file holds no plaintext. Several, so a new key can be rolled out before the
+    /// old one is removed.
+    #[serde(default)]
+    pub api_keys: Vec<Secret>,
+    /// Signature verification instead of API keys.
+    pub verify: Option<VerifyConfig>,
+    /// Where the event type comes from (`/hooks/{source}` only; the generic endpoint takes it
+    /// from the path).
+    pub event_type: Option<EventTypeFrom>,
+    /// Where the idempotency key comes from. Default: `Idempotency-Key` on the generic
+    /// endpoint, the scheme's delivery id for signed sources (see docs/security.md).
+    pub idempotency_key: Option<ValueFrom>,
+    /// Overrides `server.max_body_bytes` for this source.
+    pub max_body_bytes: Option<ByteSize>,
+    /// Token bucket: per API key on key-authenticated sources, per source otherwise.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Request headers stored with the event and published with it as metadata.
+    #[serde(default)]
+    pub keep_headers: Vec<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum EventTypeFrom {
+    /// A request header's value.
+    Header(String),
+    /// A JSON pointer to a string in the body.
+    Pointer(String),
+    /// Always this type.
+    Fixed(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ValueFrom {
+    Header(String),
+    Pointer(String),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DefaultSourceConfig {
-    /// Accepted `X-API-Key` values. Several, so a new key can be rolled out before the old one
-    /// is removed.
-    pub api_keys: Vec<Secret>,
+pub struct RateLimitConfig {
+    /// Sustained requests per second.
+    pub per_second: std::num::NonZeroU32,
+    /// Requests allowed at once above the sustained rate (default: `per_second`).
+    pub burst: Option<std::num::NonZeroU32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    pub scheme: SignatureScheme,
+    /// One secret; `secrets` takes several (rotation: add the new one, then remove the old).
+    pub secret: Option<Secret>,
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// Largest accepted distance between the signed timestamp and now (schemes with one).
+    #[serde(default = "default_tolerance")]
+    pub tolerance: HumanDuration,
+    /// `hmac-sha256` only: the header holding the signature.
+    pub header: Option<String>,
+    /// `hmac-sha256` only: `hex` (default) or `base64`.
+    #[serde(default)]
+    pub encoding: SignatureEncoding,
+    /// `hmac-sha256` only: text before the signature in the header, e.g. `sha256=`.
+    pub prefix: Option<String>,
+}
+
+impl VerifyConfig {
+    pub fn all_secrets(&self) -> impl Iterator<Item = &Secret> {
+        self.secret.iter().chain(&self.secrets)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignatureScheme {
+    StandardWebhooks,
+    Github,
+    Stripe,
+    Shopify,
+    Slack,
+    HmacSha256,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    #[default]
+    Hex,
+    Base64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -342,6 +496,27 @@ impl Default for BackoffConfig {
     }
 }
 
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_handshake_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+fn default_body_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration::from_secs(60)
+}
+fn default_tolerance() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
+fn default_dedup_window() -> HumanDuration {
+    HumanDuration::from_secs(72 * 3600)
+}
 fn default_max_body() -> ByteSize {
     ByteSize::mib(1)
 }
@@ -389,16 +564,96 @@ impl DestinationConfig {
     }
 }
 
+impl SourceConfig {
+    fn check(&self, name: &str, problems: &mut Vec<String>) {
+        let at = format!("sources.{name}");
+        let generic = name == DEFAULT_SOURCE;
+        if crate::event::SourceName::parse(name).is_err() {
+            problems.push(format!("{at}: a source name must be 1 to 128 of A-Z a-z 0-9 . _ - :"));
+        }
+        match (&self.verify, self.api_keys.is_empty()) {
+            (None, true) => problems.push(format!("{at}: set api_keys or verify")),
+            (Some(_), false) => {
+                problems.push(format!("{at}: set api_keys or verify, not both"));
+            }
+            (Some(_), true) if generic => {
+                problems.push(format!("{at}: the generic endpoint takes api_keys only"));
+            }
+            _ => {}
+        }
+        for (i, key) in self.api_keys.iter().enumerate() {
+            if let Err(e) = crate::ingest::auth::ApiKeys::parse_one(key) {
+                problems.push(format!("{at}.api_keys[{i}]: {e}"));
+            }
+        }
+        if let Some(verify) = &self.verify
+            && let Err(e) = crate::ingest::signature::Verifier::from_config(verify)
+        {
+            problems.push(format!("{at}.verify: {e}"));
+        }
+        match (&self.event_type, generic) {
+            (Some(_), true) => problems.push(format!(
+                "{at}.event_type: the generic endpoint takes the type from the URL path"
+            )),
+            (None, false) => {
+                problems.push(format!("{at}.event_type: required (header, pointer or fixed)"))
+            }
+            (Some(EventTypeFrom::Fixed(t)), false)
+                if crate::event::EventType::parse(t).is_err() =>
+            {
+                problems.push(format!("{at}.event_type.fixed: not a valid event type"));
+            }
+            (Some(EventTypeFrom::Header(h)), false) if !is_header_name(h) => {
+                problems.push(format!("{at}.event_type.header: not a header name"));
+            }
+            (Some(EventTypeFrom::Pointer(p)), false) if !is_pointer(p) => {
+                problems.push(format!("{at}.event_type.pointer: must start with /"));
+            }
+            _ => {}
+        }
+        match &self.idempotency_key {
+            Some(ValueFrom::Header(h)) if !is_header_name(h) => {
+                problems.push(format!("{at}.idempotency_key.header: not a header name"));
+            }
+            Some(ValueFrom::Pointer(p)) if !is_pointer(p) => {
+                problems.push(format!("{at}.idempotency_key.pointer: must start with /"));
+            }
+            _ => {}
+        }
+        for h in &self.keep_headers {
+            let lower = h.to_ascii_lowercase();
+            if !is_header_name(h) {
+                problems.push(format!("{at}.keep_headers: {h:?} is not a header name"));
+            } else if lower.starts_with("ce_") || lower == "content-type" {
+                problems.push(format!(
+                    "{at}.keep_headers: {h:?} would clash with the CloudEvents headers"
+                ));
+            }
+        }
+        if self.max_body_bytes.is_some_and(|b| b.as_u64() == 0) {
+            problems.push(format!("{at}.max_body_bytes: must be at least 1 byte"));
+        }
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+}
+
+fn is_pointer(pointer: &str) -> bool {
+    pointer.starts_with('/')
+}
+
 impl Config {
     /// Checks that need more than one field: every route names a configured broker, templates
     /// and pointers parse, limits are positive. Returns every problem, not just the first.
     pub fn check(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if self.sources.default.api_keys.is_empty() {
-            problems.push("sources.default.api_keys: at least one key is required".to_owned());
+        if self.sources.is_empty() {
+            problems.push("sources: at least one source is required".to_owned());
         }
-        if self.sources.default.api_keys.iter().any(|k| k.expose().is_empty()) {
-            problems.push("sources.default.api_keys: a key is empty".to_owned());
+        for (name, source) in &self.sources {
+            source.check(name, &mut problems);
         }
         if self.relay.batch_size == 0 {
             problems.push("relay.batch_size: must be at least 1".to_owned());
@@ -427,6 +682,20 @@ impl Config {
         let dlq_copy = self.dlq.publish_to.as_ref();
         if let Some(Err(e)) = dlq_copy.map(|d| crate::routing::Target::check(d, &self.brokers)) {
             problems.push(format!("dlq.publish_to: {e}"));
+        }
+        if self.server.max_connections == 0 {
+            problems.push("server.max_connections: must be at least 1".to_owned());
+        }
+        let t = &self.server.timeouts;
+        for (name, d) in [
+            ("tls_handshake", t.tls_handshake),
+            ("header_read", t.header_read),
+            ("body_read", t.body_read),
+            ("idle", t.idle),
+        ] {
+            if d.get().is_zero() {
+                problems.push(format!("server.timeouts.{name}: must be longer than 0s"));
+            }
         }
         if self.store.commit_batch_max == 0 {
             problems.push("store.commit_batch_max: must be at least 1".to_owned());

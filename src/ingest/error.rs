@@ -6,6 +6,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use std::time::Duration;
+
+use super::signature::SignatureError;
 use crate::store::StoreError;
 use crate::validate::Violation;
 
@@ -13,6 +16,16 @@ use crate::validate::Violation;
 pub enum IngestError {
     #[error("missing or invalid API key")]
     Unauthorized,
+    #[error("signature not accepted: {0}")]
+    Signature(SignatureError),
+    #[error("no such source")]
+    UnknownSource,
+    #[error("rate limit exceeded for this source; retry later")]
+    RateLimited { retry_after: Duration },
+    #[error("idempotency key must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("the request body was not received in time")]
+    BodyTimeout,
     #[error("content type must be application/json")]
     UnsupportedMediaType,
     #[error("invalid event type: {0}")]
@@ -36,9 +49,13 @@ pub enum IngestError {
 impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::Unauthorized => StatusCode::UNAUTHORIZED,
+            IngestError::Unauthorized | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
+            IngestError::UnknownSource => StatusCode::NOT_FOUND,
+            IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            IngestError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IngestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::InvalidEventType(_)
+            | IngestError::InvalidIdempotencyKey
             | IngestError::BodyRead
             | IngestError::InvalidJson(_)
             | IngestError::NotAnObject => StatusCode::BAD_REQUEST,
@@ -54,6 +71,11 @@ impl IngestError {
     pub fn code(&self) -> &'static str {
         match self {
             IngestError::Unauthorized => "unauthorized",
+            IngestError::Signature(_) => "invalid_signature",
+            IngestError::UnknownSource => "unknown_source",
+            IngestError::RateLimited { .. } => "rate_limited",
+            IngestError::InvalidIdempotencyKey => "invalid_idempotency_key",
+            IngestError::BodyTimeout => "body_timeout",
             IngestError::UnsupportedMediaType => "unsupported_media_type",
             IngestError::InvalidEventType(_) => "invalid_event_type",
             IngestError::PayloadTooLarge { .. } => "payload_too_large",
@@ -71,8 +93,13 @@ impl IngestError {
     pub fn metric_reason(&self) -> &'static str {
         match self {
             IngestError::Unauthorized => "auth",
+            IngestError::Signature(_) => "signature",
+            IngestError::UnknownSource => "unknown_source",
+            IngestError::RateLimited { .. } => "rate_limited",
+            IngestError::BodyTimeout => "timeout",
             IngestError::UnsupportedMediaType => "media_type",
             IngestError::InvalidEventType(_)
+            | IngestError::InvalidIdempotencyKey
             | IngestError::BodyRead
             | IngestError::InvalidJson(_)
             | IngestError::NotAnObject => "invalid",
@@ -96,8 +123,11 @@ impl IngestError {
         }
     }
 
-    fn retry_after_secs(&self) -> Option<u32> {
+    fn retry_after_secs(&self) -> Option<u64> {
         match self {
+            IngestError::RateLimited { retry_after } => {
+                Some(retry_after.as_secs_f64().ceil() as u64)
+            }
             IngestError::Store(StoreError::QuotaExceeded) => Some(30),
             IngestError::Store(_) => Some(5),
             _ => None,

@@ -1,12 +1,19 @@
-//! The ingest listener: `POST /api/events/{event_type}` and `GET /health`.
+//! The ingest listener: `POST /api/events/{event_type}`, `POST /hooks/{source}` and
+//! `GET /health`.
 //!
-//! A request is checked in the order that costs least first: API key, content type, event
-//! type, body size, JSON syntax, schema, routability. Only then is it handed to the store, and
-//! `202 Accepted` is sent after the store's durable commit returned Ok, never before.
+//! A request is checked in the order that costs least first: source, API key, content type,
+//! body size, signature (over the raw bytes), rate limit, JSON syntax, event type, schema,
+//! routability. Only then is it handed to the store, and `202 Accepted` is sent after the
+//! store's durable commit returned Ok, never before. A repeated idempotency key is answered
+//! `200` with the first event's id, decided inside the same commit.
 
+pub mod auth;
 mod error;
+pub mod signature;
+pub mod source;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Json;
@@ -20,26 +27,34 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
 pub use error::IngestError;
+pub use source::{Source, Sources};
 
 use crate::app::LiveConfig;
-use crate::event::{EventId, EventType, SourceName, ValidatedEvent, now_ms};
+use crate::event::{EventId, EventType, ValidatedEvent, now_ms};
 use crate::routing::Body as EventBody;
-use crate::store::{Store, StoreError};
+use crate::store::{Appended, IdempotencyKey, Store, StoreError};
 use crate::telemetry::metrics::{Metrics, status_class};
 
 /// Where accepted events go: the store in the daemon. The seam exists so that benchmarks can
 /// measure the HTTP and validation path alone, with the same router.
 pub trait EventSink: Send + Sync + 'static {
-    /// Resolves once the event is durable (or refused).
-    fn append(&self, event: ValidatedEvent) -> BoxFuture<'_, Result<EventId, StoreError>>;
+    /// Resolves once the event is durable (or known to be a duplicate, or refused).
+    fn append(
+        &self,
+        event: ValidatedEvent,
+        key: Option<IdempotencyKey>,
+    ) -> BoxFuture<'_, Result<Appended, StoreError>>;
 }
 
 impl EventSink for Store {
-    fn append(&self, event: ValidatedEvent) -> BoxFuture<'_, Result<EventId, StoreError>> {
-        Box::pin(Store::append(self, event))
+    fn append(
+        &self,
+        event: ValidatedEvent,
+        key: Option<IdempotencyKey>,
+    ) -> BoxFuture<'_, Result<Appended, StoreError>> {
+        Box::pin(Store::append_once(self, event, key))
     }
 }
 
@@ -54,7 +69,8 @@ pub struct IngestState {
 
 pub fn router(state: IngestState) -> Router {
     Router::new()
-        .route("/api/events/{event_type}", post(accept_event))
+        .route("/api/events/{event_type}", post(generic_event))
+        .route("/hooks/{source}", post(hook_event))
         .route("/health", get(health))
         .fallback(not_found)
         .with_state(state)
@@ -68,34 +84,81 @@ async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found", "message": "no such endpoint" })))
 }
 
-async fn accept_event(
+/// Where the event type of a request comes from.
+enum TypeFrom {
+    /// The generic endpoint's path segment.
+    Path(String),
+    /// The source's `event_type` setting.
+    Source,
+}
+
+async fn generic_event(
     State(state): State<IngestState>,
     Path(event_type): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    const SOURCE: &str = "default";
+    let live = state.live.load_full();
+    let source = live.sources.generic().cloned();
+    respond(&state, &live, source, TypeFrom::Path(event_type), headers, body).await
+}
+
+async fn hook_event(
+    State(state): State<IngestState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let live = state.live.load_full();
+    let source = live.sources.hook(&name).cloned();
+    respond(&state, &live, source, TypeFrom::Source, headers, body).await
+}
+
+/// Runs [`accept`] and turns its result into the answer, the metrics and the log line.
+async fn respond(
+    state: &IngestState,
+    live: &LiveConfig,
+    source: Option<Arc<Source>>,
+    type_from: TypeFrom,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = std::time::Instant::now();
-    let result = accept(&state, &event_type, &headers, body).await;
+    // Unknown names are counted under one label: metric labels never come from senders.
+    let label = source.as_ref().map_or("unknown", |s| s.name.as_str()).to_owned();
+    let result = match &source {
+        Some(source) => accept(state, live, source, type_from, &headers, body).await,
+        None => Err(IngestError::UnknownSource),
+    };
     let m = &state.metrics;
-    let status = result.as_ref().map_or_else(|e| e.status(), |_| StatusCode::ACCEPTED);
-    m.ingest_requests.with_label_values(&[SOURCE, status_class(status.as_u16())]).inc();
-    m.ingest_duration.with_label_values(&[SOURCE]).observe(started.elapsed().as_secs_f64());
+    let status = match &result {
+        Ok((Appended::Accepted(_), _)) => StatusCode::ACCEPTED,
+        Ok((Appended::Duplicate(_), _)) => StatusCode::OK,
+        Err(e) => e.status(),
+    };
+    m.ingest_requests.with_label_values(&[&label, status_class(status.as_u16())]).inc();
+    m.ingest_duration.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
     match result {
-        Ok((id, size)) => {
-            m.ingest_accepted.with_label_values(&[SOURCE]).inc();
-            m.ingest_body_bytes.with_label_values(&[SOURCE]).observe(size as f64);
+        Ok((Appended::Accepted(id), size)) => {
+            m.ingest_accepted.with_label_values(&[&label]).inc();
+            m.ingest_body_bytes.with_label_values(&[&label]).observe(size as f64);
             let answer = json!({ "event_id": id.to_string(), "status": "accepted" });
             (StatusCode::ACCEPTED, Json(answer)).into_response()
         }
+        Ok((Appended::Duplicate(id), _)) => {
+            m.ingest_duplicates.with_label_values(&[&label]).inc();
+            tracing::debug!(event_id = %id, source = %label, "duplicate delivery answered");
+            let answer = json!({ "event_id": id.to_string(), "status": "duplicate" });
+            (StatusCode::OK, Json(answer)).into_response()
+        }
         Err(error) => {
-            m.ingest_rejected.with_label_values(&[SOURCE, error.metric_reason()]).inc();
+            m.ingest_rejected.with_label_values(&[&label, error.metric_reason()]).inc();
             match &error {
                 IngestError::Store(cause) => {
-                    tracing::warn!(source = "default", %cause, "event refused: store cannot accept");
+                    tracing::warn!(source = %label, %cause, "event refused: store cannot accept");
                 }
                 other => tracing::info!(
-                    source = "default",
+                    source = %label,
                     status = other.status().as_u16(),
                     reason = other.code(),
                     "event refused"
@@ -108,46 +171,59 @@ async fn accept_event(
 
 async fn accept(
     state: &IngestState,
-    event_type: &str,
+    live: &LiveConfig,
+    source: &Source,
+    type_from: TypeFrom,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(EventId, usize), IngestError> {
-    let live = state.live.load_full();
-    authenticate(&live, headers)?;
+) -> Result<(Appended, usize), IngestError> {
+    // API keys are checked before the body is read; signatures need the body.
+    let credential = source.check_key(headers)?;
+    if source.uses_api_keys() {
+        source.admit(credential)?;
+    }
     if !is_json(headers) {
         return Err(IngestError::UnsupportedMediaType);
     }
-    let event_type =
-        EventType::parse(event_type).map_err(|e| IngestError::InvalidEventType(e.to_string()))?;
-    let source = SourceName::parse("default").expect("a valid literal name");
-    let bytes = read_body(headers, body, live.max_body_bytes).await?;
+    let path_type = match type_from {
+        TypeFrom::Path(t) => {
+            Some(EventType::parse(&t).map_err(|e| IngestError::InvalidEventType(e.to_string()))?)
+        }
+        TypeFrom::Source => None,
+    };
+    let bytes = read_body(headers, body, source.max_body_bytes, live.body_read_timeout).await?;
+    source.check_signature(headers, &bytes)?;
+    if !source.uses_api_keys() {
+        source.admit(credential)?;
+    }
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
     if !value.is_object() {
         return Err(IngestError::NotAnObject);
     }
+    let event_type = match path_type {
+        Some(t) => t,
+        None => source.event_type(headers, &value)?,
+    };
+    let key = source.idempotency_key(headers, &value)?.map(|key| IdempotencyKey {
+        key,
+        expires_at_ms: now_ms().saturating_add(live.dedup_window.as_millis() as u64),
+    });
     live.schemas.validate(&event_type, &value).map_err(IngestError::SchemaViolation)?;
-    if !live.routes.is_routable(&source, &event_type, &mut EventBody::parsed(value)) {
+    let kept = source.kept_headers(headers);
+    let mut routed = EventBody::parsed(value);
+    if !live.routes.is_routable(&source.name, &event_type, &mut routed) {
         return Err(IngestError::Unroutable);
     }
     let size = bytes.len();
-    let event = ValidatedEvent::new(EventId::new(), source, event_type, now_ms(), bytes);
-    let id = state.sink.append(event).await?;
-    tracing::debug!(event_id = %id, source = "default", "event accepted");
-    Ok((id, size))
-}
-
-fn authenticate(live: &LiveConfig, headers: &HeaderMap) -> Result<(), IngestError> {
-    let presented = headers.get("x-api-key").map(|v| v.as_bytes()).unwrap_or_default();
-    if presented.is_empty() {
-        return Err(IngestError::Unauthorized);
+    let event =
+        ValidatedEvent::new(EventId::new(), source.name.clone(), event_type, now_ms(), bytes)
+            .with_headers(kept);
+    let appended = state.sink.append(event, key).await?;
+    if let Appended::Accepted(id) = appended {
+        tracing::debug!(event_id = %id, source = %source.name.as_str(), "event accepted");
     }
-    // Every key is compared (no early exit) and each comparison is constant-time in content.
-    let matched = live
-        .api_keys
-        .iter()
-        .fold(0u8, |acc, key| acc | presented.ct_eq(key.expose().as_bytes()).unwrap_u8());
-    if matched == 1 { Ok(()) } else { Err(IngestError::Unauthorized) }
+    Ok((appended, size))
 }
 
 /// `application/json` or any `application/*+json`, parameters (charset) ignored.
@@ -160,7 +236,15 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes, IngestError> {
+/// Reads the whole body, refusing it as soon as it is known to exceed `limit`: from the
+/// declared `Content-Length` before reading anything, or at the limit while reading a
+/// chunked body. A body that does not arrive within `timeout` is a 408.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: u64,
+    timeout: Duration,
+) -> Result<Bytes, IngestError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -168,7 +252,10 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: u64) -> Result<Bytes,
     if declared.is_some_and(|n| n > limit) {
         return Err(IngestError::PayloadTooLarge { limit });
     }
-    match Limited::new(body, limit as usize).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit as usize).collect())
+        .await
+        .map_err(|_| IngestError::BodyTimeout)?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
             Err(IngestError::PayloadTooLarge { limit })

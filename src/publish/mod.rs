@@ -69,9 +69,14 @@ impl<'a> Outgoing<'a> {
         Self { event, target, extra_headers: &[] }
     }
 
-    /// The CloudEvents binary-mode headers followed by the extra ones.
-    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
-        cloudevent_headers(self.event).into_iter().chain(self.extra_headers.iter().cloned())
+    /// The CloudEvents binary-mode headers, the event's kept request headers, then the
+    /// extra ones.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, String)> + 'a {
+        let kept = self.event.headers().iter().map(|(name, value)| (name.as_str(), value.clone()));
+        cloudevent_headers(self.event)
+            .into_iter()
+            .chain(kept)
+            .chain(self.extra_headers.iter().cloned())
     }
 }
 

@@ -12,6 +12,7 @@
 //! | `dlq`       | dlq seq                  | dead-lettered event and why                 |
 //! | `dlq_ids`   | event id                 | dlq seq                                     |
 //! | `dedup`     | (source, key)            | (event id, expiry ms): idempotency keys     |
+//! | `dedup_expiry` | (expiry ms, source, key) | (): which keys to garbage-collect when    |
 //! | `meta`      | name                     | format version, next seq, next dlq seq      |
 //!
 //! Lanes: lane 0 holds events not yet routed; a routed event has one entry in the lane of
@@ -53,6 +54,7 @@ const LANES: TableDefinition<(u8, u64, u64), ()> = TableDefinition::new("due_lan
 const DLQ: TableDefinition<u64, &[u8]> = TableDefinition::new("dlq");
 const DLQ_IDS: TableDefinition<u128, u64> = TableDefinition::new("dlq_ids");
 const DEDUP: TableDefinition<(&str, &str), (u128, u64)> = TableDefinition::new("dedup");
+const DEDUP_EXPIRY: TableDefinition<(u64, &str, &str), ()> = TableDefinition::new("dedup_expiry");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Version of the table layout; a file written by a newer layout is refused, not misread.
@@ -128,6 +130,22 @@ pub enum Outcome {
     Update(Vec<(usize, DestinationState)>),
     /// Nothing is pending any more: remove the event and its delivery state.
     Delete,
+}
+
+/// An idempotency key and until when it holds (ms since the epoch).
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub expires_at_ms: u64,
+}
+
+/// What [`Store::append_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The event is durable under this id.
+    Accepted(EventId),
+    /// The key was seen before: nothing was written; this is the first event's id.
+    Duplicate(EventId),
 }
 
 /// Which dead-letter entries an admin operation applies to.
@@ -223,7 +241,27 @@ impl Store {
 
     /// Makes `event` durable. Returns only after the commit holding it returned Ok.
     pub async fn append(&self, event: ValidatedEvent) -> Result<EventId> {
-        self.call(|reply| Command::Append { event, reply }).await
+        match self.append_once(event, None).await? {
+            Appended::Accepted(id) | Appended::Duplicate(id) => Ok(id),
+        }
+    }
+
+    /// Makes `event` durable unless `key` was already used by its source and has not expired:
+    /// then nothing is written and the first event's id is returned. The decision and the key
+    /// are part of the same commit as the event, so two concurrent requests with one key
+    /// cannot both be accepted, and a restart does not forget a key.
+    pub async fn append_once(
+        &self,
+        event: ValidatedEvent,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Appended> {
+        self.call(|reply| Command::Append { event, key, reply }).await
+    }
+
+    /// Removes idempotency keys that expired before `now_ms`, at most `limit` per call so a
+    /// large backlog of keys never makes one huge transaction. Returns how many were removed.
+    pub async fn dedup_expire(&self, now_ms: u64, limit: usize) -> Result<u64> {
+        self.call(|reply| Command::ExpireDedup { now_ms, limit, reply }).await
     }
 
     /// Applies the relay's decisions in one (cheap, non-durable) commit.
@@ -400,6 +438,7 @@ fn open_database(path: &Path, cache_bytes: usize) -> Result<Database> {
     txn.open_table(DLQ)?;
     txn.open_table(DLQ_IDS)?;
     txn.open_table(DEDUP)?;
+    txn.open_table(DEDUP_EXPIRY)?;
     txn.open_table(META)?.insert("format_version", FORMAT_VERSION)?;
     txn.commit()?;
     Ok(db)

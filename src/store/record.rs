@@ -10,6 +10,9 @@ use crate::event::{EventId, EventType, SourceName, ValidatedEvent};
 use crate::routing::Target;
 
 const EVENT_V1: u8 = 1;
+/// v2 adds the kept request headers; written only when there are some, so files without
+/// them stay readable by builds that know v1 only.
+const EVENT_V2: u8 = 2;
 const DELIVERY_V1: u8 = 1;
 /// v2 adds the dead state, attempt times and per-destination retry overrides.
 const DELIVERY_V2: u8 = 2;
@@ -221,18 +224,27 @@ impl<'a> Reader<'a> {
 
 pub fn encode_event(e: &ValidatedEvent) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(64 + e.body().len()));
-    w.u8(EVENT_V1);
+    let headers = e.headers();
+    w.u8(if headers.is_empty() { EVENT_V1 } else { EVENT_V2 });
     w.0.extend_from_slice(e.id().as_bytes());
     w.u64(e.received_at_ms());
     w.bytes(e.source().as_str().as_bytes());
     w.bytes(e.event_type().as_str().as_bytes());
     w.bytes(e.body());
+    if !headers.is_empty() {
+        w.u32(headers.len() as u32);
+        for (name, value) in headers {
+            w.bytes(name.as_bytes());
+            w.bytes(value.as_bytes());
+        }
+    }
     w.0
 }
 
 pub fn decode_event(bytes: &[u8]) -> Result<ValidatedEvent, DecodeError> {
     let mut r = Reader(bytes);
-    if r.u8()? != EVENT_V1 {
+    let version = r.u8()?;
+    if version != EVENT_V1 && version != EVENT_V2 {
         return Err(DecodeError("unknown event format version"));
     }
     let id = EventId::from_bytes(r.take(16)?.try_into().expect("took 16 bytes"));
@@ -240,8 +252,14 @@ pub fn decode_event(bytes: &[u8]) -> Result<ValidatedEvent, DecodeError> {
     let source = SourceName::parse(r.str()?).map_err(|_| DecodeError("bad source name"))?;
     let event_type = EventType::parse(r.str()?).map_err(|_| DecodeError("bad event type"))?;
     let body = Bytes::copy_from_slice(r.bytes()?);
+    let mut headers = Vec::new();
+    if version == EVENT_V2 {
+        for _ in 0..r.u32()? {
+            headers.push((r.str()?.to_owned(), r.str()?.to_owned()));
+        }
+    }
     r.finish()?;
-    Ok(ValidatedEvent::new(id, source, event_type, received_at_ms, body))
+    Ok(ValidatedEvent::new(id, source, event_type, received_at_ms, body).with_headers(headers))
 }
 
 const TARGET_RABBITMQ: u8 = 1;
@@ -431,6 +449,18 @@ mod tests {
         assert_eq!(back.body(), e.body());
         assert_eq!(back.event_type(), e.event_type());
         assert_eq!(back.received_at_ms(), e.received_at_ms());
+        assert_eq!(encode_event(&e)[0], EVENT_V1, "no kept headers: still written as v1");
+
+        let kept = vec![("x-github-event".to_owned(), "push".to_owned())];
+        let e = sample_event().with_headers(kept.clone());
+        let encoded = encode_event(&e);
+        assert_eq!(encoded[0], EVENT_V2);
+        let back = decode_event(&encoded).unwrap();
+        assert_eq!(back.headers(), kept.as_slice());
+        assert_eq!(back.body(), e.body());
+        for cut in 0..encoded.len() {
+            assert!(decode_event(&encoded[..cut]).is_err(), "truncated at {cut}");
+        }
     }
 
     fn states() -> Vec<DestinationState> {

@@ -10,6 +10,7 @@ fn config(dir: &Path) -> StoreConfig {
         max_bytes: ByteSize::gib(1),
         cache_bytes: ByteSize::mib(4),
         commit_batch_max: 1024,
+        dedup_window: crate::config::HumanDuration::from_secs(3600),
     }
 }
 
@@ -280,4 +281,75 @@ async fn format_1_files_are_migrated_to_lanes() {
     let db = Database::open(&cfg.path).unwrap();
     let txn = db.begin_read().unwrap();
     assert_eq!(txn.open_table(META).unwrap().get("format_version").unwrap().unwrap().value(), 2);
+}
+
+fn key(k: &str, expires_at_ms: u64) -> Option<IdempotencyKey> {
+    Some(IdempotencyKey { key: k.to_owned(), expires_at_ms })
+}
+
+#[tokio::test]
+async fn an_idempotency_key_admits_one_event_even_concurrently_and_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    let far = crate::event::now_ms() + 3_600_000;
+    let tries = (0..50).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.append_once(event("{}", i), key("k1", far)).await })
+    });
+    let answers: Vec<Appended> = futures_util::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().unwrap())
+        .collect();
+    let accepted: Vec<EventId> = answers
+        .iter()
+        .filter_map(|a| if let Appended::Accepted(id) = a { Some(*id) } else { None })
+        .collect();
+    assert_eq!(accepted.len(), 1, "{answers:?}");
+    assert!(answers.iter().all(
+        |a| matches!(a, Appended::Accepted(id) | Appended::Duplicate(id) if *id == accepted[0])
+    ));
+    assert_eq!(store.pending().await.unwrap(), 1);
+    closer.close().await;
+    drop(store);
+
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    let again = store.append_once(event("{}", 99), key("k1", far)).await.unwrap();
+    assert_eq!(again, Appended::Duplicate(accepted[0]));
+    // Keys are per source: another source may use the same key.
+    let other = ValidatedEvent::new(
+        EventId::new(),
+        SourceName::parse("github").unwrap(),
+        EventType::parse("t").unwrap(),
+        1,
+        "{}".into(),
+    );
+    assert!(matches!(
+        store.append_once(other, key("k1", far)).await.unwrap(),
+        Appended::Accepted(_)
+    ));
+    assert_eq!(store.pending().await.unwrap(), 2);
+    closer.close().await;
+}
+
+#[tokio::test]
+async fn expired_keys_admit_again_and_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    let now = crate::event::now_ms();
+    let first = store.append_once(event("{}", 1), key("old", now - 1)).await.unwrap();
+    assert!(matches!(first, Appended::Accepted(_)));
+    // Expired: the same key is accepted again and now holds until `now + 1h`.
+    let second = store.append_once(event("{}", 2), key("old", now + 3_600_000)).await.unwrap();
+    assert!(matches!(second, Appended::Accepted(_)));
+    for i in 0..5 {
+        store.append_once(event("{}", 3), key(&format!("gone{i}"), now - 10)).await.unwrap();
+    }
+    assert_eq!(store.dedup_expire(now, 3).await.unwrap(), 3, "limit respected");
+    assert_eq!(store.dedup_expire(now, 100).await.unwrap(), 2);
+    assert_eq!(store.dedup_expire(now, 100).await.unwrap(), 0);
+    // The re-used key survived collection of its expired first use.
+    let third = store.append_once(event("{}", 4), key("old", now + 3_600_000)).await.unwrap();
+    assert!(matches!(third, Appended::Duplicate(_)));
+    closer.close().await;
 }

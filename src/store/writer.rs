@@ -21,15 +21,22 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::record::{self, Delivery, DestinationState, DlqRecord};
 use super::{
-    Counters, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS, LANES, META, Outcome, Result,
-    Settlement, Shared, StoreError, UNROUTED, file_len, open_database,
+    Appended, Counters, DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS,
+    IdempotencyKey, LANES, META, Outcome, Result, Settlement, Shared, StoreError, UNROUTED,
+    file_len, open_database,
 };
 use crate::event::{EventId, ValidatedEvent};
 
 pub(super) enum Command {
     Append {
         event: ValidatedEvent,
-        reply: oneshot::Sender<Result<EventId>>,
+        key: Option<IdempotencyKey>,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    ExpireDedup {
+        now_ms: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<u64>>,
     },
     Settle {
         settlements: Vec<Settlement>,
@@ -64,7 +71,11 @@ impl Command {
 
     /// Appends and admin changes are acknowledged to someone outside: they must be durable.
     fn needs_fsync(&self) -> bool {
-        !matches!(self, Command::Settle { .. } | Command::FlushIfDirty)
+        // Expired keys that come back after a crash are still expired: no fsync needed.
+        !matches!(
+            self,
+            Command::Settle { .. } | Command::FlushIfDirty | Command::ExpireDedup { .. }
+        )
     }
 }
 
@@ -86,7 +97,7 @@ pub(super) struct Writer {
 
 /// A reply to send once the commit is known to have succeeded (or failed).
 enum Pending {
-    Append(oneshot::Sender<Result<EventId>>, Result<EventId>),
+    Append(oneshot::Sender<Result<Appended>>, Result<Appended>),
     Unit(oneshot::Sender<Result<()>>),
     Count(oneshot::Sender<Result<u64>>, u64),
 }
@@ -95,7 +106,7 @@ impl Pending {
     fn succeed(self) -> bool {
         match self {
             Pending::Append(reply, result) => {
-                let appended = result.is_ok();
+                let appended = matches!(result, Ok(Appended::Accepted(_)));
                 let _ = reply.send(result);
                 return appended;
             }
@@ -125,6 +136,8 @@ struct Tables<'t> {
     lanes: Table<'t, (u8, u64, u64), ()>,
     dlq: Table<'t, u64, &'static [u8]>,
     dlq_ids: Table<'t, u128, u64>,
+    dedup: Table<'t, (&'static str, &'static str), (u128, u64)>,
+    dedup_expiry: Table<'t, (u64, &'static str, &'static str), ()>,
 }
 
 impl Writer {
@@ -277,10 +290,29 @@ impl Writer {
                     pending.push(Pending::Append(reply, Err(StoreError::QuotaExceeded)));
                     Ok(())
                 }
-                Command::Append { event, reply } => {
-                    let seq = self.next_seq();
-                    pending.push(Pending::Append(reply, Ok(event.id())));
-                    append(&mut tables, seq, &event)
+                Command::Append { event, key, reply } => {
+                    match first_use(&mut tables, &event, key.as_ref()) {
+                        Ok(Some(first)) => {
+                            pending.push(Pending::Append(reply, Ok(Appended::Duplicate(first))));
+                            Ok(())
+                        }
+                        Ok(None) => {
+                            let seq = self.next_seq();
+                            pending
+                                .push(Pending::Append(reply, Ok(Appended::Accepted(event.id()))));
+                            append(&mut tables, seq, &event)
+                        }
+                        Err(e) => {
+                            pending
+                                .push(Pending::Append(reply, Ok(Appended::Accepted(event.id()))));
+                            Err(e)
+                        }
+                    }
+                }
+                Command::ExpireDedup { now_ms, limit, reply } => {
+                    let expired = expire_dedup(&mut tables, now_ms, limit);
+                    pending.push(Pending::Count(reply, *expired.as_ref().unwrap_or(&0)));
+                    expired.map(drop)
                 }
                 Command::Settle { settlements, reply } => {
                     pending.push(Pending::Unit(reply));
@@ -494,19 +526,24 @@ fn open_tables(txn: &WriteTransaction) -> Result<Tables<'_>> {
         lanes: txn.open_table(LANES)?,
         dlq: txn.open_table(DLQ)?,
         dlq_ids: txn.open_table(DLQ_IDS)?,
+        dedup: txn.open_table(DEDUP)?,
+        dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
     })
 }
 
 /// The reply slot of a command that was not applied (its batch failed before reaching it).
 fn unapplied(command: Command, pending: &mut Vec<Pending>) {
     match command {
-        Command::Append { reply, event } => pending.push(Pending::Append(reply, Ok(event.id()))),
+        Command::Append { reply, event, .. } => {
+            pending.push(Pending::Append(reply, Ok(Appended::Accepted(event.id()))))
+        }
         Command::Settle { reply, .. } | Command::Close { reply } => {
             pending.push(Pending::Unit(reply))
         }
         Command::Replay { reply, .. }
         | Command::DeleteDlq { reply, .. }
-        | Command::ExpireDlq { reply, .. } => pending.push(Pending::Count(reply, 0)),
+        | Command::ExpireDlq { reply, .. }
+        | Command::ExpireDedup { reply, .. } => pending.push(Pending::Count(reply, 0)),
         Command::FlushIfDirty => {}
     }
 }
@@ -515,6 +552,47 @@ fn append(t: &mut Tables<'_>, seq: u64, event: &ValidatedEvent) -> Result<()> {
     t.events.insert(seq, record::encode_event(event).as_slice())?;
     t.lanes.insert((UNROUTED, event.received_at_ms(), seq), ())?;
     Ok(())
+}
+
+/// With a key: the id of the event that used it first if it is still live; otherwise records
+/// the key for `event` (replacing an expired use) and returns `None`.
+fn first_use(
+    t: &mut Tables<'_>,
+    event: &ValidatedEvent,
+    key: Option<&IdempotencyKey>,
+) -> Result<Option<EventId>> {
+    let Some(key) = key else { return Ok(None) };
+    let source = event.source().as_str();
+    let now = crate::event::now_ms();
+    let existing = t.dedup.get((source, key.key.as_str()))?.map(|v| v.value());
+    if let Some((first, expires_at)) = existing {
+        if expires_at > now {
+            return Ok(Some(EventId::from_u128(first)));
+        }
+        t.dedup_expiry.remove((expires_at, source, key.key.as_str()))?;
+    }
+    t.dedup.insert((source, key.key.as_str()), (event.id().as_u128(), key.expires_at_ms))?;
+    t.dedup_expiry.insert((key.expires_at_ms, source, key.key.as_str()), ())?;
+    Ok(None)
+}
+
+/// Removes up to `limit` keys that expired before `now_ms`, oldest first.
+fn expire_dedup(t: &mut Tables<'_>, now_ms: u64, limit: usize) -> Result<u64> {
+    let mut doomed: Vec<(u64, String, String)> = Vec::new();
+    for entry in t.dedup_expiry.range(..(now_ms, "", ""))?.take(limit) {
+        let (k, _) = entry?;
+        let (at, source, key) = k.value();
+        doomed.push((at, source.to_owned(), key.to_owned()));
+    }
+    for (at, source, key) in &doomed {
+        t.dedup_expiry.remove((*at, source.as_str(), key.as_str()))?;
+        // A key re-used after it expired points at its new expiry: leave that one alone.
+        let current = t.dedup.get((source.as_str(), key.as_str()))?.map(|v| v.value().1);
+        if current == Some(*at) {
+            t.dedup.remove((source.as_str(), key.as_str()))?;
+        }
+    }
+    Ok(doomed.len() as u64)
 }
 
 fn select(t: &Tables<'_>, selector: &DlqSelector) -> Result<Vec<(u64, DlqRecord)>> {

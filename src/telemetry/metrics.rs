@@ -20,6 +20,12 @@ pub struct Metrics {
     pub ingest_rejected: IntCounterVec,
     pub ingest_duration: HistogramVec,
     pub ingest_body_bytes: HistogramVec,
+    pub ingest_duplicates: IntCounterVec,
+    pub dedup_expired: IntCounter,
+    pub connections_open: IntGauge,
+    pub connections_total: IntCounter,
+    pub tls_handshake_failures: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
     pub store_batch_events: Histogram,
     pub store_commit_seconds: Histogram,
     pub store_commit_failures: IntCounter,
@@ -90,7 +96,7 @@ impl Metrics {
             ingest_rejected: reg!(IntCounterVec::new(
                 opts(
                     "ingest_rejected_total",
-                    "Requests refused, by reason: auth, media_type, invalid, size, schema, unroutable, store_full, unavailable."
+                    "Requests refused, by reason: auth, signature, unknown_source, rate_limited, timeout, media_type, invalid, size, schema, unroutable, store_full, unavailable."
                 ),
                 &["source", "reason"]
             )),
@@ -105,6 +111,39 @@ impl Metrics {
             ingest_body_bytes: reg!(HistogramVec::new(
                 hopts("ingest_body_bytes", "Size of accepted request bodies.", BYTES.to_vec()),
                 &["source"]
+            )),
+            ingest_duplicates: reg!(IntCounterVec::new(
+                opts(
+                    "ingest_duplicates_total",
+                    "Requests answered 200 duplicate: their idempotency key was already used."
+                ),
+                &["source"]
+            )),
+            dedup_expired: reg!(IntCounter::with_opts(opts(
+                "dedup_keys_expired_total",
+                "Idempotency keys removed after store.dedup_window."
+            ))),
+            connections_open: reg!(IntGauge::with_opts(opts(
+                "http_connections_open",
+                "Ingest connections open now (server.max_connections caps it)."
+            ))),
+            connections_total: reg!(IntCounter::with_opts(opts(
+                "http_connections_total",
+                "Ingest connections accepted."
+            ))),
+            tls_handshake_failures: reg!(IntCounterVec::new(
+                opts(
+                    "tls_handshake_failures_total",
+                    "TLS handshakes that failed, by reason: timeout, error."
+                ),
+                &["reason"]
+            )),
+            tls_reloads: reg!(IntCounterVec::new(
+                opts(
+                    "tls_cert_reloads_total",
+                    "Loads of the TLS certificate and key after a change, by result: success, failure (the previous pair stays in use)."
+                ),
+                &["result"]
             )),
             store_batch_events: reg!(Histogram::with_opts(hopts(
                 "store_append_batch_events",

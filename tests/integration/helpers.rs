@@ -62,15 +62,34 @@ pub struct TestApp {
     task: Option<JoinHandle<Result<(), orchestron::app::AppError>>>,
 }
 
-/// Config text for a test daemon: `extra` adds brokers, routes, schemas and so on.
+/// Config text for a test daemon: `extra` adds brokers, routes, schemas and so on. A line
+/// `sources:` in `extra` adds its (indented) sources next to `default`.
 pub fn config_text(store_dir: &Path, extra: &str) -> String {
+    let (sources, rest) = split_sources(extra);
     format!(
         "server:\n  listen: \"127.0.0.1:0\"\n  shutdown_timeout: 10s\n  max_body_bytes: 64KiB\n\
          store:\n  path: {}\n\
-         sources:\n  default:\n    api_keys: [\"{API_KEY}\"]\n\
-         admin:\n  listen: \"127.0.0.1:0\"\n  token: \"{ADMIN_TOKEN}\"\n{extra}",
+         sources:\n  default:\n    api_keys: [\"{API_KEY}\"]\n{sources}\
+         admin:\n  listen: \"127.0.0.1:0\"\n  token: \"{ADMIN_TOKEN}\"\n{rest}",
         store_dir.join("orchestron.redb").display()
     )
+}
+
+/// Takes a `sources:` block (the line and the indented lines after it) out of `extra`.
+fn split_sources(extra: &str) -> (String, String) {
+    let (mut sources, mut rest) = (String::new(), String::new());
+    let mut inside = false;
+    for line in extra.lines() {
+        if line == "sources:" {
+            inside = true;
+            continue;
+        }
+        inside &= line.starts_with(' ');
+        let out = if inside { &mut sources } else { &mut rest };
+        out.push_str(line);
+        out.push('\n');
+    }
+    (sources, rest)
 }
 
 impl TestApp {

@@ -15,4 +15,5 @@ mod observability;
 mod openapi;
 mod rabbitmq;
 mod reload;
+mod sources;
 mod systemd;

@@ -1,0 +1,205 @@
+//! Configured sources, compiled for the request path: how a source authenticates, where its
+//! event type and idempotency key come from, its body and rate limits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use super::IngestError;
+use super::auth::ApiKeys;
+use super::signature::{SignatureError, Verifier};
+use crate::config::{
+    Config, DEFAULT_SOURCE, EventTypeFrom, RateLimitConfig, SourceConfig, ValueFrom,
+};
+use crate::event::{EventType, SourceName, now_ms};
+
+/// Longest idempotency key kept; longer ones are refused rather than truncated.
+const MAX_KEY_LEN: usize = 255;
+
+/// Every configured source by name (`default` is the generic endpoint's).
+pub struct Sources(HashMap<String, Arc<Source>>);
+
+impl Sources {
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        let server_limit = config.server.max_body_bytes.as_u64();
+        let sources = config
+            .sources
+            .iter()
+            .map(|(name, c)| {
+                let source = Source::from_config(name, c, server_limit)
+                    .map_err(|e| format!("sources.{name}: {e}"))?;
+                Ok((name.clone(), Arc::new(source)))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self(sources))
+    }
+
+    /// The source serving `POST /hooks/{name}`.
+    pub fn hook(&self, name: &str) -> Option<&Arc<Source>> {
+        self.0.get(name).filter(|_| name != DEFAULT_SOURCE)
+    }
+
+    /// The source serving `POST /api/events/{type}`, if configured.
+    pub fn generic(&self) -> Option<&Arc<Source>> {
+        self.0.get(DEFAULT_SOURCE)
+    }
+}
+
+pub struct Source {
+    pub name: SourceName,
+    auth: Auth,
+    event_type: Option<EventTypeFrom>,
+    idempotency_key: Option<ValueFrom>,
+    pub max_body_bytes: u64,
+    /// One per API key, or one for the source; empty without `rate_limit`.
+    limiters: Vec<DefaultDirectRateLimiter>,
+    pub keep_headers: Vec<HeaderName>,
+}
+
+enum Auth {
+    ApiKeys(ApiKeys),
+    Signature(Verifier),
+}
+
+/// Who sent a request, as far as the rate limit cares: the index of the API key used.
+#[derive(Debug, Clone, Copy)]
+pub struct Credential(usize);
+
+impl Source {
+    fn from_config(name: &str, c: &SourceConfig, server_limit: u64) -> Result<Self, String> {
+        let auth = match &c.verify {
+            Some(verify) => Auth::Signature(Verifier::from_config(verify)?),
+            None => Auth::ApiKeys(ApiKeys::from_config(&c.api_keys).map_err(|e| e.to_string())?),
+        };
+        let idempotency_key = match (&c.idempotency_key, &auth) {
+            (Some(from), _) => Some(from.clone()),
+            (None, Auth::Signature(v)) => v.default_idempotency_key(),
+            (None, Auth::ApiKeys(_)) => Some(ValueFrom::Header("idempotency-key".to_owned())),
+        };
+        let buckets = match &auth {
+            Auth::ApiKeys(keys) => keys.len(),
+            Auth::Signature(_) => 1,
+        };
+        let limiters = c.rate_limit.map(|r| (0..buckets).map(|_| limiter(r)).collect());
+        let keep_headers = c
+            .keep_headers
+            .iter()
+            .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("header {h:?}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            name: SourceName::parse(name).map_err(|e| e.to_string())?,
+            auth,
+            event_type: c.event_type.clone(),
+            idempotency_key,
+            max_body_bytes: c.max_body_bytes.map_or(server_limit, |b| b.as_u64()),
+            limiters: limiters.unwrap_or_default(),
+            keep_headers,
+        })
+    }
+
+    /// True when the source is checked by API key, before its body is read.
+    pub fn uses_api_keys(&self) -> bool {
+        matches!(self.auth, Auth::ApiKeys(_))
+    }
+
+    /// API-key sources: checks `X-API-Key`.
+    pub fn check_key(&self, headers: &HeaderMap) -> Result<Credential, IngestError> {
+        let Auth::ApiKeys(keys) = &self.auth else { return Ok(Credential(0)) };
+        let presented = headers.get("x-api-key").map(|v| v.as_bytes()).unwrap_or_default();
+        keys.check(presented).map(Credential).ok_or(IngestError::Unauthorized)
+    }
+
+    /// Signed sources: checks the signature over the raw body.
+    pub fn check_signature(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), IngestError> {
+        let Auth::Signature(verifier) = &self.auth else { return Ok(()) };
+        let now = (now_ms() / 1000) as i64;
+        verifier.verify(headers, body, now).map_err(IngestError::Signature)
+    }
+
+    /// Takes a token from the credential's bucket, or says how long to wait.
+    pub fn admit(&self, who: Credential) -> Result<(), IngestError> {
+        let Some(limiter) = self.limiters.get(who.0) else { return Ok(()) };
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            IngestError::RateLimited { retry_after: wait.max(Duration::from_secs(1)) }
+        })
+    }
+
+    /// The event type of a `/hooks` request (the generic endpoint passes its path segment).
+    pub fn event_type(
+        &self,
+        headers: &HeaderMap,
+        body: &serde_json::Value,
+    ) -> Result<EventType, IngestError> {
+        let invalid = |why: String| IngestError::InvalidEventType(why);
+        let text = match &self.event_type {
+            Some(EventTypeFrom::Fixed(t)) => t.as_str(),
+            Some(EventTypeFrom::Header(h)) => headers
+                .get(h.as_str())
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| invalid(format!("missing {h} header")))?,
+            Some(EventTypeFrom::Pointer(p)) => body
+                .pointer(p)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| invalid(format!("no string at {p} in the body")))?,
+            None => return Err(invalid("the source names no event type".into())),
+        };
+        EventType::parse(text).map_err(|e| invalid(e.to_string()))
+    }
+
+    /// The request's idempotency key, if it carries one.
+    pub fn idempotency_key(
+        &self,
+        headers: &HeaderMap,
+        body: &serde_json::Value,
+    ) -> Result<Option<String>, IngestError> {
+        let key = match &self.idempotency_key {
+            None => None,
+            Some(ValueFrom::Header(h)) => match headers.get(h.as_str()) {
+                None => None,
+                Some(v) => {
+                    Some(v.to_str().map_err(|_| IngestError::InvalidIdempotencyKey)?.to_owned())
+                }
+            },
+            Some(ValueFrom::Pointer(p)) => match body.pointer(p) {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                Some(_) => return Err(IngestError::InvalidIdempotencyKey),
+            },
+        };
+        match key {
+            Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => {
+                Err(IngestError::InvalidIdempotencyKey)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// The kept headers present on the request, names lowercase, values as sent.
+    pub fn kept_headers(&self, headers: &HeaderMap) -> Vec<(String, String)> {
+        self.keep_headers
+            .iter()
+            .filter_map(|name| {
+                let value = headers.get(name)?.to_str().ok()?;
+                Some((name.as_str().to_owned(), value.to_owned()))
+            })
+            .collect()
+    }
+}
+
+fn limiter(r: RateLimitConfig) -> DefaultDirectRateLimiter {
+    RateLimiter::direct(
+        Quota::per_second(r.per_second).allow_burst(r.burst.unwrap_or(r.per_second)),
+    )
+}
+
+impl From<SignatureError> for IngestError {
+    fn from(e: SignatureError) -> Self {
+        IngestError::Signature(e)
+    }
+}
