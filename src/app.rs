@@ -23,6 +23,7 @@ use crate::publish::rabbitmq::RabbitMqPublisher;
 use crate::relay::{Relay, RelayPolicy};
 use crate::routing::BrokerKind;
 use crate::routing::RouteTable;
+use crate::server::{self, ServerOptions, tls::TlsState};
 use crate::store::{Store, StoreError};
 use crate::telemetry::{self, http::Probe, metrics::Metrics};
 use crate::validate::{SchemaError, SchemaRegistry};
@@ -43,6 +44,8 @@ pub enum AppError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("http server")]
     Serve(#[from] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::server::tls::TlsError),
 }
 
 /// The settings a request or a relay pass reads, as one immutable snapshot.
@@ -101,6 +104,10 @@ pub async fn run(
     let Listeners { ingest: listener, admin: admin_listener } = listeners;
     let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(&config)?));
     let metrics = Arc::new(Metrics::new());
+    let tls = match &config.server.tls {
+        Some(tls) => Some(TlsState::load(tls, Arc::clone(&metrics))?),
+        None => None,
+    };
     let config_status = initial_status(&config);
     metrics.config_info.with_label_values(&[config.fingerprint.as_str()]).set(1);
     metrics.config_loaded.set((now_ms() / 1000) as i64);
@@ -163,10 +170,15 @@ pub async fn run(
             Arc::clone(&metrics),
             Arc::clone(&config_status),
         ));
-        spawn_reload_on_sighup(Arc::clone(&reloader), relay_cancel.clone())?;
+        spawn_reload_on_sighup(Arc::clone(&reloader), tls.clone(), relay_cancel.clone())?;
         if let Err(error) = reloader.watch(config.schemas.dir.clone(), relay_cancel.clone()) {
             tracing::warn!(%error, "cannot watch the config files; reload with SIGHUP");
         }
+    }
+    if let Some(tls) = &tls
+        && let Err(error) = tls.watch(relay_cancel.clone())
+    {
+        tracing::warn!(%error, "cannot watch the TLS files; reload them with SIGHUP");
     }
     telemetry::http::spawn_backlog_refresh(
         store.clone(),
@@ -178,10 +190,16 @@ pub async fn run(
     let router =
         ingest::router(ingest_state).merge(telemetry::http::router(probe, !metrics_on_admin));
     let addr = listener.local_addr()?;
+    let options = ServerOptions {
+        timeouts: config.server.timeouts,
+        max_connections: config.server.max_connections,
+        tls: tls.clone(),
+    };
     let server =
-        axum::serve(listener, router).with_graceful_shutdown(http_cancel.clone().cancelled_owned());
-    let mut server_task = tokio::spawn(async move { server.await });
-    tracing::info!(%addr, "accepting webhooks");
+        server::serve(listener, router, options, Arc::clone(&metrics), http_cancel.clone());
+    let mut server_task = tokio::spawn(server);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "accepting webhooks");
     // The store is open (any repair done) and every listener is bound: tell systemd.
     notify_systemd(&[
         sd_notify::NotifyState::Ready,
@@ -231,6 +249,7 @@ pub async fn run(
 /// which would end the process).
 fn spawn_reload_on_sighup(
     reloader: Arc<Reloader>,
+    tls: Option<Arc<TlsState>>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -244,7 +263,14 @@ fn spawn_reload_on_sighup(
                     }
                     // Blocking file reads and schema compilation: off the async workers.
                     let r = Arc::clone(&reloader);
-                    let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+                    let tls = tls.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let _ = r.reload();
+                        if let Some(tls) = tls {
+                            tls.reload();
+                        }
+                    })
+                    .await;
                 }
             }
         }

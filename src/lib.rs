@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod publish;
 pub mod relay;
 pub mod routing;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod validate;

@@ -17,7 +17,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 pub use load::{ConfigError, load, load_str};
-pub use reload::{ConfigStatus, Reloader, SharedStatus, initial_status};
+pub use reload::{ConfigStatus, Reloader, SharedStatus, initial_status, parent_dir, watch_paths};
 pub use secret::Secret;
 pub use units::HumanDuration;
 

@@ -72,6 +72,20 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
     vec![
         ("server.listen", c.server.listen.to_string()),
         ("server.shutdown_timeout", format!("{:?}", c.server.shutdown_timeout)),
+        // The certificate files' contents reload by themselves; their paths need a restart.
+        ("server.tls", format!("{:?}", c.server.tls)),
+        ("server.max_connections", c.server.max_connections.to_string()),
+        (
+            "server.timeouts",
+            format!(
+                "{:?}",
+                (
+                    c.server.timeouts.tls_handshake,
+                    c.server.timeouts.header_read,
+                    c.server.timeouts.idle
+                )
+            ),
+        ),
         ("store", format!("{:?}", c.store)),
         ("brokers", format!("{:?}", c.brokers)),
         ("admin", format!("{:?}", c.admin)),
@@ -166,55 +180,78 @@ impl Reloader {
         Ok((config.fingerprint, needs_restart))
     }
 
-    /// Reloads when the config file or a file in the schema directory changes. The parent
-    /// directories are watched, not the files: editors save by writing a new file and
-    /// renaming it over the old one, which a watch on the old file would miss.
+    /// Reloads when the config file or a file in the schema directory changes.
     pub fn watch(
         self: Arc<Self>,
         schema_dir: Option<PathBuf>,
         cancel: CancellationToken,
     ) -> notify::Result<()> {
-        let config_file = self.path.file_name().map(|n| n.to_owned());
-        let config_dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
+        let config_file = self.path.clone();
         let schema_dir_abs = schema_dir.as_ref().and_then(|d| std::fs::canonicalize(d).ok());
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let Ok(event) = event else { return };
-                let relevant = event.paths.iter().any(|p| {
-                    p.file_name() == config_file.as_deref()
-                        || schema_dir_abs.as_ref().is_some_and(|d| p.starts_with(d))
-                });
-                if relevant && !event.kind.is_access() {
-                    let _ = tx.send(());
-                }
-            })?;
-        watcher.watch(&config_dir, RecursiveMode::NonRecursive)?;
-        if let Some(dir) = &schema_dir {
-            watcher.watch(dir, RecursiveMode::NonRecursive)?;
+        let relevant = move |p: &Path| {
+            p.file_name() == config_file.file_name()
+                || schema_dir_abs.as_ref().is_some_and(|d| p.starts_with(d))
+        };
+        let mut dirs = vec![parent_dir(&self.path)];
+        dirs.extend(schema_dir);
+        watch_paths(dirs, relevant, cancel, move || {
+            let _ = self.reload();
+        })
+    }
+}
+
+/// The directory holding `file` (`.` for a bare file name).
+pub fn parent_dir(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Calls `action` (on a blocking thread) after a change to a path in `dirs` for which
+/// `relevant` holds, once the changes have been quiet for [`DEBOUNCE`]. The directories are
+/// watched, not the files: editors and config management save by writing a new file and
+/// renaming it over the old one (or swapping a symlink), which a watch on the old file would
+/// miss.
+pub fn watch_paths(
+    dirs: Vec<PathBuf>,
+    relevant: impl Fn(&Path) -> bool + Send + 'static,
+    cancel: CancellationToken,
+    action: impl Fn() + Send + Sync + 'static,
+) -> notify::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if !event.kind.is_access() && event.paths.iter().any(|p| relevant(p)) {
+            let _ = tx.send(());
         }
-        tokio::spawn(async move {
-            let _watcher = watcher; // lives as long as this task
+    })?;
+    let mut watched = Vec::new();
+    for dir in dirs {
+        if !watched.contains(&dir) {
+            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+            watched.push(dir);
+        }
+    }
+    let action = Arc::new(action);
+    tokio::spawn(async move {
+        let _watcher = watcher; // lives as long as this task
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = rx.recv() => if changed.is_none() { return },
+            }
+            // Wait for DEBOUNCE of quiet, so a save in several steps is one reload.
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    changed = rx.recv() => if changed.is_none() { return },
+                    _ = rx.recv() => continue,
+                    _ = tokio::time::sleep(DEBOUNCE) => break,
                 }
-                // Wait for DEBOUNCE of quiet, so a save in several steps is one reload.
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = rx.recv() => continue,
-                        _ = tokio::time::sleep(DEBOUNCE) => break,
-                    }
-                }
-                let reloader = Arc::clone(&self);
-                let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
             }
-        });
-        Ok(())
-    }
+            let action = Arc::clone(&action);
+            let _ = tokio::task::spawn_blocking(move || action()).await;
+        }
+    });
+    Ok(())
 }

@@ -62,12 +62,13 @@ pub struct TestApp {
     task: Option<JoinHandle<Result<(), orchestron::app::AppError>>>,
 }
 
-/// Config text for a test daemon: `extra` adds brokers, routes, schemas and so on. A line
-/// `sources:` in `extra` adds its (indented) sources next to `default`.
+/// Config text for a test daemon: `extra` adds brokers, routes, schemas and so on. A
+/// `sources:` or `server:` block in `extra` adds its (indented) lines to that section.
 pub fn config_text(store_dir: &Path, extra: &str) -> String {
-    let (sources, rest) = split_sources(extra);
+    let (sources, rest) = split_block(extra, "sources:");
+    let (server, rest) = split_block(&rest, "server:");
     format!(
-        "server:\n  listen: \"127.0.0.1:0\"\n  shutdown_timeout: 10s\n  max_body_bytes: 64KiB\n\
+        "server:\n  listen: \"127.0.0.1:0\"\n  shutdown_timeout: 10s\n  max_body_bytes: 64KiB\n{server}\
          store:\n  path: {}\n\
          sources:\n  default:\n    api_keys: [\"{API_KEY}\"]\n{sources}\
          admin:\n  listen: \"127.0.0.1:0\"\n  token: \"{ADMIN_TOKEN}\"\n{rest}",
@@ -75,12 +76,12 @@ pub fn config_text(store_dir: &Path, extra: &str) -> String {
     )
 }
 
-/// Takes a `sources:` block (the line and the indented lines after it) out of `extra`.
-fn split_sources(extra: &str) -> (String, String) {
+/// Takes the block under the top-level line `key` (its indented lines) out of `extra`.
+fn split_block(extra: &str, key: &str) -> (String, String) {
     let (mut sources, mut rest) = (String::new(), String::new());
     let mut inside = false;
     for line in extra.lines() {
-        if line == "sources:" {
+        if line == key {
             inside = true;
             continue;
         }

@@ -17,3 +17,4 @@ mod rabbitmq;
 mod reload;
 mod sources;
 mod systemd;
+mod tls;

@@ -1,0 +1,250 @@
+//! The ingest listener's HTTP server: our own accept loop over hyper, so that every
+//! connection has limits a public edge needs and `axum::serve` does not set.
+//!
+//! - At most `server.max_connections` connections are served at once; more wait in the
+//!   kernel's accept queue, so a flood of idle sockets cannot exhaust file descriptors.
+//! - TLS handshakes must finish within `timeouts.tls_handshake`.
+//! - HTTP/1 request headers must arrive within `timeouts.header_read` (hyper's timer-driven
+//!   header timeout, which also bounds a keep-alive connection waiting for its next request).
+//!   A slowloris client trickling one header byte every few seconds is cut off then.
+//! - Bodies must arrive within `timeouts.body_read` (enforced by the ingest handler).
+//! - A connection with no bytes read or written for `timeouts.idle` is closed gracefully
+//!   (this also covers idle HTTP/2 connections).
+//! - On shutdown every connection is closed gracefully: requests in flight get their answer.
+
+pub mod tls;
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::TimeoutsConfig;
+use crate::telemetry::metrics::Metrics;
+use tls::TlsState;
+
+/// How the listener treats connections.
+#[derive(Clone)]
+pub struct ServerOptions {
+    pub timeouts: TimeoutsConfig,
+    pub max_connections: usize,
+    pub tls: Option<Arc<TlsState>>,
+}
+
+/// Serves `router` on `listener` until `shutdown`, then closes every connection gracefully
+/// and returns once they are all gone (the caller bounds this with its shutdown deadline).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    options: ServerOptions,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        metrics.connections_total.inc();
+        let connection = Connection {
+            router: router.clone(),
+            options: options.clone(),
+            metrics: Arc::clone(&metrics),
+            shutdown: shutdown.clone(),
+        };
+        connections.spawn(async move {
+            let _slot = slot;
+            connection.run(stream).await;
+        });
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+struct Connection {
+    router: Router,
+    options: ServerOptions,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn run(self, stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        self.metrics.connections_open.inc();
+        let activity = Arc::new(Activity::new());
+        let stream = Tracked { inner: stream, activity: Arc::clone(&activity) };
+        match self.options.tls.clone() {
+            None => self.drive(stream, &activity).await,
+            Some(tls) => {
+                let handshake = tls.acceptor().accept(stream);
+                match tokio::time::timeout(self.options.timeouts.tls_handshake.get(), handshake)
+                    .await
+                {
+                    Ok(Ok(stream)) => self.drive(stream, &activity).await,
+                    Ok(Err(error)) => {
+                        self.metrics.tls_handshake_failures.with_label_values(&["error"]).inc();
+                        tracing::debug!(%error, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        self.metrics.tls_handshake_failures.with_label_values(&["timeout"]).inc();
+                    }
+                }
+            }
+        }
+        self.metrics.connections_open.dec();
+    }
+
+    async fn drive<IO>(&self, io: IO, activity: &Activity)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let timeouts = &self.options.timeouts;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.header_read.get())
+            .keep_alive(true);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+        let service = TowerToHyperService::new(self.router.clone());
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let idle = timeouts.idle.get();
+        let check_every = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        // Once closing, requests in flight get this long to finish before the socket is dropped.
+        let mut closing_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.shutdown.cancelled(), if closing_since.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    closing_since = Some(Instant::now());
+                }
+                _ = tokio::time::sleep(check_every) => {
+                    match closing_since {
+                        None if activity.idle_for() >= idle => {
+                            conn.as_mut().graceful_shutdown();
+                            closing_since = Some(Instant::now());
+                        }
+                        Some(since) if since.elapsed() >= timeouts.body_read.get() => return,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// A socket that records when bytes last moved through it (TLS records included).
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
