@@ -116,7 +116,12 @@ impl TestApp {
             addr,
             admin_addr,
             dir,
-            client: reqwest::Client::new(),
+            // Below the daemon's keep-alive limit (header_read, 10 s by default), so the client
+            // never reuses a connection the daemon is closing (see docs/security.md).
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
             shutdown: Some(tx),
             task: Some(task),
         }

@@ -11,6 +11,7 @@ mod dlq;
 mod helpers;
 mod ingest;
 mod kafka;
+mod limits;
 mod observability;
 mod openapi;
 mod rabbitmq;
