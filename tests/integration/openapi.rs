@@ -45,6 +45,7 @@ struct Case {
     auth: Auth,
     content_type: Option<&'static str>,
     body: Option<String>,
+    headers: Vec<(&'static str, &'static str)>,
 }
 
 #[derive(Clone, Copy)]
@@ -55,13 +56,26 @@ enum Auth {
 }
 
 fn case(method: Method, template: &'static str, path: impl Into<String>, auth: Auth) -> Case {
-    Case { method, template, path: path.into(), auth, content_type: None, body: None }
+    Case {
+        method,
+        template,
+        path: path.into(),
+        auth,
+        content_type: None,
+        body: None,
+        headers: Vec::new(),
+    }
 }
 
 impl Case {
     fn json(mut self, body: impl Into<String>) -> Self {
         self.content_type = Some("application/json");
         self.body = Some(body.into());
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
         self
     }
 
@@ -85,6 +99,9 @@ async fn call(
         Auth::None => {}
         Auth::ApiKey => request = request.header("X-API-Key", API_KEY),
         Auth::Admin => request = request.bearer_auth(ADMIN_TOKEN),
+    }
+    for (name, value) in &c.headers {
+        request = request.header(*name, *value);
     }
     if let (Some(ct), Some(body)) = (c.content_type, &c.body) {
         request = request.header("Content-Type", ct).body(body.clone());
@@ -151,6 +168,8 @@ async fn every_documented_operation_answers_as_documented() {
         "brokers:\n  rabbitmq:\n    url: \"{AMQP_URL}\"\n    declare:\n      exchanges: [ {{ name: {nowhere} }} ]\n\
          schemas:\n  dir: {}\n\
          relay:\n  max_attempts: 1\n\
+         sources:\n  shop:\n    api_keys: [\"{API_KEY}\"]\n    event_type: {{ header: x-shop-topic }}\n\
+         \x20   rate_limit: {{ per_second: 1, burst: 4 }}\n\
          default_route:\n  to: [ {{ rabbitmq: {{ exchange: {nowhere}, routing_key: x }} }} ]\n",
         schemas.path().display()
     );
@@ -170,6 +189,8 @@ async fn every_documented_operation_answers_as_documented() {
         post(Auth::ApiKey).json("[1, 2]"),
         post(Auth::ApiKey).json(format!("{{\"pad\": \"{}\"}}", "x".repeat(100_000))),
         post(Auth::ApiKey).json(r#"{"no_order_id": true}"#),
+        post(Auth::ApiKey).json(r#"{"order_id": 2}"#).header("idempotency-key", "k-1"),
+        post(Auth::ApiKey).json(r#"{"order_id": 2}"#).header("idempotency-key", "k-1"),
         case(Method::GET, "/health", "/health", Auth::None),
         case(Method::GET, "/ready", "/ready", Auth::None),
         case(Method::GET, "/metrics", "/metrics", Auth::None),
@@ -177,6 +198,28 @@ async fn every_documented_operation_answers_as_documented() {
     for c in &ingest {
         call(&app, &spec, c, &mut seen).await;
     }
+    const HOOKS: &str = "/hooks/{source}";
+    let hook = |auth| case(Method::POST, HOOKS, "/hooks/shop", auth);
+    let hooks = [
+        hook(Auth::ApiKey).json(r#"{"order_id": 3}"#).header("x-shop-topic", "order.created"),
+        hook(Auth::ApiKey).json(r#"{"order_id": 3}"#),
+        hook(Auth::None).json(r#"{"order_id": 3}"#).header("x-shop-topic", "order.created"),
+        case(Method::POST, HOOKS, "/hooks/nope", Auth::ApiKey).json("{}"),
+        hook(Auth::ApiKey)
+            .json(r#"{"order_id": 4}"#)
+            .header("x-shop-topic", "order.created")
+            .header("idempotency-key", "shop-1"),
+        hook(Auth::ApiKey)
+            .json(r#"{"order_id": 4}"#)
+            .header("x-shop-topic", "order.created")
+            .header("idempotency-key", "shop-1"),
+        // The fifth request with this key that passed the key check: over its burst of 4.
+        hook(Auth::ApiKey).json("{}").header("x-shop-topic", "order.created"),
+    ];
+    for c in &hooks {
+        call(&app, &spec, c, &mut seen).await;
+    }
+    assert!(seen.contains(&(HOOKS.to_owned(), "post".to_owned(), 429)), "{seen:?}");
     // That accepted event reaches no queue: with one attempt it is dead-lettered at once.
     let id = wait_dlq(&app, 1).await[0]["event_id"].as_str().unwrap().to_owned();
     let unknown = uuid::Uuid::now_v7().to_string();
