@@ -31,6 +31,9 @@ enum Command {
         #[arg(long, short, default_value = "/etc/orchestron/config.yaml")]
         config: PathBuf,
     },
+    /// Print the `sha256:` form of an API key read from stdin, for `sources.*.api_keys`, so
+    /// the config file holds no plaintext key.
+    HashKey,
     /// Inspect, replay and purge the dead-letter queue.
     Dlq {
         #[command(flatten)]
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Serve { config } => serve(&config, args.log_format),
         Command::CheckConfig { config } => check_config(&config),
+        Command::HashKey => hash_key(),
         Command::Dlq { connection, command } => {
             operator(async move { cli::dlq(&connection, &command).await })
         }
@@ -85,7 +89,21 @@ fn operator(
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = orchestron::config::load(path)?;
     let live = orchestron::app::LiveConfig::build(&config)?;
+    if let Some(tls) = &config.server.tls {
+        let metrics = std::sync::Arc::new(orchestron::telemetry::metrics::Metrics::new());
+        orchestron::server::tls::TlsState::load(tls, metrics)?;
+    }
     println!("{}: OK ({} schemas)", path.display(), live.schemas.len());
+    Ok(())
+}
+
+/// Reads one key from stdin (a trailing newline is not part of it) and prints its hash.
+fn hash_key() -> anyhow::Result<()> {
+    let mut key = String::new();
+    std::io::stdin().read_line(&mut key)?;
+    let key = key.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!key.is_empty(), "no key on stdin");
+    println!("{}", orchestron::ingest::auth::hash_key(key));
     Ok(())
 }
 

@@ -148,7 +148,10 @@ impl Source {
                 .ok_or_else(|| invalid(format!("no string at {p} in the body")))?,
             None => return Err(invalid("the source names no event type".into())),
         };
-        EventType::parse(text).map_err(|e| invalid(e.to_string()))
+        // Senders name topics with slashes (Shopify's `orders/create`); a type becomes a
+        // file name and a routing key, where `/` cannot go: it becomes `.`.
+        let text = text.replace('/', ".");
+        EventType::parse(&text).map_err(|e| invalid(e.to_string()))
     }
 
     /// The request's idempotency key, if it carries one.
@@ -201,5 +204,54 @@ fn limiter(r: RateLimitConfig) -> DefaultDirectRateLimiter {
 impl From<SignatureError> for IngestError {
     fn from(e: SignatureError) -> Self {
         IngestError::Signature(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+    use serde_json::json;
+
+    fn source(config: serde_json::Value) -> Source {
+        let config: SourceConfig = serde_json::from_value(config).unwrap();
+        Source::from_config("s", &config, 1024).unwrap()
+    }
+
+    #[test]
+    fn event_types_come_from_a_header_a_pointer_or_a_fixed_name() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-shopify-topic", HeaderValue::from_static("orders/create"));
+        let body = json!({ "type": "invoice.paid", "n": 1 });
+        let by_header =
+            source(json!({ "api_keys": ["k"], "event_type": { "header": "X-Shopify-Topic" } }));
+        assert_eq!(by_header.event_type(&headers, &body).unwrap().as_str(), "orders.create");
+        let by_pointer = source(json!({ "api_keys": ["k"], "event_type": { "pointer": "/type" } }));
+        assert_eq!(by_pointer.event_type(&headers, &body).unwrap().as_str(), "invoice.paid");
+        let fixed = source(json!({ "api_keys": ["k"], "event_type": { "fixed": "a.b" } }));
+        assert_eq!(fixed.event_type(&headers, &body).unwrap().as_str(), "a.b");
+        let missing = source(json!({ "api_keys": ["k"], "event_type": { "pointer": "/n" } }));
+        assert!(missing.event_type(&headers, &body).is_err(), "not a string");
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded_and_default_per_scheme() {
+        let body = json!({ "id": "evt_1", "big": 7 });
+        let mut headers = HeaderMap::new();
+        let generic = source(json!({ "api_keys": ["k"], "event_type": { "fixed": "t" } }));
+        assert_eq!(generic.idempotency_key(&headers, &body).unwrap(), None);
+        headers.insert("idempotency-key", HeaderValue::from_static("abc"));
+        assert_eq!(generic.idempotency_key(&headers, &body).unwrap().as_deref(), Some("abc"));
+        headers.insert("idempotency-key", HeaderValue::from_str(&"x".repeat(256)).unwrap());
+        assert!(generic.idempotency_key(&headers, &body).is_err());
+        let stripe = source(json!({
+            "verify": { "scheme": "stripe", "secret": "s" },
+            "event_type": { "pointer": "/type" }
+        }));
+        assert_eq!(stripe.idempotency_key(&headers, &body).unwrap().as_deref(), Some("evt_1"));
+        let numeric = source(json!({
+            "api_keys": ["k"], "event_type": { "fixed": "t" }, "idempotency_key": { "pointer": "/big" }
+        }));
+        assert_eq!(numeric.idempotency_key(&headers, &body).unwrap().as_deref(), Some("7"));
     }
 }

@@ -18,6 +18,75 @@ fn every_file_in_config_dir_loads_and_builds() {
     assert!(checked >= 1, "config/ holds at least the bundled config");
 }
 
+/// Every example in `config/examples/` passes `check-config`, given the secrets it names in
+/// the environment and (for TLS) a certificate made here.
+#[test]
+fn every_example_passes_check_config() {
+    let tls = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(tls.path().join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(tls.path().join("key.pem"), key.serialize_pem()).unwrap();
+    let secrets = [
+        "ORCHESTRON_API_KEY",
+        "GITHUB_WEBHOOK_SECRET",
+        "STRIPE_WEBHOOK_SECRET",
+        "STRIPE_WEBHOOK_SECRET_PREVIOUS",
+        "SHOPIFY_WEBHOOK_SECRET",
+        "SLACK_SIGNING_SECRET",
+        "INHOUSE_SECRET",
+    ];
+    let mut checked = 0;
+    for entry in std::fs::read_dir("config/examples").unwrap() {
+        let path = entry.unwrap().path();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_orchestron"));
+        command.args(["check-config", "--config"]).arg(&path);
+        for name in secrets {
+            command.env(name, format!("{name}-value"));
+        }
+        // Standard Webhooks secrets are base64.
+        command.env("BILLING_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        command
+            .env("ORCHESTRON_SERVER__TLS__CERT", tls.path().join("cert.pem"))
+            .env("ORCHESTRON_SERVER__TLS__KEY", tls.path().join("key.pem"))
+            .env("ORCHESTRON_SERVER__TLS__CLIENT_CA", tls.path().join("cert.pem"));
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "{checked} examples");
+}
+
+#[test]
+fn hash_key_prints_the_form_api_keys_accept() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestron"))
+        .arg("hash-key")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"example-key\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    // The same value as `printf %s example-key | sha256sum`, as the example config uses.
+    assert_eq!(
+        printed.trim(),
+        "sha256:c018c41c1afaf2c0b66c64f97d0ee135657b699ad260f299234cd40a5d625e0e"
+    );
+    let example = std::fs::read_to_string("config/examples/sources.yaml").unwrap();
+    assert!(example.contains(printed.trim()));
+}
+
 #[test]
 fn check_config_exits_zero_on_good_and_nonzero_with_the_key_on_bad() {
     let bin = env!("CARGO_BIN_EXE_orchestron");
