@@ -299,6 +299,10 @@ pub struct SourceConfig {
     /// Request headers stored with the event and published with it as metadata.
     #[serde(default)]
     pub keep_headers: Vec<String>,
+    /// mTLS: accept only clients whose certificate subject carries every attribute of one of
+    /// these (`CN=billing` or `CN=billing,O=Acme`). Needs `server.tls.client_ca`.
+    #[serde(default)]
+    pub client_subjects: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -630,6 +634,11 @@ impl SourceConfig {
                 ));
             }
         }
+        for subject in &self.client_subjects {
+            if let Err(e) = crate::server::client_cert::SubjectPattern::parse(subject) {
+                problems.push(format!("{at}.client_subjects: {e}"));
+            }
+        }
         if self.max_body_bytes.is_some_and(|b| b.as_u64() == 0) {
             problems.push(format!("{at}.max_body_bytes: must be at least 1 byte"));
         }
@@ -654,6 +663,12 @@ impl Config {
         }
         for (name, source) in &self.sources {
             source.check(name, &mut problems);
+            let has_client_ca = self.server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            if !source.client_subjects.is_empty() && !has_client_ca {
+                problems.push(format!(
+                    "sources.{name}.client_subjects: needs server.tls.client_ca (client certificates)"
+                ));
+            }
         }
         if self.relay.batch_size == 0 {
             problems.push("relay.batch_size: must be at least 1".to_owned());

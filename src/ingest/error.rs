@@ -20,6 +20,10 @@ pub enum IngestError {
     Signature(SignatureError),
     #[error("no such source")]
     UnknownSource,
+    #[error("this source needs a client certificate")]
+    ClientCertificateRequired,
+    #[error("this source does not accept the client certificate presented")]
+    ClientCertificateRefused,
     #[error("rate limit exceeded for this source; retry later")]
     RateLimited { retry_after: Duration },
     #[error("idempotency key must be 1 to 255 visible ASCII characters")]
@@ -51,6 +55,8 @@ impl IngestError {
         match self {
             IngestError::Unauthorized | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
             IngestError::UnknownSource => StatusCode::NOT_FOUND,
+            IngestError::ClientCertificateRequired => StatusCode::UNAUTHORIZED,
+            IngestError::ClientCertificateRefused => StatusCode::FORBIDDEN,
             IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngestError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IngestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -73,6 +79,8 @@ impl IngestError {
             IngestError::Unauthorized => "unauthorized",
             IngestError::Signature(_) => "invalid_signature",
             IngestError::UnknownSource => "unknown_source",
+            IngestError::ClientCertificateRequired => "client_certificate_required",
+            IngestError::ClientCertificateRefused => "client_certificate_refused",
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::InvalidIdempotencyKey => "invalid_idempotency_key",
             IngestError::BodyTimeout => "body_timeout",
@@ -95,6 +103,9 @@ impl IngestError {
             IngestError::Unauthorized => "auth",
             IngestError::Signature(_) => "signature",
             IngestError::UnknownSource => "unknown_source",
+            IngestError::ClientCertificateRequired | IngestError::ClientCertificateRefused => {
+                "client_certificate"
+            }
             IngestError::RateLimited { .. } => "rate_limited",
             IngestError::BodyTimeout => "timeout",
             IngestError::UnsupportedMediaType => "media_type",

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
@@ -34,6 +35,7 @@ pub use source::{Source, Sources};
 use crate::app::LiveConfig;
 use crate::event::{EventId, EventType, ValidatedEvent, now_ms};
 use crate::routing::Body as EventBody;
+use crate::server::client_cert::ClientSubject;
 use crate::store::{Appended, IdempotencyKey, Store, StoreError};
 use crate::telemetry::metrics::{Metrics, status_class};
 
@@ -92,26 +94,37 @@ enum TypeFrom {
     Source,
 }
 
+/// What a request brings besides its path: headers, the mTLS client subject, the body.
+struct Incoming {
+    headers: HeaderMap,
+    client: Option<ClientSubject>,
+    body: Body,
+}
+
 async fn generic_event(
     State(state): State<IngestState>,
     Path(event_type): Path<String>,
+    client: Option<Extension<ClientSubject>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let live = state.live.load_full();
     let source = live.sources.generic().cloned();
-    respond(&state, &live, source, TypeFrom::Path(event_type), headers, body).await
+    let request = Incoming { headers, client: client.map(|c| c.0), body };
+    respond(&state, &live, source, TypeFrom::Path(event_type), request).await
 }
 
 async fn hook_event(
     State(state): State<IngestState>,
     Path(name): Path<String>,
+    client: Option<Extension<ClientSubject>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let live = state.live.load_full();
     let source = live.sources.hook(&name).cloned();
-    respond(&state, &live, source, TypeFrom::Source, headers, body).await
+    let request = Incoming { headers, client: client.map(|c| c.0), body };
+    respond(&state, &live, source, TypeFrom::Source, request).await
 }
 
 /// Runs [`accept`] and turns its result into the answer, the metrics and the log line.
@@ -120,14 +133,13 @@ async fn respond(
     live: &LiveConfig,
     source: Option<Arc<Source>>,
     type_from: TypeFrom,
-    headers: HeaderMap,
-    body: Body,
+    request: Incoming,
 ) -> Response {
     let started = std::time::Instant::now();
     // Unknown names are counted under one label: metric labels never come from senders.
     let label = source.as_ref().map_or("unknown", |s| s.name.as_str()).to_owned();
     let result = match &source {
-        Some(source) => accept(state, live, source, type_from, &headers, body).await,
+        Some(source) => accept(state, live, source, type_from, request).await,
         None => Err(IngestError::UnknownSource),
     };
     let m = &state.metrics;
@@ -174,9 +186,11 @@ async fn accept(
     live: &LiveConfig,
     source: &Source,
     type_from: TypeFrom,
-    headers: &HeaderMap,
-    body: Body,
+    request: Incoming,
 ) -> Result<(Appended, usize), IngestError> {
+    let Incoming { headers, client, body } = request;
+    let headers = &headers;
+    source.check_client(client.as_ref())?;
     // API keys are checked before the body is read; signatures need the body.
     let credential = source.check_key(headers)?;
     if source.uses_api_keys() {

@@ -16,6 +16,7 @@ use crate::config::{
     Config, DEFAULT_SOURCE, EventTypeFrom, RateLimitConfig, SourceConfig, ValueFrom,
 };
 use crate::event::{EventType, SourceName, now_ms};
+use crate::server::client_cert::{ClientSubject, SubjectPattern};
 
 /// Longest idempotency key kept; longer ones are refused rather than truncated.
 const MAX_KEY_LEN: usize = 255;
@@ -58,6 +59,8 @@ pub struct Source {
     /// One per API key, or one for the source; empty without `rate_limit`.
     limiters: Vec<DefaultDirectRateLimiter>,
     pub keep_headers: Vec<HeaderName>,
+    /// Empty: any client (certificate or not) may send.
+    client_subjects: Vec<SubjectPattern>,
 }
 
 enum Auth {
@@ -98,12 +101,29 @@ impl Source {
             max_body_bytes: c.max_body_bytes.map_or(server_limit, |b| b.as_u64()),
             limiters: limiters.unwrap_or_default(),
             keep_headers,
+            client_subjects: c
+                .client_subjects
+                .iter()
+                .map(|p| SubjectPattern::parse(p))
+                .collect::<Result<_, _>>()?,
         })
     }
 
     /// True when the source is checked by API key, before its body is read.
     pub fn uses_api_keys(&self) -> bool {
         matches!(self.auth, Auth::ApiKeys(_))
+    }
+
+    /// Sources with `client_subjects`: the connection's client certificate must match one.
+    pub fn check_client(&self, subject: Option<&ClientSubject>) -> Result<(), IngestError> {
+        if self.client_subjects.is_empty() {
+            return Ok(());
+        }
+        match subject {
+            None => Err(IngestError::ClientCertificateRequired),
+            Some(s) if self.client_subjects.iter().any(|p| s.matches(p)) => Ok(()),
+            Some(_) => Err(IngestError::ClientCertificateRefused),
+        }
     }
 
     /// API-key sources: checks `X-API-Key`.

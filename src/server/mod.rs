@@ -12,6 +12,7 @@
 //!   (this also covers idle HTTP/2 connections).
 //! - On shutdown every connection is closed gracefully: requests in flight get their answer.
 
+pub mod client_cert;
 pub mod tls;
 
 use std::io;
@@ -22,18 +23,21 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::config::TimeoutsConfig;
 use crate::telemetry::metrics::Metrics;
+use client_cert::ClientSubject;
 use tls::TlsState;
 
 /// How the listener treats connections.
@@ -103,13 +107,22 @@ impl Connection {
         let activity = Arc::new(Activity::new());
         let stream = Tracked { inner: stream, activity: Arc::clone(&activity) };
         match self.options.tls.clone() {
-            None => self.drive(stream, &activity).await,
+            None => self.drive(stream, &activity, None).await,
             Some(tls) => {
                 let handshake = tls.acceptor().accept(stream);
                 match tokio::time::timeout(self.options.timeouts.tls_handshake.get(), handshake)
                     .await
                 {
-                    Ok(Ok(stream)) => self.drive(stream, &activity).await,
+                    Ok(Ok(stream)) => {
+                        // mTLS: the (verified) client certificate's subject, for the handlers.
+                        let subject = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|leaf| ClientSubject::from_der(leaf));
+                        self.drive(stream, &activity, subject).await
+                    }
                     Ok(Err(error)) => {
                         self.metrics.tls_handshake_failures.with_label_values(&["error"]).inc();
                         tracing::debug!(%error, "TLS handshake failed");
@@ -123,7 +136,7 @@ impl Connection {
         self.metrics.connections_open.dec();
     }
 
-    async fn drive<IO>(&self, io: IO, activity: &Activity)
+    async fn drive<IO>(&self, io: IO, activity: &Activity, subject: Option<ClientSubject>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -135,7 +148,13 @@ impl Connection {
             .header_read_timeout(timeouts.header_read.get())
             .keep_alive(true);
         builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
-        let service = TowerToHyperService::new(self.router.clone());
+        let router = self.router.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            if let Some(subject) = &subject {
+                request.extensions_mut().insert(subject.clone());
+            }
+            router.clone().oneshot(request)
+        });
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let idle = timeouts.idle.get();

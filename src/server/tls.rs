@@ -16,6 +16,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
+use super::client_cert::not_after;
 use crate::config::{TlsConfig, TlsVersion, parent_dir, watch_paths};
 use crate::telemetry::metrics::Metrics;
 
@@ -37,7 +38,8 @@ pub struct TlsState {
 impl TlsState {
     /// Loads the files; an error here stops the daemon from starting.
     pub fn load(config: &TlsConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, TlsError> {
-        let server = build(config)?;
+        let (server, expires) = build(config)?;
+        metrics.set_tls_cert_expiry(expires);
         Ok(Arc::new(Self {
             config: config.clone(),
             current: ArcSwap::from_pointee(server),
@@ -53,8 +55,9 @@ impl TlsState {
     /// Loads the files again; keeps the running pair if they do not load.
     pub fn reload(&self) {
         match build(&self.config) {
-            Ok(server) => {
+            Ok((server, expires)) => {
                 self.current.store(Arc::new(server));
+                self.metrics.set_tls_cert_expiry(expires);
                 self.metrics.tls_reloads.with_label_values(&["success"]).inc();
                 tracing::info!(cert = %self.config.cert.display(), "TLS certificate reloaded");
             }
@@ -89,7 +92,8 @@ impl TlsState {
     }
 }
 
-fn build(config: &TlsConfig) -> Result<ServerConfig, TlsError> {
+/// The server settings and the certificate's expiry (seconds since the epoch).
+fn build(config: &TlsConfig) -> Result<(ServerConfig, i64), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let versions: &[&rustls::SupportedProtocolVersion] = match config.min_version {
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -111,10 +115,12 @@ fn build(config: &TlsConfig) -> Result<ServerConfig, TlsError> {
         }
     };
     let chain = read_certs(&config.cert)?;
+    let expires = not_after(&chain[0])
+        .ok_or_else(|| file_error(&config.cert, "the first certificate cannot be parsed"))?;
     let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| file_error(&config.key, e))?;
     let mut server = builder.with_single_cert(chain, key)?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(server)
+    Ok((server, expires))
 }
 
 fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {

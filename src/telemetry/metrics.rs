@@ -26,6 +26,9 @@ pub struct Metrics {
     pub connections_total: IntCounter,
     pub tls_handshake_failures: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    /// Registered on first use: absent (not 0) on a daemon without TLS.
+    tls_cert_expiry: IntGauge,
+    tls_cert_expiry_registered: std::sync::Once,
     pub store_batch_events: Histogram,
     pub store_commit_seconds: Histogram,
     pub store_commit_failures: IntCounter,
@@ -72,6 +75,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records the serving certificate's expiry (and from then on exports the gauge).
+    pub fn set_tls_cert_expiry(&self, unix_seconds: i64) {
+        self.tls_cert_expiry_registered.call_once(|| {
+            let gauge = Box::new(self.tls_cert_expiry.clone());
+            self.registry.register(gauge).expect("metric names are unique");
+        });
+        self.tls_cert_expiry.set(unix_seconds);
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         macro_rules! reg {
@@ -145,6 +157,12 @@ impl Metrics {
                 ),
                 &["result"]
             )),
+            tls_cert_expiry: IntGauge::with_opts(opts(
+                "tls_cert_expiry_timestamp_seconds",
+                "When the ingest listener's TLS certificate expires (Unix time); absent without TLS."
+            ))
+            .expect("metric definitions are valid"),
+            tls_cert_expiry_registered: std::sync::Once::new(),
             store_batch_events: reg!(Histogram::with_opts(hopts(
                 "store_append_batch_events",
                 "Events per durable group commit (events per fsync).",

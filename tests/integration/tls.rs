@@ -38,6 +38,17 @@ impl TestCa {
         self.issuer.pem()
     }
 
+    /// A client certificate with subject `CN=name, O=org`.
+    fn leaf_in_org(&self, name: &str, org: &str) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.distinguished_name.push(DnType::OrganizationName, org);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf { cert: format!("{}{}", cert.pem(), self.issuer.pem()), key: key.serialize_pem() }
+    }
+
     fn leaf(&self, alg: &'static SignatureAlgorithm, name: &str, client: bool) -> Leaf {
         let names =
             if client { vec![] } else { vec!["localhost".to_owned(), "127.0.0.1".to_owned()] };
@@ -200,38 +211,75 @@ async fn min_version_1_3_refuses_tls_1_2() {
 async fn with_a_client_ca_only_clients_with_a_certificate_it_signed_get_in() {
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
-    install(dir.path(), &ca.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "server", false));
+    let server = ca.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "server", false);
+    install(dir.path(), &server);
     std::fs::write(dir.path().join("clients.pem"), ca.pem()).unwrap();
-    let extra = format!("    client_ca: {}\n{EVENTS}", dir.path().join("clients.pem").display());
+    let extra = format!(
+        "    client_ca: {}\n{EVENTS}\
+         sources:\n  partner:\n    api_keys: [\"{API_KEY}\"]\n    event_type: {{ fixed: p.t }}\n\
+         \x20   client_subjects: [\"CN=sender,O=Partner\"]\n",
+        dir.path().join("clients.pem").display()
+    );
     let app = TestApp::spawn(&tls_config(dir.path(), &extra)).await;
 
     let anonymous = client(&ca.pem(), reqwest::Client::builder());
     assert!(post(&anonymous, &app).await.is_err(), "no client certificate: no handshake");
 
-    let other_ca = TestCa::new();
-    for (issuer, ok) in [(&ca, true), (&other_ca, false)] {
-        let leaf = issuer.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "sender", true);
-        let identity =
-            reqwest::Identity::from_pem(format!("{}{}", leaf.cert, leaf.key).as_bytes()).unwrap();
-        let with_cert = client(&ca.pem(), reqwest::Client::builder().identity(identity));
-        let result = post(&with_cert, &app).await;
-        if ok {
-            assert_eq!(result.unwrap().status(), 202);
-        } else {
-            assert!(result.is_err(), "a certificate from another CA is refused");
+    let with_identity = |issuer: &TestCa, name: &str, org: &str| {
+        let mut leaf = issuer.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, name, true);
+        if !org.is_empty() {
+            leaf = issuer.leaf_in_org(name, org);
         }
-    }
-    let metrics = reqwest::Client::new().get(format!("http://{}/metrics", app.admin_addr));
-    let text = metrics
+        let identity = reqwest::Identity::from_pem(format!("{}{}", leaf.cert, leaf.key).as_bytes());
+        client(&ca.pem(), reqwest::Client::builder().identity(identity.unwrap()))
+    };
+    let other_ca = TestCa::new();
+    assert!(
+        post(&with_identity(&other_ca, "sender", ""), &app).await.is_err(),
+        "another CA's cert"
+    );
+    assert_eq!(post(&with_identity(&ca, "anyone", ""), &app).await.unwrap().status(), 202);
+
+    // The partner source also wants the subject CN=sender, O=Partner.
+    let to_partner = |c: reqwest::Client| {
+        let url = format!("https://127.0.0.1:{}/hooks/partner", app.addr.port());
+        async move {
+            let r =
+                c.post(url).header("x-api-key", API_KEY).header("content-type", "application/json");
+            r.body("{}").send().await.unwrap()
+        }
+    };
+    let allowed = to_partner(with_identity(&ca, "sender", "Partner")).await;
+    assert_eq!(allowed.status(), 202);
+    let refused = to_partner(with_identity(&ca, "sender", "Elsewhere")).await;
+    assert_eq!(refused.status(), 403);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "client_certificate_refused");
+
+    let text = admin_metrics(&app).await;
+    assert!(text.contains("orchestron_tls_handshake_failures_total{reason=\"error\"}"), "{text}");
+    let expiry: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("orchestron_tls_cert_expiry_timestamp_seconds "))
+        .expect("the expiry gauge")
+        .parse()
+        .unwrap();
+    let der = first_der(&server.cert);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).unwrap();
+    assert_eq!(expiry, parsed.validity().not_after.timestamp());
+    app.stop().await;
+}
+
+async fn admin_metrics(app: &TestApp) -> String {
+    reqwest::Client::new()
+        .get(format!("http://{}/metrics", app.admin_addr))
         .bearer_auth(crate::helpers::ADMIN_TOKEN)
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
-    assert!(text.contains("orchestron_tls_handshake_failures_total{reason=\"error\"}"), "{text}");
-    app.stop().await;
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -295,15 +343,7 @@ async fn certificates_rotate_under_load_without_a_failed_request_and_bad_pairs_a
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     assert_eq!(failed, 0, "{ok} requests succeeded");
     assert!(ok > 50, "the load ran: {ok} requests");
-    let metrics = reqwest::Client::new()
-        .get(format!("http://{}/metrics", app.admin_addr))
-        .bearer_auth(crate::helpers::ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = admin_metrics(&app).await;
     assert!(metrics.contains("orchestron_tls_cert_reloads_total{result=\"failure\"}"), "{metrics}");
     assert!(metrics.contains("orchestron_tls_cert_reloads_total{result=\"success\"}"));
     Arc::try_unwrap(app).ok().expect("load tasks ended").stop().await;
