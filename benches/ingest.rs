@@ -10,7 +10,8 @@
 //! * `validate-only`: the real ingest router with the store replaced by nothing;
 //! * `one-commit`: the real router and store with `commit_batch_max: 1` (one fsync per event);
 //! * `group-commit`: the real router and store as shipped;
-//! * `daemon`: the release binary itself, broker unreachable, so events stay in the outbox.
+//! * `daemon`: the release binary itself, broker unreachable, so events stay in the outbox;
+//! * `daemon-tls`: the same over HTTPS (TLS 1.3, ECDSA P-256 certificate, keep-alive).
 //!
 //! `wrk` POSTs `benches/post.lua`'s ~1 KiB body that `config/schemas/order.created.json`
 //! validates, from the same 2-core machine.
@@ -57,9 +58,35 @@ impl EventSink for Discard {
 }
 
 fn bench_config(dir: &Path, port: u16, commit_batch_max: usize) -> (PathBuf, Config) {
+    bench_config_with(dir, port, commit_batch_max, "")
+}
+
+/// The bench config with HTTPS: a self-signed ECDSA certificate made for this run.
+fn bench_config_tls(dir: &Path, port: u16) -> (PathBuf, Config) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let tls = format!(
+        ", tls: {{ cert: {}, key: {} }}",
+        dir.join("cert.pem").display(),
+        dir.join("key.pem").display()
+    );
+    bench_config_with(dir, port, 1024, &tls)
+}
+
+fn bench_config_with(
+    dir: &Path,
+    port: u16,
+    commit_batch_max: usize,
+    server_extra: &str,
+) -> (PathBuf, Config) {
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/schemas");
     let text = format!(
-        "server: {{ listen: \"127.0.0.1:{port}\", max_body_bytes: 64KiB }}\n\
+        "server: {{ listen: \"127.0.0.1:{port}\", max_body_bytes: 64KiB{server_extra} }}\n\
          store: {{ path: {}, commit_batch_max: {commit_batch_max} }}\n\
          brokers: {{ rabbitmq: {{ url: \"amqp://guest:guest@127.0.0.1:1/%2f\" }} }}\n\
          sources: {{ default: {{ api_keys: [\"{KEY}\"] }} }}\n\
@@ -80,14 +107,21 @@ struct Sample {
     p50_ms: f64,
     p99_ms: f64,
     events_per_fsync: Option<f64>,
+    /// Daemon arms: CPU time (user + system) the daemon spent per accepted event, in µs. A
+    /// steadier comparison than events/s on a shared machine, where wrk competes for the cores.
+    cpu_us_per_event: Option<f64>,
 }
 
 fn wrk(port: u16, connections: usize, seconds: u64) -> Sample {
+    wrk_url(&format!("http://127.0.0.1:{port}/api/events/order.created"), connections, seconds)
+}
+
+fn wrk_url(url: &str, connections: usize, seconds: u64) -> Sample {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/post.lua");
     let out = Command::new("wrk")
         .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
         .arg(&script)
-        .arg(format!("http://127.0.0.1:{port}/api/events/order.created"))
+        .arg(url)
         .env("ORCHESTRON_BENCH_KEY", KEY)
         .output()
         .expect("wrk on PATH (apt-get install wrk)");
@@ -105,6 +139,7 @@ fn wrk(port: u16, connections: usize, seconds: u64) -> Sample {
         p50_ms: field("50%"),
         p99_ms: field("99%"),
         events_per_fsync: None,
+        cpu_us_per_event: None,
     }
 }
 
@@ -169,13 +204,29 @@ async fn arm(name: &str, connections: usize, seconds: u64) -> Sample {
             closer.close().await;
             s
         }
-        "daemon" => {
+        "daemon" | "daemon-tls" => {
             let port = free_port();
-            let (path, _) = bench_config(dir.path(), port, 1024);
+            let tls = name == "daemon-tls";
+            let (path, _) = if tls {
+                bench_config_tls(dir.path(), port)
+            } else {
+                bench_config(dir.path(), port, 1024)
+            };
             let mut child = start_daemon(&path);
-            wait_ready(port).await;
-            let s =
-                tokio::task::spawn_blocking(move || wrk(port, connections, seconds)).await.unwrap();
+            if tls {
+                wait_listening(port).await;
+            } else {
+                wait_ready(port).await;
+            }
+            let scheme = if tls { "https" } else { "http" };
+            let url = format!("{scheme}://127.0.0.1:{port}/api/events/order.created");
+            let cpu_before = cpu_ticks(child.id());
+            let mut s = tokio::task::spawn_blocking(move || wrk_url(&url, connections, seconds))
+                .await
+                .unwrap();
+            let cpu = cpu_ticks(child.id()) - cpu_before;
+            // Clock ticks are 10 ms (USER_HZ 100 on Linux).
+            s.cpu_us_per_event = Some(cpu as f64 * 10_000.0 / (s.rps * seconds as f64));
             stop_daemon(&mut child);
             s
         }
@@ -205,11 +256,17 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn throughput() {
     let seconds: u64 = env_or("ORCHESTRON_BENCH_SECONDS", 10);
     let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
-    let arms = ["validate-only", "one-commit", "group-commit", "daemon"];
+    let all = ["validate-only", "one-commit", "group-commit", "daemon", "daemon-tls"];
+    // ORCHESTRON_BENCH_ARMS=daemon,daemon-tls runs a subset (ratios need both sides present).
+    let chosen = std::env::var("ORCHESTRON_BENCH_ARMS").unwrap_or_default();
+    let arms: Vec<&str> = all
+        .into_iter()
+        .filter(|a| chosen.is_empty() || chosen.split(',').any(|c| c == *a))
+        .collect();
     let mut fsync = Vec::new();
     let mut results: Vec<(usize, &str, Vec<Sample>)> = Vec::new();
     for connections in [64, 256] {
-        for a in arms {
+        for &a in &arms {
             results.push((connections, a, Vec::new()));
         }
     }
@@ -224,14 +281,13 @@ async fn throughput() {
     let fsync = median(fsync);
     println!("\nfsync baseline (1 KiB append + fdatasync, serial): {fsync:.0} events/s\n");
     println!(
-        "| connections | arm | events/s | p50 ms | p99 ms | events/fsync | vs one-commit | vs validate-only |"
+        "| connections | arm | events/s | p50 ms | p99 ms | events/fsync | daemon CPU µs/event | vs one-commit | vs validate-only |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for connections in [64, 256] {
         let rps_of = |arm: &str| {
-            let (_, _, s) =
-                results.iter().find(|(c, a, _)| *c == connections && *a == arm).unwrap();
-            median(s.iter().map(|s| s.rps).collect())
+            let found = results.iter().find(|(c, a, _)| *c == connections && *a == arm);
+            found.map_or(f64::NAN, |(_, _, s)| median(s.iter().map(|s| s.rps).collect()))
         };
         for (c, name, samples) in results.iter().filter(|(c, _, _)| *c == connections) {
             let rps = median(samples.iter().map(|s| s.rps).collect());
@@ -239,10 +295,34 @@ async fn throughput() {
             let p99 = median(samples.iter().map(|s| s.p99_ms).collect());
             let epf = samples.iter().filter_map(|s| s.events_per_fsync).collect::<Vec<_>>();
             let epf = if epf.is_empty() { "-".to_owned() } else { format!("{:.0}", median(epf)) };
+            let cpu = samples.iter().filter_map(|s| s.cpu_us_per_event).collect::<Vec<_>>();
+            let cpu = if cpu.is_empty() { "-".to_owned() } else { format!("{:.1}", median(cpu)) };
             println!(
-                "| {c} | {name} | {rps:.0} | {p50:.2} | {p99:.2} | {epf} | {:.1}× | {:.2}× |",
+                "| {c} | {name} | {rps:.0} | {p50:.2} | {p99:.2} | {epf} | {cpu} | {:.1}× | {:.2}× |",
                 rps / rps_of("one-commit"),
                 rps / rps_of("validate-only")
+            );
+        }
+    }
+    for connections in [64, 256] {
+        // Per repeat (the two arms ran next to each other), then the median of those ratios.
+        let per_repeat = |arm: &str| {
+            let found = results.iter().find(|(c, a, _)| *c == connections && *a == arm);
+            found.map(|(_, _, s)| s.clone()).unwrap_or_default()
+        };
+        let (plain, tls) = (per_repeat("daemon"), per_repeat("daemon-tls"));
+        let ratios: Vec<f64> = plain.iter().zip(&tls).map(|(p, t)| t.rps / p.rps).collect();
+        let cpu: Vec<f64> = plain
+            .iter()
+            .zip(&tls)
+            .filter_map(|(p, t)| Some(p.cpu_us_per_event? / t.cpu_us_per_event?))
+            .collect();
+        if !ratios.is_empty() {
+            println!(
+                "\nHTTPS vs plain HTTP, daemon, {connections} keep-alive connections: {:.2}× events/s \
+                 (per repeat {ratios:.2?}); daemon CPU per event plain/TLS {:.2}×",
+                median(ratios.clone()),
+                median(cpu)
             );
         }
     }
@@ -283,6 +363,24 @@ async fn wait_ready(port: u16) -> Duration {
         assert!(started.elapsed() < Duration::from_secs(60), "daemon not ready");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// For the HTTPS arm: the listener accepts connections (it is bound after the store opened).
+async fn wait_listening(port: u16) {
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "daemon not listening");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
