@@ -107,7 +107,7 @@ impl Connection {
         let activity = Arc::new(Activity::new());
         let stream = Tracked { inner: stream, activity: Arc::clone(&activity) };
         match self.options.tls.clone() {
-            None => self.drive(stream, &activity, None).await,
+            None => self.drive(stream, &activity, None, Alpn::None).await,
             Some(tls) => {
                 let handshake = tls.acceptor().accept(stream);
                 match tokio::time::timeout(self.options.timeouts.tls_handshake.get(), handshake)
@@ -121,7 +121,11 @@ impl Connection {
                             .peer_certificates()
                             .and_then(|chain| chain.first())
                             .and_then(|leaf| ClientSubject::from_der(leaf));
-                        self.drive(stream, &activity, subject).await
+                        let alpn = match stream.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Alpn::H2,
+                            _ => Alpn::Http1,
+                        };
+                        self.drive(stream, &activity, subject, alpn).await
                     }
                     Ok(Err(error)) => {
                         self.metrics.tls_handshake_failures.with_label_values(&["error"]).inc();
@@ -136,12 +140,22 @@ impl Connection {
         self.metrics.connections_open.dec();
     }
 
-    async fn drive<IO>(&self, io: IO, activity: &Activity, subject: Option<ClientSubject>)
-    where
+    async fn drive<IO>(
+        &self,
+        io: IO,
+        activity: &Activity,
+        subject: Option<ClientSubject>,
+        alpn: Alpn,
+    ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let timeouts = &self.options.timeouts;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // Over TLS, ALPN already said which protocol it is: no sniffing for the h2 preface.
+        let mut builder = match alpn {
+            Alpn::None => auto::Builder::new(TokioExecutor::new()),
+            Alpn::Http1 => auto::Builder::new(TokioExecutor::new()).http1_only(),
+            Alpn::H2 => auto::Builder::new(TokioExecutor::new()).http2_only(),
+        };
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -186,6 +200,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// The protocol TLS negotiated (`None`: plain TCP, detect it from the first bytes).
+#[derive(Clone, Copy)]
+enum Alpn {
+    None,
+    Http1,
+    H2,
 }
 
 /// When a connection last moved a byte.
