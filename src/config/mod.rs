@@ -410,6 +410,10 @@ pub struct MatchConfig {
     /// Conditions on values in the JSON body; all must hold.
     #[serde(default)]
     pub body: Vec<BodyMatchConfig>,
+    /// Request headers (name → exact value or `*` glob); all must hold. A header a route
+    /// matches on is stored with the event (like `keep_headers`), so the relay can match it.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// One condition on the body: the value at `pointer` equals a value, is one of several, or
@@ -442,9 +446,13 @@ pub enum DestinationConfig {
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqDestinationConfig {
     pub exchange: String,
-    /// Template: `{type}` and `{source}` are replaced.
+    /// Template: `{type}`, `{source}` and `{/json/pointer}` are replaced.
     #[serde(default)]
     pub routing_key: String,
+    /// `binary` (default): the body as sent, CloudEvents attributes in headers;
+    /// `cloudevents`: a CloudEvents JSON envelope (structured mode) with the body as `data`.
+    #[serde(default)]
+    pub format: MessageFormat,
     /// Overrides the route's and `relay`'s `max_attempts` for this destination.
     pub max_attempts: Option<u32>,
     pub backoff: Option<BackoffConfig>,
@@ -453,12 +461,28 @@ pub struct RabbitMqDestinationConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaDestinationConfig {
-    /// Template: `{type}` and `{source}` are replaced.
+    /// Template: `{type}`, `{source}` and `{/json/pointer}` are replaced.
     pub topic: String,
-    /// JSON pointer into the body whose value becomes the record key (e.g. `/customer_id`).
+    /// The record key: a JSON pointer (`/customer_id`: the value there) or a template
+    /// (`{source}:{/customer_id}`).
     pub key: Option<String>,
+    /// A fixed partition; default: librdkafka's partitioner (by key).
+    pub partition: Option<i32>,
+    #[serde(default)]
+    pub format: MessageFormat,
     pub max_attempts: Option<u32>,
     pub backoff: Option<BackoffConfig>,
+}
+
+/// How an event is laid out in a broker message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageFormat {
+    /// CloudEvents binary mode: the body byte for byte, attributes as `ce_*` headers.
+    #[default]
+    Binary,
+    /// CloudEvents structured mode: `application/cloudevents+json` with the body as `data`.
+    Cloudevents,
 }
 
 #[derive(Debug, Deserialize)]

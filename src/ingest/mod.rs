@@ -224,8 +224,16 @@ async fn accept(
         expires_at_ms: now_ms().saturating_add(live.dedup_window.as_millis() as u64),
     });
     live.schemas.validate(&event_type, &value).map_err(IngestError::SchemaViolation)?;
-    let kept = source.kept_headers(headers);
-    let mut routed = EventBody::parsed(value);
+    let mut kept = source.kept_headers(headers);
+    // Headers a route matches on are kept too: the relay routes from the stored event.
+    for name in live.routes.matched_headers() {
+        if !kept.iter().any(|(n, _)| n == name)
+            && let Some(value) = headers.get(name).and_then(|v| v.to_str().ok())
+        {
+            kept.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    let mut routed = EventBody::parsed(value).with_headers(&kept);
     if !live.routes.is_routable(&source.name, &event_type, &mut routed) {
         return Err(IngestError::Unroutable);
     }

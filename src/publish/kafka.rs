@@ -92,6 +92,7 @@ impl KafkaPublisher {
         message: Outgoing<'_>,
         topic: &str,
         key: Option<&[u8]>,
+        partition: Option<i32>,
     ) -> Result<(), PublishError> {
         let event = message.event;
         if !self.reachable.load(Ordering::Relaxed) {
@@ -102,12 +103,16 @@ impl KafkaPublisher {
         for (name, value) in message.headers() {
             headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
         }
+        let payload = message.payload();
         let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-            .payload(event.body().as_ref())
+            .payload(payload.as_ref())
             .headers(headers)
             .timestamp(event.received_at_ms() as i64);
         if let Some(key) = key {
             record = record.key(key);
+        }
+        if let Some(partition) = partition {
+            record = record.partition(partition);
         }
         match producer.send(record, Timeout::After(QUEUE_TIMEOUT)).await {
             Ok(_) => Ok(()),
@@ -146,7 +151,9 @@ impl Publisher for KafkaPublisher {
     fn publish<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(async move {
             match message.target {
-                Target::Kafka { topic, key } => self.send(message, topic, key.as_deref()).await,
+                Target::Kafka { topic, key, partition, .. } => {
+                    self.send(message, topic, key.as_deref(), *partition).await
+                }
                 other => Err(PublishError::permanent(format!(
                     "Kafka publisher cannot publish to {}",
                     other.label()

@@ -8,11 +8,13 @@
 pub mod kafka;
 pub mod rabbitmq;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
+use crate::config::MessageFormat;
 use crate::event::{ValidatedEvent, from_ms};
 use crate::routing::{BrokerKind, Target};
 
@@ -69,14 +71,48 @@ impl<'a> Outgoing<'a> {
         Self { event, target, extra_headers: &[] }
     }
 
-    /// The CloudEvents binary-mode headers, the event's kept request headers, then the
-    /// extra ones.
+    fn structured(&self) -> bool {
+        self.target.format() == MessageFormat::Cloudevents
+    }
+
+    /// The message body: the event's bytes as received (binary mode), or a CloudEvents JSON
+    /// envelope with those bytes, unchanged, as `data` (structured mode).
+    pub fn payload(&self) -> Cow<'a, [u8]> {
+        if !self.structured() {
+            return Cow::Borrowed(self.event.body().as_ref());
+        }
+        let e = self.event;
+        let text = |s: &str| serde_json::Value::from(s).to_string();
+        let mut out = Vec::with_capacity(e.body().len() + 256);
+        out.extend_from_slice(b"{\"specversion\":\"1.0\",\"id\":");
+        out.extend_from_slice(text(&e.id().to_string()).as_bytes());
+        out.extend_from_slice(b",\"source\":");
+        out.extend_from_slice(text(e.source().as_str()).as_bytes());
+        out.extend_from_slice(b",\"type\":");
+        out.extend_from_slice(text(e.event_type().as_str()).as_bytes());
+        out.extend_from_slice(b",\"time\":");
+        out.extend_from_slice(text(&rfc3339(e.received_at_ms())).as_bytes());
+        out.extend_from_slice(b",\"datacontenttype\":\"application/json\",\"data\":");
+        out.extend_from_slice(e.body());
+        out.push(b'}');
+        Cow::Owned(out)
+    }
+
+    /// The message's content type.
+    pub fn content_type(&self) -> &'static str {
+        if self.structured() { STRUCTURED_CONTENT_TYPE } else { CONTENT_TYPE }
+    }
+
+    /// Binary mode: the CloudEvents headers; structured mode: only `content-type`. Then the
+    /// event's kept request headers and the extra ones.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, String)> + 'a {
         let kept = self.event.headers().iter().map(|(name, value)| (name.as_str(), value.clone()));
-        cloudevent_headers(self.event)
-            .into_iter()
-            .chain(kept)
-            .chain(self.extra_headers.iter().cloned())
+        let attributes: Vec<(&'static str, String)> = if self.structured() {
+            vec![("content-type", STRUCTURED_CONTENT_TYPE.to_owned())]
+        } else {
+            cloudevent_headers(self.event).to_vec()
+        };
+        attributes.into_iter().chain(kept).chain(self.extra_headers.iter().cloned())
     }
 }
 
@@ -121,10 +157,16 @@ pub fn cloudevent_headers(event: &ValidatedEvent) -> [(&'static str, String); 6]
         ("ce_id", event.id().to_string()),
         ("ce_type", event.event_type().as_str().to_owned()),
         ("ce_source", event.source().as_str().to_owned()),
-        ("ce_time", humantime::format_rfc3339_millis(from_ms(event.received_at_ms())).to_string()),
+        ("ce_time", rfc3339(event.received_at_ms())),
         ("content-type", CONTENT_TYPE.to_owned()),
     ]
 }
 
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(from_ms(ms)).to_string()
+}
+
 /// Bodies are accepted only as JSON, and relayed byte for byte.
 pub const CONTENT_TYPE: &str = "application/json";
+/// CloudEvents structured mode (JSON event format).
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";

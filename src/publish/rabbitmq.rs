@@ -144,7 +144,6 @@ impl RabbitMqPublisher {
         exchange: &str,
         routing_key: &str,
     ) -> Result<(), PublishError> {
-        let event = message.event;
         let Some(channel) = self.channel.load_full() else {
             return Err(PublishError::not_connected(BrokerKind::RabbitMq));
         };
@@ -156,7 +155,7 @@ impl RabbitMqPublisher {
                     exchange.into(),
                     routing_key.into(),
                     options,
-                    event.body(),
+                    &message.payload(),
                     properties(&message),
                 )
                 .await?
@@ -191,7 +190,7 @@ impl Publisher for RabbitMqPublisher {
     fn publish<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(async move {
             match message.target {
-                Target::RabbitMq { exchange, routing_key } => {
+                Target::RabbitMq { exchange, routing_key, .. } => {
                     self.publish_confirmed(message, exchange, routing_key).await
                 }
                 other => Err(PublishError::permanent(format!(
@@ -253,7 +252,7 @@ fn properties(message: &Outgoing<'_>) -> BasicProperties {
     }
     BasicProperties::default()
         .with_delivery_mode(2)
-        .with_content_type(super::CONTENT_TYPE.into())
+        .with_content_type(message.content_type().into())
         .with_message_id(event.id().to_string().into())
         .with_type(event.event_type().as_str().into())
         .with_timestamp(event.received_at_ms() / 1000)

@@ -4,16 +4,19 @@
 //! rest. The relay resolves an event's routes once, on its first claim, into concrete
 //! [`Target`]s (templates rendered, Kafka key extracted) and stores them with the event, so
 //! retries go to exactly the destinations that were chosen, whatever happens to the table.
+//! (docs/configuration.md, "When routes change", has the whole rule.)
 
 mod glob;
 mod template;
 
-use crate::config::{BackoffConfig, BodyMatchConfig, BrokersConfig, Config, DestinationConfig};
+use crate::config::{
+    BackoffConfig, BodyMatchConfig, BrokersConfig, Config, DestinationConfig, MessageFormat,
+};
 use crate::event::{EventType, SourceName, ValidatedEvent};
 use crate::store::RetryOverride;
 
 use glob::Glob;
-use template::Template;
+use template::{Template, Values};
 
 /// Which broker a target lives on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,8 +47,8 @@ impl BrokerKind {
 /// A destination resolved for one event: everything a publisher needs, nothing left to render.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
-    RabbitMq { exchange: String, routing_key: String },
-    Kafka { topic: String, key: Option<Vec<u8>> },
+    RabbitMq { exchange: String, routing_key: String, format: MessageFormat },
+    Kafka { topic: String, key: Option<Vec<u8>>, partition: Option<i32>, format: MessageFormat },
 }
 
 impl Target {
@@ -59,7 +62,7 @@ impl Target {
     /// A short name for logs: `rabbitmq:orders/order.created`, `kafka:orders`.
     pub fn label(&self) -> String {
         match self {
-            Target::RabbitMq { exchange, routing_key } => {
+            Target::RabbitMq { exchange, routing_key, .. } => {
                 format!("rabbitmq:{exchange}/{routing_key}")
             }
             Target::Kafka { topic, .. } => format!("kafka:{topic}"),
@@ -72,6 +75,12 @@ impl Target {
         match self {
             Target::RabbitMq { exchange, .. } => format!("rabbitmq:{exchange}"),
             Target::Kafka { topic, .. } => format!("kafka:{topic}"),
+        }
+    }
+
+    pub fn format(&self) -> MessageFormat {
+        match self {
+            Target::RabbitMq { format, .. } | Target::Kafka { format, .. } => *format,
         }
     }
 
@@ -100,8 +109,17 @@ struct Destination {
 
 #[derive(Debug)]
 enum DestinationKind {
-    RabbitMq { exchange: String, routing_key: Template },
-    Kafka { topic: Template, key_pointer: Option<String> },
+    RabbitMq { exchange: String, routing_key: Template, format: MessageFormat },
+    Kafka { topic: Template, key: Option<KeyFrom>, partition: Option<i32>, format: MessageFormat },
+}
+
+/// Where a Kafka record key comes from.
+#[derive(Debug)]
+enum KeyFrom {
+    /// `/customer_id`: the value there (strings as text, null as no key, the rest as JSON).
+    Pointer(String),
+    /// `{source}:{/customer_id}`: rendered text.
+    Template(Template),
 }
 
 fn merge_retry(
@@ -129,7 +147,7 @@ impl Destination {
         Ok(Self { kind, retry: merge_retry(route, dest.retry()) })
     }
 
-    fn resolve(&self, event: &ValidatedEvent, body: &mut Option<serde_json::Value>) -> Target {
+    fn resolve(&self, event: &ValidatedEvent, body: &mut Body<'_>) -> Target {
         self.kind.resolve(event, body)
     }
 
@@ -158,36 +176,52 @@ impl DestinationKind {
                 exchange: r.exchange.clone(),
                 routing_key: Template::parse(&r.routing_key)
                     .map_err(|e| format!("routing_key: {e}"))?,
+                format: r.format,
             }),
             DestinationConfig::Kafka(k) => {
                 let topic = Template::parse(&k.topic).map_err(|e| format!("topic: {e}"))?;
                 if topic.is_empty() {
                     return Err("topic: must not be empty".to_owned());
                 }
-                if let Some(p) = k.key.as_ref().filter(|p| !p.starts_with('/')) {
-                    return Err(format!("key: {p:?} is not a JSON pointer (starts with '/')"));
+                let key = match k.key.as_deref() {
+                    None => None,
+                    Some(p) if p.starts_with('/') && !p.contains('{') => {
+                        Some(KeyFrom::Pointer(p.to_owned()))
+                    }
+                    Some(t) => Some(KeyFrom::Template(
+                        Template::parse(t).map_err(|e| format!("key: {e}"))?,
+                    )),
+                };
+                if k.partition.is_some_and(|p| p < 0) {
+                    return Err("partition: must be 0 or more".to_owned());
                 }
-                Ok(DestinationKind::Kafka { topic, key_pointer: k.key.clone() })
+                Ok(DestinationKind::Kafka { topic, key, partition: k.partition, format: k.format })
             }
         }
     }
 
-    fn resolve(&self, event: &ValidatedEvent, body: &mut Option<serde_json::Value>) -> Target {
+    fn resolve(&self, event: &ValidatedEvent, body: &mut Body<'_>) -> Target {
         let (ty, source) = (event.event_type().as_str(), event.source().as_str());
         match self {
-            DestinationKind::RabbitMq { exchange, routing_key } => Target::RabbitMq {
+            DestinationKind::RabbitMq { exchange, routing_key, format } => Target::RabbitMq {
                 exchange: exchange.clone(),
-                routing_key: routing_key.render(ty, source),
+                routing_key: routing_key.render(ty, source, body, Values::Names),
+                format: *format,
             },
-            DestinationKind::Kafka { topic, key_pointer } => {
-                let key = key_pointer.as_deref().and_then(|pointer| {
-                    // Parsed at most once per event, and only when some route wants a key.
-                    let body = body.get_or_insert_with(|| {
-                        serde_json::from_slice(event.body()).unwrap_or(serde_json::Value::Null)
-                    });
-                    key_bytes(body.pointer(pointer)?)
-                });
-                Target::Kafka { topic: topic.render(ty, source), key }
+            DestinationKind::Kafka { topic, key, partition, format } => {
+                let key = match key {
+                    None => None,
+                    Some(KeyFrom::Pointer(p)) => body.get().pointer(p).and_then(key_bytes),
+                    Some(KeyFrom::Template(t)) => {
+                        Some(t.render(ty, source, body, Values::Raw).into_bytes())
+                    }
+                };
+                Target::Kafka {
+                    topic: topic.render(ty, source, body, Values::Names),
+                    key,
+                    partition: *partition,
+                    format: *format,
+                }
             }
         }
     }
@@ -241,6 +275,8 @@ struct Route {
     source: Option<Glob>,
     event_type: Option<Glob>,
     body: Vec<BodyMatch>,
+    /// Lowercase header name and the glob its value must match.
+    headers: Vec<(String, Glob)>,
     to: Vec<Destination>,
     continue_matching: bool,
 }
@@ -249,6 +285,10 @@ impl Route {
     fn matches(&self, source: &SourceName, ty: &EventType, body: &mut Body<'_>) -> bool {
         self.source.as_ref().is_none_or(|g| g.matches(source.as_str()))
             && self.event_type.as_ref().is_none_or(|g| g.matches(ty.as_str()))
+            && self
+                .headers
+                .iter()
+                .all(|(name, glob)| body.headers.iter().any(|(n, v)| n == name && glob.matches(v)))
             && (self.body.is_empty() || {
                 let value = body.get();
                 self.body.iter().all(|m| m.holds(value))
@@ -256,19 +296,27 @@ impl Route {
     }
 }
 
-/// An event body, parsed at most once and only if a route or destination looks inside it.
+/// What routes look at besides source and type: the body, parsed at most once and only if a
+/// route or destination looks inside it, and the event's kept headers.
 pub struct Body<'a> {
     raw: &'a [u8],
     parsed: Option<serde_json::Value>,
+    headers: &'a [(String, String)],
 }
 
 impl<'a> Body<'a> {
     pub fn raw(raw: &'a [u8]) -> Self {
-        Self { raw, parsed: None }
+        Self { raw, parsed: None, headers: &[] }
     }
 
     pub fn parsed(value: serde_json::Value) -> Self {
-        Self { raw: &[], parsed: Some(value) }
+        Self { raw: &[], parsed: Some(value), headers: &[] }
+    }
+
+    /// The request headers kept with the event (lowercase names), for header matches.
+    pub fn with_headers(mut self, headers: &'a [(String, String)]) -> Self {
+        self.headers = headers;
+        self
     }
 
     fn get(&mut self) -> &serde_json::Value {
@@ -298,6 +346,17 @@ impl RouteTable {
                     source: r.matches.source.as_deref().map(Glob::new),
                     event_type: r.matches.event_type.as_deref().map(Glob::new),
                     body: r.matches.body.iter().map(BodyMatch::parse).collect::<Result<_, _>>()?,
+                    headers: r
+                        .matches
+                        .headers
+                        .iter()
+                        .map(|(name, value)| {
+                            axum::http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                                format!("match.headers: {name:?} is not a header name")
+                            })?;
+                            Ok((name.to_ascii_lowercase(), Glob::new(value)))
+                        })
+                        .collect::<Result<_, String>>()?,
                     to: parse_all(&r.to, (r.max_attempts, r.backoff))?,
                     continue_matching: r.continue_matching,
                 })
@@ -314,7 +373,18 @@ impl RouteTable {
 
     /// Where `dlq.publish_to` sends the copy of a dead-lettered event, if configured.
     pub fn dlq_copy_target(&self, event: &ValidatedEvent) -> Option<Target> {
-        self.dlq_copy.as_ref().map(|d| d.resolve(event, &mut None))
+        let mut body = Body::raw(event.body()).with_headers(event.headers());
+        self.dlq_copy.as_ref().map(|d| d.resolve(event, &mut body))
+    }
+
+    /// The request headers some route matches on (lowercase): ingest keeps them with the
+    /// event, so the relay can match them later.
+    pub fn matched_headers(&self) -> Vec<&str> {
+        let mut names: Vec<&str> =
+            self.routes.iter().flat_map(|r| r.headers.iter().map(|(n, _)| n.as_str())).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// The destinations of every matching route, in order: the first match ends the search
@@ -351,12 +421,11 @@ impl RouteTable {
     /// The concrete targets of `event` with their retry overrides; empty when nothing
     /// matches.
     pub fn resolve(&self, event: &ValidatedEvent) -> Vec<Resolved> {
-        let mut view = Body::raw(event.body());
+        let mut view = Body::raw(event.body()).with_headers(event.headers());
         let destinations = self.destinations(event.source(), event.event_type(), &mut view);
-        let mut body = view.parsed.take();
         let mut targets: Vec<Resolved> = Vec::with_capacity(destinations.len());
         for d in destinations {
-            let target = d.resolve(event, &mut body);
+            let target = d.resolve(event, &mut view);
             // Destinations rendering to the same target are one delivery, not two.
             if !targets.iter().any(|r| r.target == target) {
                 targets.push(Resolved { target, retry: d.retry, name: d.name() });
@@ -415,23 +484,11 @@ mod tests {
         assert_eq!(resolved[1].name, "kafka:t-{type}");
         assert_eq!(
             targets,
-            vec![
-                Target::RabbitMq {
-                    exchange: "orders".into(),
-                    routing_key: "default.order.created".into()
-                },
-                Target::Kafka { topic: "t-order.created".into(), key: Some(b"42".to_vec()) },
-            ]
+            vec![rabbit("orders", "default.order.created"), kafka("t-order.created", Some(b"42")),]
         );
         let other: Vec<Target> =
             t.resolve(&event("user.deleted", "{}")).into_iter().map(|r| r.target).collect();
-        assert_eq!(
-            other,
-            vec![Target::RabbitMq {
-                exchange: "events".into(),
-                routing_key: "user.deleted".into()
-            }]
-        );
+        assert_eq!(other, vec![rabbit("events", "user.deleted")]);
     }
 
     #[test]
@@ -485,10 +542,56 @@ mod tests {
         let targets = |body| -> Vec<Target> {
             t.resolve(&event("a.b", body)).into_iter().map(|r| r.target).collect()
         };
-        assert_eq!(targets("{}"), vec![Target::Kafka { topic: "a".into(), key: None }]);
+        assert_eq!(targets("{}"), vec![kafka("a", None)]);
+        assert_eq!(targets(r#"{"k":"abc"}"#), vec![kafka("a", Some(b"abc"))]);
+    }
+
+    fn rabbit(exchange: &str, routing_key: &str) -> Target {
+        Target::RabbitMq {
+            exchange: exchange.into(),
+            routing_key: routing_key.into(),
+            format: MessageFormat::Binary,
+        }
+    }
+
+    fn kafka(topic: &str, key: Option<&[u8]>) -> Target {
+        Target::Kafka {
+            topic: topic.into(),
+            key: key.map(<[u8]>::to_vec),
+            partition: None,
+            format: MessageFormat::Binary,
+        }
+    }
+
+    #[test]
+    fn headers_pointer_templates_formats_and_partitions() {
+        let t = table(concat!(
+            "routes:\n",
+            "  - match: { headers: { X-Tenant: \"acme-*\" } }\n",
+            "    to:\n",
+            "      - kafka: { topic: \"t.{/region}\", key: \"{source}:{/customer}\", partition: 2, format: cloudevents }\n",
+            "default_route:\n",
+            "  to: [ { rabbitmq: { exchange: e, routing_key: \"{type}.{/region}\" } } ]\n",
+        ));
+        assert_eq!(t.matched_headers(), ["x-tenant"]);
+        let body = r#"{"region":"eu/1","customer":"c-9"}"#;
+        let kept = vec![("x-tenant".to_owned(), "acme-prod".to_owned())];
+        let tenant = event("a.b", body).with_headers(kept);
+        let resolved: Vec<Target> = t.resolve(&tenant).into_iter().map(|r| r.target).collect();
         assert_eq!(
-            targets(r#"{"k":"abc"}"#),
-            vec![Target::Kafka { topic: "a".into(), key: Some(b"abc".to_vec()) }]
+            resolved,
+            vec![Target::Kafka {
+                topic: "t.eu_1".into(),
+                key: Some(b"default:c-9".to_vec()),
+                partition: Some(2),
+                format: MessageFormat::Cloudevents,
+            }]
         );
+        let other = event("a.b", body).with_headers(vec![("x-tenant".into(), "beta".into())]);
+        let resolved: Vec<Target> = t.resolve(&other).into_iter().map(|r| r.target).collect();
+        assert_eq!(resolved, vec![rabbit("e", "a.b.eu_1")]);
+        let none: Vec<Target> =
+            t.resolve(&event("a.b", body)).into_iter().map(|r| r.target).collect();
+        assert_eq!(none, vec![rabbit("e", "a.b.eu_1")], "no header: no match");
     }
 }

@@ -1,10 +1,28 @@
-//! Templates for routing keys and topics: literal text with `{type}` and `{source}`.
+//! Templates for routing keys, topics and record keys: literal text with `{type}`,
+//! `{source}` and `{/json/pointer}` (a value from the body).
+
+use super::Body;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Text(String),
     Type,
     Source,
+    Pointer(String),
+}
+
+/// Longest text one `{/pointer}` renders to in a routing key or topic.
+const MAX_VALUE_LEN: usize = 128;
+
+/// What a rendered body value may contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Values {
+    /// A routing key or topic: values chosen by senders are reduced to `[A-Za-z0-9._-]`
+    /// (anything else becomes `_`) and 128 characters, so a body cannot name arbitrary
+    /// exchanges' keys or invalid topics.
+    Names,
+    /// A record key: the value as it is.
+    Raw,
 }
 
 #[derive(Debug, Clone)]
@@ -23,9 +41,10 @@ impl Template {
             parts.push(match &rest[open + 1..close] {
                 "type" => Part::Type,
                 "source" => Part::Source,
+                pointer if pointer.starts_with('/') => Part::Pointer(pointer.to_owned()),
                 other => {
                     return Err(format!(
-                        "unknown placeholder {{{other}}}; use {{type}} or {{source}}"
+                        "unknown placeholder {{{other}}}; use {{type}}, {{source}} or {{/json/pointer}}"
                     ));
                 }
             });
@@ -49,29 +68,74 @@ impl Template {
         self.0.is_empty()
     }
 
-    pub(super) fn render(&self, event_type: &str, source: &str) -> String {
-        self.0
-            .iter()
-            .map(|p| match p {
-                Part::Text(t) => t.as_str(),
-                Part::Type => event_type,
-                Part::Source => source,
-            })
-            .collect()
+    pub(super) fn render(
+        &self,
+        event_type: &str,
+        source: &str,
+        body: &mut Body<'_>,
+        values: Values,
+    ) -> String {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Type => out.push_str(event_type),
+                Part::Source => out.push_str(source),
+                Part::Pointer(p) => {
+                    let text = body.get().pointer(p).map(value_text).unwrap_or_default();
+                    match values {
+                        Values::Raw => out.push_str(&text),
+                        Values::Names => out.extend(text.chars().take(MAX_VALUE_LEN).map(|c| {
+                            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })),
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A body value as text: strings without quotes, null as nothing, the rest as JSON.
+fn value_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Template;
+    use super::{Body, Template, Values};
+
+    fn render(t: &str, body: &str, values: Values) -> String {
+        let mut body = Body::raw(body.as_bytes());
+        Template::parse(t).unwrap().render("order.created", "default", &mut body, values)
+    }
 
     #[test]
     fn renders_placeholders_and_rejects_unknown_ones() {
-        let t = Template::parse("in.{source}.{type}!").unwrap();
-        assert_eq!(t.render("order.created", "default"), "in.default.order.created!");
-        assert_eq!(Template::parse("plain").unwrap().render("a", "b"), "plain");
-        assert!(Template::parse("{/customer}").is_err());
+        assert_eq!(render("in.{source}.{type}!", "{}", Values::Names), "in.default.order.created!");
+        assert_eq!(render("plain", "{}", Values::Names), "plain");
+        assert!(Template::parse("{customer}").is_err());
         assert!(Template::parse("{type").is_err());
         assert!(Template::parse("type}").is_err());
+    }
+
+    #[test]
+    fn pointer_values_render_and_sender_text_cannot_escape_a_name() {
+        let body = r#"{"region":"eu-west","n":7,"evil":"a/b c#*.x","deep":{"k":true}}"#;
+        assert_eq!(render("orders.{/region}", body, Values::Names), "orders.eu-west");
+        assert_eq!(render("{/n}-{/deep/k}", body, Values::Names), "7-true");
+        assert_eq!(render("t.{/evil}", body, Values::Names), "t.a_b_c__.x");
+        assert_eq!(render("{/missing}x", body, Values::Names), "x");
+        assert_eq!(render("{source}:{/evil}", body, Values::Raw), "default:a/b c#*.x");
+        let long = format!(r#"{{"v":"{}"}}"#, "y".repeat(500));
+        assert_eq!(render("{/v}", &long, Values::Names).len(), 128);
     }
 }

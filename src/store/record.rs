@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 
+use crate::config::MessageFormat;
 use crate::event::{EventId, EventType, SourceName, ValidatedEvent};
 use crate::routing::Target;
 
@@ -264,19 +265,48 @@ pub fn decode_event(bytes: &[u8]) -> Result<ValidatedEvent, DecodeError> {
 
 const TARGET_RABBITMQ: u8 = 1;
 const TARGET_KAFKA: u8 = 2;
+/// The same followed by the message format (and for Kafka a fixed partition): written only
+/// when they differ from the defaults, so most records stay readable by older builds.
+const TARGET_RABBITMQ_EXT: u8 = 3;
+const TARGET_KAFKA_EXT: u8 = 4;
 const NO_LIMIT: u32 = u32::MAX;
+const NO_PARTITION: u32 = u32::MAX;
+
+fn encode_format(w: &mut Writer, format: MessageFormat) {
+    w.u8(match format {
+        MessageFormat::Binary => 0,
+        MessageFormat::Cloudevents => 1,
+    });
+}
+
+fn decode_format(r: &mut Reader<'_>) -> Result<MessageFormat, DecodeError> {
+    match r.u8()? {
+        0 => Ok(MessageFormat::Binary),
+        1 => Ok(MessageFormat::Cloudevents),
+        _ => Err(DecodeError("unknown message format")),
+    }
+}
 
 fn encode_destination(w: &mut Writer, dest: &DestinationState) {
     match &dest.target {
-        Target::RabbitMq { exchange, routing_key } => {
-            w.u8(TARGET_RABBITMQ);
+        Target::RabbitMq { exchange, routing_key, format } => {
+            let plain = *format == MessageFormat::Binary;
+            w.u8(if plain { TARGET_RABBITMQ } else { TARGET_RABBITMQ_EXT });
             w.bytes(exchange.as_bytes());
             w.bytes(routing_key.as_bytes());
+            if !plain {
+                encode_format(w, *format);
+            }
         }
-        Target::Kafka { topic, key } => {
-            w.u8(TARGET_KAFKA);
+        Target::Kafka { topic, key, partition, format } => {
+            let plain = *format == MessageFormat::Binary && partition.is_none();
+            w.u8(if plain { TARGET_KAFKA } else { TARGET_KAFKA_EXT });
             w.bytes(topic.as_bytes());
             w.opt_bytes(key.as_deref());
+            if !plain {
+                encode_format(w, *format);
+                w.u32(partition.map_or(NO_PARTITION, |p| p as u32));
+            }
         }
     }
     w.u8(match dest.status {
@@ -299,13 +329,23 @@ fn encode_destination(w: &mut Writer, dest: &DestinationState) {
 
 fn decode_target(r: &mut Reader<'_>) -> Result<Target, DecodeError> {
     match r.u8()? {
-        TARGET_RABBITMQ => {
-            Ok(Target::RabbitMq { exchange: r.str()?.to_owned(), routing_key: r.str()?.to_owned() })
+        tag @ (TARGET_RABBITMQ | TARGET_RABBITMQ_EXT) => {
+            let (exchange, routing_key) = (r.str()?.to_owned(), r.str()?.to_owned());
+            let format =
+                if tag == TARGET_RABBITMQ_EXT { decode_format(r)? } else { MessageFormat::Binary };
+            Ok(Target::RabbitMq { exchange, routing_key, format })
         }
-        TARGET_KAFKA => Ok(Target::Kafka {
-            topic: r.str()?.to_owned(),
-            key: r.opt_bytes()?.map(<[u8]>::to_vec),
-        }),
+        tag @ (TARGET_KAFKA | TARGET_KAFKA_EXT) => {
+            let (topic, key) = (r.str()?.to_owned(), r.opt_bytes()?.map(<[u8]>::to_vec));
+            let (format, partition) = if tag == TARGET_KAFKA_EXT {
+                let format = decode_format(r)?;
+                let partition = Some(r.u32()?).filter(|&p| p != NO_PARTITION).map(|p| p as i32);
+                (format, partition)
+            } else {
+                (MessageFormat::Binary, None)
+            };
+            Ok(Target::Kafka { topic, key, partition, format })
+        }
         _ => Err(DecodeError("unknown target kind")),
     }
 }
@@ -465,13 +505,22 @@ mod tests {
 
     fn states() -> Vec<DestinationState> {
         let mut a = DestinationState::new(
-            Target::RabbitMq { exchange: "x".into(), routing_key: "k".into() },
+            Target::RabbitMq {
+                exchange: "x".into(),
+                routing_key: "k".into(),
+                format: MessageFormat::Binary,
+            },
             RetryOverride::default(),
         );
         a.status = Status::Done;
         a.attempts = 1;
         let mut b = DestinationState::new(
-            Target::Kafka { topic: "t".into(), key: Some(b"42".to_vec()) },
+            Target::Kafka {
+                topic: "t".into(),
+                key: Some(b"42".to_vec()),
+                partition: None,
+                format: MessageFormat::Binary,
+            },
             RetryOverride { max_attempts: Some(3), backoff_ms: Some((10, 20)) },
         );
         b.attempts = 3;
@@ -479,14 +528,37 @@ mod tests {
         b.last_attempt_ms = 8;
         b.next_attempt_ms = 9;
         b.last_error = Some("é".repeat(400));
-        vec![a, b]
+        let c = DestinationState::new(
+            Target::RabbitMq {
+                exchange: "x".into(),
+                routing_key: "k".into(),
+                format: MessageFormat::Cloudevents,
+            },
+            RetryOverride::default(),
+        );
+        let d = DestinationState::new(
+            Target::Kafka {
+                topic: "t".into(),
+                key: None,
+                partition: Some(3),
+                format: MessageFormat::Binary,
+            },
+            RetryOverride::default(),
+        );
+        vec![a, b, c, d]
     }
 
     #[test]
     fn delivery_round_trips() {
         let d = Delivery { destinations: states() };
-        let back = decode_delivery(&encode_delivery(&d)).unwrap();
+        let encoded = encode_delivery(&d);
+        let back = decode_delivery(&encoded).unwrap();
         assert_eq!(back.destinations[0], d.destinations[0]);
+        assert_eq!(back.destinations[2], d.destinations[2], "structured format kept");
+        assert_eq!(back.destinations[3], d.destinations[3], "partition kept");
+        for cut in 0..encoded.len() {
+            assert!(decode_delivery(&encoded[..cut]).is_err(), "truncated at {cut}");
+        }
         assert_eq!(back.destinations[1].retry, d.destinations[1].retry);
         assert!(back.destinations[1].last_error.as_ref().unwrap().len() <= MAX_ERROR_LEN);
     }
@@ -506,7 +578,13 @@ mod tests {
         w.opt_bytes(Some(b"timeout"));
         let d = decode_delivery(&w.0).unwrap();
         let s = &d.destinations[0];
-        assert_eq!(s.target, Target::Kafka { topic: "orders".into(), key: None });
+        let expected = Target::Kafka {
+            topic: "orders".into(),
+            key: None,
+            partition: None,
+            format: MessageFormat::Binary,
+        };
+        assert_eq!(s.target, expected);
         assert_eq!((s.status, s.attempts, s.next_attempt_ms), (Status::Pending, 2, 1234));
         assert_eq!(s.retry, RetryOverride::default());
     }

@@ -25,11 +25,20 @@ fn event(body: &str, at: u64) -> ValidatedEvent {
 }
 
 fn rabbit() -> Target {
-    Target::RabbitMq { exchange: "x".into(), routing_key: "k".into() }
+    Target::RabbitMq {
+        exchange: "x".into(),
+        routing_key: "k".into(),
+        format: crate::config::MessageFormat::Binary,
+    }
 }
 
 fn kafka() -> Target {
-    Target::Kafka { topic: "t".into(), key: None }
+    Target::Kafka {
+        topic: "t".into(),
+        key: None,
+        partition: None,
+        format: crate::config::MessageFormat::Binary,
+    }
 }
 
 const RABBIT: u8 = 1;

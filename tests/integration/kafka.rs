@@ -26,7 +26,7 @@ fn body(n: usize) -> String {
 }
 
 /// Reads `n` records from every partition of `topic`, from the beginning.
-async fn consume(
+pub(crate) async fn consume(
     bootstrap: &str,
     topic: &str,
     partitions: i32,

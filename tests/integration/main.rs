@@ -16,6 +16,7 @@ mod observability;
 mod openapi;
 mod rabbitmq;
 mod reload;
+mod routing;
 mod sources;
 mod systemd;
 mod tls;
