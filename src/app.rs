@@ -134,6 +134,26 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         max_store_bytes: config.store.max_bytes.as_u64(),
     };
+    let reloader = config.path.as_ref().map(|path| {
+        let running =
+            BrokerKind::ALL.into_iter().filter(|&b| publishers.get(b).is_some()).collect();
+        Arc::new(Reloader::new(
+            path,
+            &config,
+            running,
+            Arc::clone(&live),
+            Arc::clone(&metrics),
+            Arc::clone(&config_status),
+        ))
+    });
+    if let Some(reloader) = &reloader {
+        spawn_reload_on_sighup(Arc::clone(reloader), tls.clone(), relay_cancel.clone())?;
+        if let Err(error) =
+            Arc::clone(reloader).watch(config.schemas.dir.clone(), relay_cancel.clone())
+        {
+            tracing::warn!(%error, "cannot watch the config files; reload with SIGHUP");
+        }
+    }
     let metrics_on_admin = config.metrics.listener == MetricsListener::Admin;
     if let Some(token) = config.admin.enabled_token() {
         let listener = admin_listener.ok_or_else(|| {
@@ -143,6 +163,11 @@ pub async fn run(
             store: store.clone(),
             token: token.clone(),
             config_status: Arc::clone(&config_status),
+            schemas: admin::schemas::SchemaAdmin {
+                dir: config.schemas.dir.clone(),
+                live: Arc::clone(&live),
+                reloader: reloader.clone(),
+            },
         };
         let admin = admin::router(admin_state)
             .merge(telemetry::http::router(probe.clone(), false))
@@ -159,22 +184,6 @@ pub async fn run(
     }
     spawn_retention(&config, store.clone(), Arc::clone(&metrics), relay_cancel.clone());
     spawn_dedup_expiry(store.clone(), Arc::clone(&metrics), relay_cancel.clone());
-    if let Some(path) = &config.path {
-        let running =
-            BrokerKind::ALL.into_iter().filter(|&b| publishers.get(b).is_some()).collect();
-        let reloader = Arc::new(Reloader::new(
-            path,
-            &config,
-            running,
-            Arc::clone(&live),
-            Arc::clone(&metrics),
-            Arc::clone(&config_status),
-        ));
-        spawn_reload_on_sighup(Arc::clone(&reloader), tls.clone(), relay_cancel.clone())?;
-        if let Err(error) = reloader.watch(config.schemas.dir.clone(), relay_cancel.clone()) {
-            tracing::warn!(%error, "cannot watch the config files; reload with SIGHUP");
-        }
-    }
     if let Some(tls) = &tls
         && let Err(error) = tls.watch(relay_cancel.clone())
     {

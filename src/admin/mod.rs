@@ -4,13 +4,14 @@
 //! without a configured token the listener is not started at all. It serves only admin
 //! routes, and the ingest listener serves none of them.
 
+pub mod schemas;
 pub mod view;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -29,6 +30,7 @@ pub struct AdminState {
     pub store: Store,
     pub token: Secret,
     pub config_status: crate::config::SharedStatus,
+    pub schemas: schemas::SchemaAdmin,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -39,6 +41,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/dlq/{event_id}/replay", post(replay_one))
         .route("/admin/outbox", get(outbox))
         .route("/admin/config", get(config_status))
+        .route("/admin/schemas", get(schemas::list))
+        .route("/admin/schemas/{event_type}", put(schemas::put))
         .fallback(|| async { AdminError::NotFound })
         .route_layer(middleware::from_fn_with_state(state.token.clone(), authorize))
         .with_state(state)

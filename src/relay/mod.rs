@@ -157,9 +157,12 @@ impl Relay {
 
     /// One claim → (route | publish) → settle pass over one lane.
     pub async fn run_lane(&self, lane: u8) -> Result<Pass, StoreError> {
+        let batch_size = self.live.load().relay.batch_size;
+        let claim = self.store.claim_due(clock_ms(), batch_size, vec![lane]).await?;
+        // The snapshot for the whole pass is taken after the claim: an event accepted after a
+        // reload is never routed with the table from before it.
         let live = self.live.load_full();
         let policy = &live.relay;
-        let claim = self.store.claim_due(clock_ms(), policy.batch_size, vec![lane]).await?;
         let now = clock_ms();
         let mut pass = Pass {
             claimed: claim.entries.len(),

@@ -74,6 +74,11 @@ impl SchemaRegistry {
         self.validators.len()
     }
 
+    /// The event types that have a schema.
+    pub fn types(&self) -> Vec<String> {
+        self.validators.keys().cloned().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.validators.is_empty()
     }

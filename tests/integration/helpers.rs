@@ -103,6 +103,20 @@ impl TestApp {
         let text = config_text(dir.path(), extra);
         let config = orchestron::config::load_str(Path::new("test.yaml"), &text, &[])
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
+        Self::start(dir, config).await
+    }
+
+    /// Starts a daemon whose config is a file (`config.yaml` in its directory), so that it
+    /// watches and reloads it as the real daemon does.
+    pub async fn spawn_from_file(extra: &str) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, config_text(dir.path(), extra)).unwrap();
+        let config = orchestron::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        Self::start(dir, config).await
+    }
+
+    async fn start(dir: TempDir, config: orchestron::config::Config) -> TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

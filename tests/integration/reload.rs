@@ -128,3 +128,259 @@ async fn sighup_applies_new_routes_and_survives_a_broken_file() {
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert!(status.success());
 }
+
+/// Config text for the load test: every event to `exchange`, or a broken file.
+fn routed_to(port: u16, store: &std::path::Path, exchange: &str) -> String {
+    config(port, store, exchange)
+}
+
+/// Reloads so far, successful or not.
+async fn reload_count(client: &reqwest::Client, base: &str) -> f64 {
+    metric(client, base, "orchestron_config_reloads_total{result=\"success\"}").await
+        + metric(client, base, "orchestron_config_reloads_total{result=\"failure\"}").await
+}
+
+/// Waits until the sum of reload outcomes reaches `n`.
+async fn reloads_reach(client: &reqwest::Client, base: &str, n: f64) {
+    let started = Instant::now();
+    while reload_count(client, base).await < n {
+        assert!(started.elapsed() < Duration::from_secs(2), "reload {n} not done within 2 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The running configuration's fingerprint (`GET /admin/config`).
+async fn version(client: &reqwest::Client, admin: &str) -> String {
+    let status: serde_json::Value = client
+        .get(format!("{admin}/admin/config"))
+        .bearer_auth("t0ken")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    status["version"].as_str().unwrap().to_owned()
+}
+
+/// Waits (at most 2 s) until the running configuration is no longer `old`; returns the new.
+async fn changed_from(client: &reqwest::Client, admin: &str, old: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let now = version(client, admin).await;
+        if now != old {
+            return now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the change was not applied within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_change_under_load_in_place_by_rename_and_by_symlink_without_loss() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (a, b) = (unique("ex"), unique("ex"));
+    let mut qa = RabbitQueue::bind(&a, "#").await;
+    let mut qb = RabbitQueue::bind(&b, "#").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = loop {
+        let p = crate::helpers::free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            break p;
+        }
+    };
+    let path = dir.path().join("config.yaml");
+    let store = dir.path().join("o.redb");
+    std::fs::write(&path, routed_to(port, &store, &a)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestron"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client =
+        reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5)).build().unwrap();
+    let started = Instant::now();
+    while post(&client, &base, "{\"warmup\":true}").await != 202 {
+        assert!(started.elapsed() < Duration::from_secs(20), "daemon did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Load: senders post events stamped with the time they were sent.
+    let clock = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (client, base, stop) = (client.clone(), base.clone(), Arc::clone(&stop));
+        senders.push(tokio::spawn(async move {
+            let (mut accepted, mut failed) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let at = clock.elapsed().as_millis();
+                match post(&client, &base, &format!("{{\"at\":{at}}}")).await {
+                    202 => accepted += 1,
+                    _ => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            (accepted, failed)
+        }));
+    }
+    let admin = format!("http://127.0.0.1:{}", port + 1);
+    let mut switches: Vec<(u128, String)> = vec![(0, a.clone())];
+    let mut running = version(&client, &admin).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 1. Edited in place.
+    std::fs::write(&path, routed_to(port, &store, &b)).unwrap();
+    running = changed_from(&client, &admin, &running).await;
+    switches.push((clock.elapsed().as_millis(), b.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 2. Saved by rename, as editors do.
+    let tmp = dir.path().join(".config.yaml.swp");
+    std::fs::write(&tmp, routed_to(port, &store, &a)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    running = changed_from(&client, &admin, &running).await;
+    switches.push((clock.elapsed().as_millis(), a.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 3. A symlink swapped to a new release directory, as config management does.
+    let release = dir.path().join("release-2");
+    std::fs::create_dir(&release).unwrap();
+    std::fs::write(release.join("config.yaml"), routed_to(port, &store, &b)).unwrap();
+    let link = dir.path().join(".config.yaml.link");
+    std::os::unix::fs::symlink(release.join("config.yaml"), &link).unwrap();
+    std::fs::rename(&link, &path).unwrap();
+    changed_from(&client, &admin, &running).await;
+    switches.push((clock.elapsed().as_millis(), b.clone()));
+    tokio::time::sleep(Duration::from_millis(500)).await; // late watcher events settle
+
+    // 4. 200 reloads by SIGHUP, alternating a valid file and a broken one.
+    let valid = routed_to(port, &store, &b);
+    let failures_before =
+        metric(&client, &base, "orchestron_config_reloads_total{result=\"failure\"}").await;
+    let mut reloads = reload_count(&client, &base).await;
+    for i in 0..200 {
+        let text = if i % 2 == 0 { valid.as_str() } else { "routes: [oops\n" };
+        std::fs::write(release.join("config.yaml"), text).unwrap();
+        hangup(&child);
+        reloads += 1.0;
+        reloads_reach(&client, &base, reloads).await;
+    }
+    std::fs::write(release.join("config.yaml"), &valid).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut accepted, mut failed) = (1u64, 0u64); // the warm-up event
+    for s in senders {
+        let (ok, bad) = s.await.unwrap();
+        accepted += ok;
+        failed += bad;
+    }
+    let failures_after =
+        metric(&client, &base, "orchestron_config_reloads_total{result=\"failure\"}").await;
+    // The file watcher may also have seen some of the writes; every broken one failed.
+    assert_eq!(failures_after - failures_before, 100.0, "every broken file counted");
+    assert_eq!(failed, 0, "no request failed during {reloads} reloads");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+
+    // Every accepted event arrived; one sent after a reload was seen applied went to the new
+    // route (routing happens at relay time, from the table current then).
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (got.len() as u64) < accepted && Instant::now() < deadline {
+        for (queue, name) in [(&mut qa, &a), (&mut qb, &b)] {
+            for m in queue.collect(usize::MAX, Duration::from_millis(200)).await {
+                got.push((name.clone(), m));
+            }
+        }
+    }
+    let ids: std::collections::BTreeSet<_> =
+        got.iter().map(|(_, m)| m.headers["ce_id"].clone()).collect();
+    assert_eq!(
+        ids.len() as u64,
+        accepted,
+        "every accepted event delivered ({} messages)",
+        got.len()
+    );
+    eprintln!(
+        "reload under load: accepted={accepted} failed={failed} delivered={} reloads={reloads}",
+        got.len()
+    );
+    let mut checked = 0;
+    for (exchange, m) in &got {
+        let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+        let Some(at) = body["at"].as_u64() else { continue };
+        let at = u128::from(at);
+        // Sent after a reload was seen applied, an event goes to that route, or to the route
+        // of a later reload if it is routed after that one (routing happens at relay time,
+        // within a second here). The margin: the stamp is taken just before the request, the
+        // switch time just after the reload was observed.
+        let latest = switches.iter().rev().find(|(t, _)| *t + 5 <= at).unwrap_or(&switches[0]);
+        if latest.0 > 0 {
+            let allowed: Vec<&String> = switches
+                .iter()
+                .filter(|(t, _)| *t >= latest.0 && *t <= at + 1000)
+                .map(|(_, e)| e)
+                .collect();
+            let names: Vec<(u128, bool)> = switches.iter().map(|(t, e)| (*t, e == &a)).collect();
+            assert!(
+                allowed.contains(&exchange),
+                "event sent at {at} ms went to an old route; switches (ms, to a?) {names:?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "{checked} events were checked against their route");
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn schemas_registered_through_the_admin_api_apply_at_once_and_stay_files() {
+    let schema_dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "schemas:\n  dir: {}\n\
+         brokers:\n  rabbitmq: {{ url: \"amqp://guest:guest@127.0.0.1:1/%2f\" }}\n\
+         default_route:\n  to: [ {{ rabbitmq: {{ exchange: x, routing_key: k }} }} ]\n",
+        schema_dir.path().display()
+    );
+    let app = crate::helpers::TestApp::spawn_from_file(&extra).await;
+    let list = || async {
+        let r = app.admin(reqwest::Method::GET, "/admin/schemas").send().await.unwrap();
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    assert_eq!(list().await["schemas"], serde_json::json!([]));
+    let put = |ty: &'static str, body: &'static str| {
+        app.admin(reqwest::Method::PUT, &format!("/admin/schemas/{ty}"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(put("order.created", r#"{"type": 12}"#).await.unwrap().status(), 422);
+    assert_eq!(put("order.created", "not json").await.unwrap().status(), 400);
+    assert_eq!(put("..%2Fescape", "{}").await.unwrap().status(), 400);
+    assert!(std::fs::read_dir(schema_dir.path()).unwrap().next().is_none(), "nothing written");
+
+    let schema = r#"{"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object", "required": ["order_id"]}"#;
+    let created = put("order.created", schema).await.unwrap();
+    assert_eq!(created.status(), 201);
+    let answer: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(answer["applied"], true, "{answer}");
+    let file = schema_dir.path().join("order.created.json");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), schema, "the file is the source of truth");
+    assert_eq!(app.post("order.created", r#"{"no":"id"}"#).await.status(), 422, "applied at once");
+    assert_eq!(app.post("order.created", r#"{"order_id":1}"#).await.status(), 202);
+
+    let replaced = put("order.created", r#"{"type": "object"}"#).await.unwrap();
+    assert_eq!(replaced.status(), 200);
+    assert_eq!(app.post("order.created", r#"{"no":"id"}"#).await.status(), 202);
+    assert_eq!(list().await["schemas"], serde_json::json!(["order.created"]));
+    let unauthorized = app.client.get(app.admin_url("/admin/schemas")).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    app.stop().await;
+}
