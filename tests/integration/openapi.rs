@@ -225,6 +225,7 @@ async fn every_documented_operation_answers_as_documented() {
     let unknown = uuid::Uuid::now_v7().to_string();
     const ONE: &str = "/admin/dlq/{event_id}";
     const REPLAY_ONE: &str = "/admin/dlq/{event_id}/replay";
+    const SCHEMA: &str = "/admin/schemas/{event_type}";
     let admin = [
         case(Method::GET, "/admin/dlq", "/admin/dlq", Auth::Admin),
         case(Method::GET, "/admin/dlq", "/admin/dlq", Auth::None),
@@ -236,6 +237,16 @@ async fn every_documented_operation_answers_as_documented() {
         case(Method::GET, "/admin/outbox", "/admin/outbox", Auth::Admin),
         case(Method::GET, "/admin/config", "/admin/config", Auth::Admin),
         case(Method::GET, "/admin/config", "/admin/config", Auth::None),
+        case(Method::GET, "/admin/schemas", "/admin/schemas", Auth::Admin),
+        case(Method::GET, "/admin/schemas", "/admin/schemas", Auth::None),
+        case(Method::PUT, SCHEMA, "/admin/schemas/user.created", Auth::Admin)
+            .json(r#"{"type": "object"}"#),
+        case(Method::PUT, SCHEMA, "/admin/schemas/user.created", Auth::Admin)
+            .json(r#"{"type": "object", "required": ["id"]}"#),
+        case(Method::PUT, SCHEMA, "/admin/schemas/user.created", Auth::Admin)
+            .json(r#"{"type": 12}"#),
+        case(Method::PUT, SCHEMA, "/admin/schemas/a%20b", Auth::Admin).json("{}"),
+        case(Method::PUT, SCHEMA, "/admin/schemas/user.created", Auth::None).json("{}"),
         case(Method::GET, "/admin/outbox", "/admin/outbox", Auth::None),
         case(Method::POST, REPLAY_ONE, format!("/admin/dlq/{unknown}/replay"), Auth::Admin),
         case(Method::POST, REPLAY_ONE, "/admin/dlq/x/replay", Auth::Admin),
