@@ -76,6 +76,9 @@ impl Relay {
     /// Runs the routing worker and one worker per configured broker until `cancel`; each
     /// finishes the pass it is in first.
     pub async fn run(self, cancel: CancellationToken) {
+        if let Err(error) = self.reroute_stranded().await {
+            tracing::error!(%error, "re-routing events of removed brokers failed; they stay queued");
+        }
         let relay = Arc::new(self);
         let mut workers = tokio::task::JoinSet::new();
         workers.spawn(Arc::clone(&relay).route_loop(cancel.clone()));
@@ -86,6 +89,48 @@ impl Relay {
         }
         workers.join_all().await;
         tracing::info!("relay stopped");
+    }
+
+    /// Events still waiting on a broker that is no longer configured (removed from
+    /// `brokers:`, then a restart) would wait forever: they go where the current routes send
+    /// them, or to the DLQ (see [`plan::reroute`]). Runs once, before the workers start.
+    async fn reroute_stranded(&self) -> Result<(), StoreError> {
+        let (configured, stranded): (Vec<BrokerKind>, Vec<BrokerKind>) =
+            BrokerKind::ALL.into_iter().partition(|&b| self.publishers.get(b).is_some());
+        if stranded.is_empty() {
+            return Ok(());
+        }
+        let configured: Vec<u8> = configured.into_iter().map(BrokerKind::lane).collect();
+        let lanes: Vec<u8> = stranded.into_iter().map(BrokerKind::lane).collect();
+        let (mut events, mut rerouted) = (0, 0);
+        loop {
+            let batch_size = self.live.load().relay.batch_size;
+            let claim = self.store.claim_due(u64::MAX, batch_size, lanes.clone()).await?;
+            if claim.entries.is_empty() {
+                break;
+            }
+            let live = self.live.load_full();
+            let now = clock_ms();
+            let mut settlements = Vec::with_capacity(claim.entries.len());
+            for entry in claim.entries {
+                let (settlement, n) = plan::reroute(entry, &live, &configured, now);
+                rerouted += n;
+                events += 1;
+                if let Some(record) = &settlement.dead_letter {
+                    self.metrics.dead_lettered.with_label_values(&[record.reason.as_str()]).inc();
+                }
+                settlements.push(settlement);
+            }
+            self.store.settle(settlements).await?;
+        }
+        if events > 0 {
+            tracing::warn!(
+                events,
+                new_destinations = rerouted,
+                "events waiting on brokers that are no longer configured were re-routed"
+            );
+        }
+        Ok(())
     }
 
     async fn route_loop(self: Arc<Self>, cancel: CancellationToken) {

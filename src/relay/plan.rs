@@ -20,6 +20,69 @@ pub(super) struct Plan {
     dead: Vec<(usize, Reason)>,
 }
 
+/// At start, for an event waiting on a broker that is no longer configured: its pending
+/// destinations there are replaced by what the current route table gives on the configured
+/// brokers (destinations already delivered or dead-lettered stay as they are). If the table
+/// gives nothing new, the stranded destinations are dead-lettered with reason `no_route`.
+/// Runs before the broker workers start, so the record can be replaced whole.
+pub(super) fn reroute(
+    entry: OutboxEntry,
+    live: &LiveConfig,
+    configured: &[u8],
+    now: u64,
+) -> (Settlement, usize) {
+    let seq = entry.seq;
+    let old = entry.delivery.clone().unwrap_or_default().destinations;
+    let (stranded, mut kept): (Vec<DestinationState>, Vec<DestinationState>) = old
+        .into_iter()
+        .partition(|s| s.is_pending() && !configured.contains(&s.target.broker().lane()));
+    let busy_lanes: Vec<u8> =
+        kept.iter().filter(|s| s.is_pending()).map(|s| s.target.broker().lane()).collect();
+    let added: Vec<DestinationState> = live
+        .routes
+        .resolve(&entry.event)
+        .into_iter()
+        .filter(|r| configured.contains(&r.target.broker().lane()))
+        .filter(|r| !kept.iter().any(|k| k.target == r.target))
+        .map(|r| DestinationState { name: r.name, ..DestinationState::new(r.target, r.retry) })
+        .collect();
+    let rerouted = added.len();
+    // Lanes that already hold a due entry for this event pick the new destinations up then.
+    let mut add_due: Vec<(u8, u64)> = added
+        .iter()
+        .map(|s| s.target.broker().lane())
+        .filter(|lane| !busy_lanes.contains(lane))
+        .map(|lane| (lane, now))
+        .collect();
+    add_due.sort_unstable();
+    add_due.dedup();
+    let dead_letter = (added.is_empty() && !stranded.is_empty()).then(|| DlqRecord {
+        event: entry.event.clone(),
+        dead_lettered_at_ms: now_ms(),
+        reason: Reason::NoRoute,
+        destinations: stranded
+            .iter()
+            .map(|s| DeadDestination {
+                state: DestinationState { status: Status::Dead, ..s.clone() },
+                reason: Reason::NoRoute,
+            })
+            .collect(),
+    });
+    if dead_letter.is_some() {
+        tracing::error!(
+            event_id = %entry.event.id(),
+            "its broker is no longer configured and no current route goes elsewhere; dead-lettering it"
+        );
+        kept.extend(stranded.into_iter().map(|s| DestinationState { status: Status::Dead, ..s }));
+    }
+    kept.extend(added);
+    let pending = kept.iter().any(|s| s.is_pending());
+    let outcome =
+        if pending { Outcome::Store(Delivery { destinations: kept }) } else { Outcome::Delete };
+    let settlement = Settlement { seq, remove_due: entry.claimed, add_due, outcome, dead_letter };
+    (settlement, rerouted)
+}
+
 impl Plan {
     pub fn new(entry: OutboxEntry, live: &LiveConfig, now: u64, lane: u8) -> Self {
         let delivery = match entry.delivery.clone().filter(|d| !d.destinations.is_empty()) {

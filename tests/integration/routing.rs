@@ -93,3 +93,47 @@ async fn kafka_destinations_can_fix_the_partition_and_use_structured_mode() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn events_stranded_on_a_removed_broker_follow_the_current_routes_or_dead_letter() {
+    // Before: everything to a Kafka that is down, so the events wait in its lane.
+    let before = "brokers:\n  kafka: { bootstrap_servers: \"127.0.0.1:1\", message_timeout: 5s }\n\
+                  default_route:\n  to: [ { kafka: { topic: stranded } } ]\n";
+    let app = TestApp::spawn(before).await;
+    let mut kept = Vec::new();
+    for n in 0..3 {
+        kept.push(app.accept("keep.it", format!("{{\"n\":{n}}}")).await);
+    }
+    let mut dropped = Vec::new();
+    for n in 0..2 {
+        dropped.push(app.accept("drop.it", format!("{{\"n\":{n}}}")).await);
+    }
+    // Let the routing worker file them into the Kafka lane.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dir = app.stop().await;
+
+    // After: Kafka removed from the config; only keep.* has a route (to RabbitMQ).
+    let exchange = unique("ex");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let after = format!(
+        "brokers:\n  rabbitmq: {{ url: \"{AMQP_URL}\" }}\n\
+         routes:\n  - match: {{ type: \"keep.*\" }}\n    to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ]\n"
+    );
+    let app = TestApp::spawn_in(dir, &after).await;
+    let got = queue.collect(4, Duration::from_secs(10)).await;
+    let mut ids: Vec<String> = got.iter().map(|m| m.headers["ce_id"].clone()).collect();
+    ids.sort();
+    kept.sort();
+    assert_eq!(ids, kept, "the stranded keep.* events went to the current route, once each");
+
+    let page: serde_json::Value =
+        app.admin(reqwest::Method::GET, "/admin/dlq").send().await.unwrap().json().await.unwrap();
+    let entries = page["entries"].as_array().unwrap();
+    let mut dead: Vec<String> =
+        entries.iter().map(|e| e["event_id"].as_str().unwrap().to_owned()).collect();
+    dead.sort();
+    dropped.sort();
+    assert_eq!(dead, dropped, "{page}");
+    assert!(entries.iter().all(|e| e["reason"] == "no_route"), "{page}");
+    app.stop().await;
+}
