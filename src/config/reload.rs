@@ -134,6 +134,9 @@ impl Reloader {
         let result = result.map(drop);
         let outcome = if result.is_ok() { "success" } else { "failure" };
         self.metrics.config_reloads.with_label_values(&[outcome]).inc();
+        if result.is_err() {
+            self.metrics.config_reload_failures.inc();
+        }
         match &result {
             Ok(()) => tracing::info!(path = %self.path.display(), "configuration reloaded"),
             Err(error) => tracing::error!(

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub config_info: IntGaugeVec,
     pub config_loaded: IntGauge,
     pub config_reloads: IntCounterVec,
+    pub config_reload_failures: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -275,6 +276,10 @@ impl Metrics {
                 ),
                 &["result"]
             )),
+            config_reload_failures: reg!(IntCounter::with_opts(opts(
+                "config_reload_failures_total",
+                "Reloads that failed (the previous configuration kept running); the same as config_reloads_total{result=\"failure\"}."
+            ))),
             registry,
         };
         metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

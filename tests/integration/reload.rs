@@ -284,6 +284,8 @@ async fn routes_change_under_load_in_place_by_rename_and_by_symlink_without_loss
         metric(&client, &base, "orchestron_config_reloads_total{result=\"failure\"}").await;
     // The file watcher may also have seen some of the writes; every broken one failed.
     assert_eq!(failures_after - failures_before, 100.0, "every broken file counted");
+    let failures = metric(&client, &base, "orchestron_config_reload_failures_total").await;
+    assert_eq!(failures, failures_after, "orchestron_config_reload_failures_total agrees");
     assert_eq!(failed, 0, "no request failed during {reloads} reloads");
     assert!(child.try_wait().unwrap().is_none(), "still running");
 
