@@ -132,6 +132,20 @@ sources:
     }
 
     #[test]
+    fn secrets_never_show_in_debug_output() {
+        let text = format!(
+            "{MINIMAL}  github:\n    verify: {{ scheme: github, secrets: [hush-hush-1, hush-hush-2] }}\n\
+             \x20   event_type: {{ header: X-GitHub-Event }}\n"
+        );
+        let c = load(&text, &[]).unwrap();
+        let dumped = format!("{c:?}");
+        assert!(dumped.contains("github") && dumped.contains("Github"), "{dumped}");
+        for secret in ["hush-hush-1", "hush-hush-2", "k1"] {
+            assert!(!dumped.contains(secret), "{secret} leaked: {dumped}");
+        }
+    }
+
+    #[test]
     fn unknown_key_names_key_file_and_line() {
         let text = MINIMAL.replace("  path:", "  paht: x\n  path:");
         let err = load(&text, &[]).unwrap_err().to_string();

@@ -101,6 +101,7 @@ async fn a_signed_source_accepts_only_valid_signatures_and_publishes_a_redeliver
         let (status, answer) = hook(&app, "billing", &headers, body).await;
         assert_eq!(status, 401, "{what}: {answer}");
         assert_eq!(answer["error"], "invalid_signature", "{what}");
+        assert!(!answer.to_string().contains(SW_KEY), "the secret is never echoed");
     }
     let (status, answer) = hook(&app, "nope", &signed("msg_6", t, body), body).await;
     assert_eq!((status, answer["error"].as_str()), (404, Some("unknown_source")));
@@ -127,6 +128,7 @@ async fn a_signed_source_accepts_only_valid_signatures_and_publishes_a_redeliver
         "{metrics}"
     );
     assert!(!metrics.contains("nope"), "unknown names never become labels");
+    assert!(!metrics.contains(SW_KEY) && !metrics.contains("c2VjcmV0"), "no secret in metrics");
     app.stop().await;
 }
 
