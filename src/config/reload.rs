@@ -191,12 +191,18 @@ impl Reloader {
     ) -> notify::Result<()> {
         let config_file = self.path.clone();
         let schema_dir_abs = schema_dir.as_ref().and_then(|d| std::fs::canonicalize(d).ok());
+        let mut dirs = vec![parent_dir(&self.path)];
+        // The schema directory itself, and its parent: a directory replaced by a rename is
+        // seen there (and watched again after each change, see `watch_paths`).
+        match (&schema_dir_abs, schema_dir) {
+            (Some(abs), _) => dirs.extend([parent_dir(abs), abs.clone()]),
+            (None, Some(dir)) => dirs.push(dir),
+            (None, None) => {}
+        }
         let relevant = move |p: &Path| {
             p.file_name() == config_file.file_name()
                 || schema_dir_abs.as_ref().is_some_and(|d| p.starts_with(d))
         };
-        let mut dirs = vec![parent_dir(&self.path)];
-        dirs.extend(schema_dir);
         watch_paths(dirs, relevant, cancel, move || {
             let _ = self.reload();
         })
@@ -231,6 +237,9 @@ pub fn watch_paths(
     })?;
     let mut watched = Vec::new();
     for dir in dirs {
+        // Absolute, so that event paths compare with canonical paths whatever the working
+        // directory was.
+        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
         if !watched.contains(&dir) {
             watcher.watch(&dir, RecursiveMode::NonRecursive)?;
             watched.push(dir);
@@ -238,7 +247,7 @@ pub fn watch_paths(
     }
     let action = Arc::new(action);
     tokio::spawn(async move {
-        let _watcher = watcher; // lives as long as this task
+        let mut watcher = watcher; // lives as long as this task
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -250,6 +259,14 @@ pub fn watch_paths(
                     _ = cancel.cancelled() => return,
                     _ = rx.recv() => continue,
                     _ = tokio::time::sleep(DEBOUNCE) => break,
+                }
+            }
+            // A watched directory that was replaced (renamed over) is a new inode: watch the
+            // path again, so later changes in it are seen too.
+            for dir in &watched {
+                let _ = watcher.unwatch(dir);
+                if let Err(error) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot watch again");
                 }
             }
             let action = Arc::clone(&action);

@@ -386,3 +386,44 @@ async fn schemas_registered_through_the_admin_api_apply_at_once_and_stay_files()
     assert_eq!(unauthorized.status(), 401);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_schema_directory_replaced_by_rename_is_watched_again() {
+    let root = tempfile::tempdir().unwrap();
+    let schemas = root.path().join("schemas");
+    std::fs::create_dir(&schemas).unwrap();
+    let extra = format!(
+        "schemas:\n  dir: {}\n\
+         brokers:\n  rabbitmq: {{ url: \"amqp://guest:guest@127.0.0.1:1/%2f\" }}\n\
+         default_route:\n  to: [ {{ rabbitmq: {{ exchange: x, routing_key: k }} }} ]\n",
+        schemas.display()
+    );
+    let app = crate::helpers::TestApp::spawn_from_file(&extra).await;
+    let status_within = |body: &'static str, want: u16| {
+        let app = &app;
+        async move {
+            let started = Instant::now();
+            loop {
+                let got = app.post("user.created", body).await.status().as_u16();
+                if got == want {
+                    return;
+                }
+                assert!(started.elapsed() < Duration::from_secs(3), "still {got}, want {want}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    status_within("{}", 202).await;
+    // A release tool builds the new directory beside the old one and renames it into place.
+    let next = root.path().join("schemas.next");
+    std::fs::create_dir(&next).unwrap();
+    std::fs::write(next.join("user.created.json"), r#"{"type":"object","required":["id"]}"#)
+        .unwrap();
+    std::fs::rename(&schemas, root.path().join("schemas.old")).unwrap();
+    std::fs::rename(&next, &schemas).unwrap();
+    status_within("{}", 422).await;
+    // An edit inside the new directory is seen too.
+    std::fs::write(schemas.join("user.created.json"), r#"{"type":"object"}"#).unwrap();
+    status_within("{}", 202).await;
+    app.stop().await;
+}
