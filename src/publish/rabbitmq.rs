@@ -207,7 +207,12 @@ impl Publisher for RabbitMqPublisher {
 
     fn close(&self, deadline: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            self.channel.store(None);
+            // The channel first: closing the connection under an open channel makes lapin log
+            // an error for a normal shutdown.
+            if let Some(channel) = self.channel.swap(None) {
+                let closing = channel.close(200, "orchestron shutting down".into());
+                let _ = tokio::time::timeout(deadline, closing).await;
+            }
             if let Some(conn) = self.connection.swap(None) {
                 let closing = conn.close(200, "orchestron shutting down".into());
                 if tokio::time::timeout(deadline, closing).await.is_err() {
