@@ -341,6 +341,7 @@ async fn certificates_rotate_under_load_without_a_failed_request_and_bad_pairs_a
         task.await.unwrap();
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("certificate rotation under load: ok={ok} failed={failed}");
     assert_eq!(failed, 0, "{ok} requests succeeded");
     assert!(ok > 50, "the load ran: {ok} requests");
     let metrics = admin_metrics(&app).await;
