@@ -86,6 +86,14 @@ async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found", "message": "no such endpoint" })))
 }
 
+/// What a request that passed every check gets.
+enum Answer {
+    /// Stored (or found to be a duplicate), with the body size.
+    Stored(Appended, usize),
+    /// A Slack `url_verification` handshake: echoed, not stored.
+    Challenge(String),
+}
+
 /// Where the event type of a request comes from.
 enum TypeFrom {
     /// The generic endpoint's path segment.
@@ -144,20 +152,24 @@ async fn respond(
     };
     let m = &state.metrics;
     let status = match &result {
-        Ok((Appended::Accepted(_), _)) => StatusCode::ACCEPTED,
-        Ok((Appended::Duplicate(_), _)) => StatusCode::OK,
+        Ok(Answer::Stored(Appended::Accepted(_), _)) => StatusCode::ACCEPTED,
+        Ok(Answer::Stored(Appended::Duplicate(_), _) | Answer::Challenge(_)) => StatusCode::OK,
         Err(e) => e.status(),
     };
     m.ingest_requests.with_label_values(&[&label, status_class(status.as_u16())]).inc();
     m.ingest_duration.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
     match result {
-        Ok((Appended::Accepted(id), size)) => {
+        Ok(Answer::Challenge(challenge)) => {
+            tracing::info!(source = %label, "answered a Slack url_verification challenge");
+            (StatusCode::OK, Json(json!({ "challenge": challenge }))).into_response()
+        }
+        Ok(Answer::Stored(Appended::Accepted(id), size)) => {
             m.ingest_accepted.with_label_values(&[&label]).inc();
             m.ingest_body_bytes.with_label_values(&[&label]).observe(size as f64);
             let answer = json!({ "event_id": id.to_string(), "status": "accepted" });
             (StatusCode::ACCEPTED, Json(answer)).into_response()
         }
-        Ok((Appended::Duplicate(id), _)) => {
+        Ok(Answer::Stored(Appended::Duplicate(id), _)) => {
             m.ingest_duplicates.with_label_values(&[&label]).inc();
             tracing::debug!(event_id = %id, source = %label, "duplicate delivery answered");
             let answer = json!({ "event_id": id.to_string(), "status": "duplicate" });
@@ -187,7 +199,7 @@ async fn accept(
     source: &Source,
     type_from: TypeFrom,
     request: Incoming,
-) -> Result<(Appended, usize), IngestError> {
+) -> Result<Answer, IngestError> {
     let Incoming { headers, client, body } = request;
     let headers = &headers;
     source.check_client(client.as_ref())?;
@@ -214,6 +226,9 @@ async fn accept(
         serde_json::from_slice(&bytes).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
     if !value.is_object() {
         return Err(IngestError::NotAnObject);
+    }
+    if let Some(challenge) = source.challenge(&value) {
+        return Ok(Answer::Challenge(challenge));
     }
     let event_type = match path_type {
         Some(t) => t,
@@ -245,7 +260,7 @@ async fn accept(
     if let Appended::Accepted(id) = appended {
         tracing::debug!(event_id = %id, source = %source.name.as_str(), "event accepted");
     }
-    Ok((appended, size))
+    Ok(Answer::Stored(appended, size))
 }
 
 /// `application/json` or any `application/*+json`, parameters (charset) ignored.

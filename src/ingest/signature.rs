@@ -78,6 +78,10 @@ impl Verifier {
         Ok(Self { scheme, secrets, tolerance: config.tolerance.get() })
     }
 
+    pub fn is_slack(&self) -> bool {
+        matches!(self.scheme, Scheme::Slack)
+    }
+
     /// Where the scheme's senders put a delivery id: the idempotency key when the source
     /// does not name one.
     pub fn default_idempotency_key(&self) -> Option<ValueFrom> {

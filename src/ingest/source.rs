@@ -140,6 +140,16 @@ impl Source {
         verifier.verify(headers, body, now).map_err(IngestError::Signature)
     }
 
+    /// Slack sources: the `challenge` of a (signed) `url_verification` request, which Slack
+    /// sends once when the endpoint is set up and which must be echoed back.
+    pub fn challenge(&self, body: &serde_json::Value) -> Option<String> {
+        let Auth::Signature(verifier) = &self.auth else { return None };
+        if !verifier.is_slack() || body.get("type")?.as_str()? != "url_verification" {
+            return None;
+        }
+        Some(body.get("challenge")?.as_str()?.to_owned())
+    }
+
     /// Takes a token from the credential's bucket, or says how long to wait.
     pub fn admit(&self, who: Credential) -> Result<(), IngestError> {
         let Some(limiter) = self.limiters.get(who.0) else { return Ok(()) };

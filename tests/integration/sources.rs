@@ -29,6 +29,9 @@ fn config(exchange: &str) -> String {
          \x20   event_type: {{ fixed: usage.recorded }}\n\
          \x20   rate_limit: {{ per_second: 1, burst: 2 }}\n\
          \x20   max_body_bytes: 1KiB\n\
+         \x20 slack:\n\
+         \x20   verify: {{ scheme: slack, secret: slack-signing-secret }}\n\
+         \x20   event_type: {{ pointer: /event/type }}\n\
          default_route:\n  to:\n    - rabbitmq: {{ exchange: {exchange}, routing_key: \"{{source}}.{{type}}\" }}\n"
     )
 }
@@ -211,6 +214,38 @@ async fn fifty_concurrent_duplicates_publish_exactly_one_event() {
     assert_eq!(ids.len(), 1, "every answer names the one event");
     let got = queue.collect(2, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1, "one message on the queue");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_signed_slack_url_verification_is_echoed_and_not_stored() {
+    let exchange = unique("ex");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let app = TestApp::spawn(&config(&exchange)).await;
+    let slack = |body: &str, secret: &[u8]| {
+        let ts = now().to_string();
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(format!("v0:{ts}:{body}").as_bytes());
+        let signature = format!("v0={}", hex::encode(mac.finalize().into_bytes()));
+        vec![("x-slack-request-timestamp", ts), ("x-slack-signature", signature)]
+    };
+    let handshake = r#"{"token":"t","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let (status, answer) =
+        hook(&app, "slack", &slack(handshake, b"slack-signing-secret"), handshake).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        serde_json::json!({"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"})
+    );
+    let (status, _) = hook(&app, "slack", &slack(handshake, b"wrong"), handshake).await;
+    assert_eq!(status, 401, "an unsigned handshake gets nothing");
+
+    let event = r#"{"type":"event_callback","event":{"type":"app_mention","text":"hi"}}"#;
+    let (status, _) = hook(&app, "slack", &slack(event, b"slack-signing-secret"), event).await;
+    assert_eq!(status, 202);
+    let got = queue.collect(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "only the event, not the handshake, is published");
+    assert_eq!(got[0].routing_key, "slack.app_mention");
     app.stop().await;
 }
 
