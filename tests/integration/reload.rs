@@ -42,141 +42,159 @@ async fn metric(client: &reqwest::Client, base: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The real binary on a config file in a temp directory, ingest on `port`, admin on `port + 1`.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    store: std::path::PathBuf,
+    port: u16,
+    base: String,
+    admin: String,
+    client: reqwest::Client,
+}
+
+impl Daemon {
+    /// Starts it routing every event to `exchange`, and waits until it accepts one.
+    async fn start(exchange: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        // Two adjacent free ports: ingest and admin.
+        let port = loop {
+            let p = crate::helpers::free_port();
+            if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let path = dir.path().join("config.yaml");
+        let store = dir.path().join("o.redb");
+        std::fs::write(&path, config(port, &store, exchange)).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_orchestron"))
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Idle connections are dropped before the daemon's keep-alive limit (docs/security.md).
+        let client =
+            reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5)).build().unwrap();
+        let (base, admin) =
+            (format!("http://127.0.0.1:{port}"), format!("http://127.0.0.1:{}", port + 1));
+        let started = Instant::now();
+        while post(&client, &base, "{\"warmup\":true}").await != 202 {
+            assert!(started.elapsed() < Duration::from_secs(20), "daemon did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Daemon { child, dir, path, store, port, base, admin, client }
+    }
+
+    /// The config text routing every event to `exchange`.
+    fn routed_to(&self, exchange: &str) -> String {
+        config(self.port, &self.store, exchange)
+    }
+
+    /// `GET /admin/config`.
+    async fn status(&self) -> serde_json::Value {
+        let request = self.client.get(format!("{}/admin/config", self.admin)).bearer_auth("t0ken");
+        request.send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        metric(&self.client, &self.base, series).await
+    }
+
+    /// Reloads so far, successful or not.
+    async fn reload_count(&self) -> f64 {
+        self.metric("orchestron_config_reloads_total{result=\"success\"}").await
+            + self.metric("orchestron_config_reloads_total{result=\"failure\"}").await
+    }
+
+    /// Waits until the sum of reload outcomes reaches `n`.
+    async fn reloads_reach(&self, n: f64) {
+        let started = Instant::now();
+        while self.reload_count().await < n {
+            assert!(started.elapsed() < Duration::from_secs(2), "reload {n} not done within 2 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The running configuration's fingerprint.
+    async fn version(&self) -> String {
+        self.status().await["version"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits (at most 2 s) until the running configuration's fingerprint is no longer `old`;
+    /// returns the new one.
+    async fn changed_from(&self, old: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let now = self.version().await;
+            if now != old {
+                return now;
+            }
+            assert!(started.elapsed() < Duration::from_secs(2), "change not applied within 2 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// SIGTERM, and a clean exit.
+    async fn stop(mut self) {
+        assert!(self.child.try_wait().unwrap().is_none(), "still running before the stop");
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let status = tokio::task::spawn_blocking(move || self.child.wait().unwrap()).await.unwrap();
+        assert!(status.success());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_new_routes_and_survives_a_broken_file() {
     let (first, second) = (unique("ex"), unique("ex"));
     let mut q1 = RabbitQueue::bind(&first, "#").await;
     let mut q2 = RabbitQueue::bind(&second, "#").await;
-    let dir = tempfile::tempdir().unwrap();
-    // Two adjacent free ports: ingest and admin.
-    let port = loop {
-        let p = crate::helpers::free_port();
-        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            break p;
-        }
-    };
-    let path = dir.path().join("config.yaml");
-    let store = dir.path().join("o.redb");
-    std::fs::write(&path, config(port, &store, &first)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestron"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let started = Instant::now();
-    while post(&client, &base, "{\"n\":1}").await != 202 {
-        assert!(started.elapsed() < Duration::from_secs(20), "daemon did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(q1.collect(1, Duration::from_secs(10)).await.len(), 1);
+    let d = Daemon::start(&first).await;
+    let (client, base, path) = (&d.client, &d.base, &d.path);
+    assert_eq!(q1.collect(1, Duration::from_secs(10)).await.len(), 1, "the warm-up event");
 
     // Edit the routes, reload: new events go to the new exchange, no restart.
-    std::fs::write(&path, config(port, &store, &second)).unwrap();
-    hangup(&child);
+    std::fs::write(path, d.routed_to(&second)).unwrap();
+    hangup(&d.child);
     let started = Instant::now();
-    while metric(&client, &base, "orchestron_config_reloads_total{result=\"success\"}").await < 1.0
-    {
+    while d.metric("orchestron_config_reloads_total{result=\"success\"}").await < 1.0 {
         assert!(started.elapsed() < Duration::from_secs(10), "reload not applied");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(post(&client, &base, "{\"n\":2}").await, 202);
+    assert_eq!(post(client, base, "{\"n\":2}").await, 202);
     let got = q2.collect(1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body, b"{\"n\":2}");
 
     // A broken file: counted, logged, and the running configuration stays.
-    std::fs::write(&path, "server: [this is not the config\n").unwrap();
-    hangup(&child);
+    std::fs::write(path, "server: [this is not the config\n").unwrap();
+    hangup(&d.child);
     let started = Instant::now();
-    while metric(&client, &base, "orchestron_config_reloads_total{result=\"failure\"}").await < 1.0
-    {
+    while d.metric("orchestron_config_reloads_total{result=\"failure\"}").await < 1.0 {
         assert!(started.elapsed() < Duration::from_secs(10), "failure not counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(post(&client, &base, "{\"n\":3}").await, 202);
+    assert_eq!(post(client, base, "{\"n\":3}").await, 202);
     assert_eq!(q2.collect(1, Duration::from_secs(10)).await.len(), 1, "old config still routes");
-    let status: serde_json::Value = client
-        .get(format!("http://127.0.0.1:{}/admin/config", port + 1))
-        .bearer_auth("t0ken")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = d.status().await;
     assert!(status["last_error"].as_str().unwrap().contains("line 1"), "{status}");
     assert!(q1.collect(1, Duration::from_millis(300)).await.is_empty());
 
     // No signal at all: saving the file (write a temp file, rename it over) is enough.
-    let temp = dir.path().join("config.yaml.tmp");
-    std::fs::write(&temp, config(port, &store, &first)).unwrap();
-    std::fs::rename(&temp, &path).unwrap();
+    let temp = d.dir.path().join("config.yaml.tmp");
+    std::fs::write(&temp, d.routed_to(&first)).unwrap();
+    std::fs::rename(&temp, path).unwrap();
     let started = Instant::now();
     loop {
-        assert_eq!(post(&client, &base, "{\"n\":4}").await, 202);
+        assert_eq!(post(client, base, "{\"n\":4}").await, 202);
         if !q1.collect(1, Duration::from_millis(300)).await.is_empty() {
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(10), "file change not picked up");
     }
-    assert!(child.try_wait().unwrap().is_none(), "SIGHUP did not end the process");
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-    assert!(status.success());
-}
-
-/// Config text for the load test: every event to `exchange`, or a broken file.
-fn routed_to(port: u16, store: &std::path::Path, exchange: &str) -> String {
-    config(port, store, exchange)
-}
-
-/// Reloads so far, successful or not.
-async fn reload_count(client: &reqwest::Client, base: &str) -> f64 {
-    metric(client, base, "orchestron_config_reloads_total{result=\"success\"}").await
-        + metric(client, base, "orchestron_config_reloads_total{result=\"failure\"}").await
-}
-
-/// Waits until the sum of reload outcomes reaches `n`.
-async fn reloads_reach(client: &reqwest::Client, base: &str, n: f64) {
-    let started = Instant::now();
-    while reload_count(client, base).await < n {
-        assert!(started.elapsed() < Duration::from_secs(2), "reload {n} not done within 2 s");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// The running configuration's fingerprint (`GET /admin/config`).
-async fn version(client: &reqwest::Client, admin: &str) -> String {
-    let status: serde_json::Value = client
-        .get(format!("{admin}/admin/config"))
-        .bearer_auth("t0ken")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    status["version"].as_str().unwrap().to_owned()
-}
-
-/// Waits (at most 2 s) until the running configuration is no longer `old`; returns the new.
-async fn changed_from(client: &reqwest::Client, admin: &str, old: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let now = version(client, admin).await;
-        if now != old {
-            return now;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "the change was not applied within 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,38 +204,15 @@ async fn routes_change_under_load_in_place_by_rename_and_by_symlink_without_loss
     let (a, b) = (unique("ex"), unique("ex"));
     let mut qa = RabbitQueue::bind(&a, "#").await;
     let mut qb = RabbitQueue::bind(&b, "#").await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = loop {
-        let p = crate::helpers::free_port();
-        if std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            break p;
-        }
-    };
-    let path = dir.path().join("config.yaml");
-    let store = dir.path().join("o.redb");
-    std::fs::write(&path, routed_to(port, &store, &a)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestron"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let client =
-        reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(5)).build().unwrap();
-    let started = Instant::now();
-    while post(&client, &base, "{\"warmup\":true}").await != 202 {
-        assert!(started.elapsed() < Duration::from_secs(20), "daemon did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let d = Daemon::start(&a).await;
+    let (path, dir) = (&d.path, d.dir.path());
 
     // Load: senders post events stamped with the time they were sent.
     let clock = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     for _ in 0..4 {
-        let (client, base, stop) = (client.clone(), base.clone(), Arc::clone(&stop));
+        let (client, base, stop) = (d.client.clone(), d.base.clone(), Arc::clone(&stop));
         senders.push(tokio::spawn(async move {
             let (mut accepted, mut failed) = (0u64, 0u64);
             while !stop.load(Ordering::Relaxed) {
@@ -231,45 +226,43 @@ async fn routes_change_under_load_in_place_by_rename_and_by_symlink_without_loss
             (accepted, failed)
         }));
     }
-    let admin = format!("http://127.0.0.1:{}", port + 1);
     let mut switches: Vec<(u128, String)> = vec![(0, a.clone())];
-    let mut running = version(&client, &admin).await;
+    let mut running = d.version().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // 1. Edited in place.
-    std::fs::write(&path, routed_to(port, &store, &b)).unwrap();
-    running = changed_from(&client, &admin, &running).await;
+    std::fs::write(path, d.routed_to(&b)).unwrap();
+    running = d.changed_from(&running).await;
     switches.push((clock.elapsed().as_millis(), b.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // 2. Saved by rename, as editors do.
-    let tmp = dir.path().join(".config.yaml.swp");
-    std::fs::write(&tmp, routed_to(port, &store, &a)).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    running = changed_from(&client, &admin, &running).await;
+    let tmp = dir.join(".config.yaml.swp");
+    std::fs::write(&tmp, d.routed_to(&a)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+    running = d.changed_from(&running).await;
     switches.push((clock.elapsed().as_millis(), a.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // 3. A symlink swapped to a new release directory, as config management does.
-    let release = dir.path().join("release-2");
+    let release = dir.join("release-2");
     std::fs::create_dir(&release).unwrap();
-    std::fs::write(release.join("config.yaml"), routed_to(port, &store, &b)).unwrap();
-    let link = dir.path().join(".config.yaml.link");
+    std::fs::write(release.join("config.yaml"), d.routed_to(&b)).unwrap();
+    let link = dir.join(".config.yaml.link");
     std::os::unix::fs::symlink(release.join("config.yaml"), &link).unwrap();
-    std::fs::rename(&link, &path).unwrap();
-    changed_from(&client, &admin, &running).await;
+    std::fs::rename(&link, path).unwrap();
+    d.changed_from(&running).await;
     switches.push((clock.elapsed().as_millis(), b.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await; // late watcher events settle
 
     // 4. 200 reloads by SIGHUP, alternating a valid file and a broken one.
-    let valid = routed_to(port, &store, &b);
-    let failures_before =
-        metric(&client, &base, "orchestron_config_reloads_total{result=\"failure\"}").await;
-    let mut reloads = reload_count(&client, &base).await;
+    let valid = d.routed_to(&b);
+    let failures_before = d.metric("orchestron_config_reloads_total{result=\"failure\"}").await;
+    let mut reloads = d.reload_count().await;
     for i in 0..200 {
         let text = if i % 2 == 0 { valid.as_str() } else { "routes: [oops\n" };
         std::fs::write(release.join("config.yaml"), text).unwrap();
-        hangup(&child);
+        hangup(&d.child);
         reloads += 1.0;
-        reloads_reach(&client, &base, reloads).await;
+        d.reloads_reach(reloads).await;
     }
     std::fs::write(release.join("config.yaml"), &valid).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -280,14 +273,12 @@ async fn routes_change_under_load_in_place_by_rename_and_by_symlink_without_loss
         accepted += ok;
         failed += bad;
     }
-    let failures_after =
-        metric(&client, &base, "orchestron_config_reloads_total{result=\"failure\"}").await;
+    let failures_after = d.metric("orchestron_config_reloads_total{result=\"failure\"}").await;
     // The file watcher may also have seen some of the writes; every broken one failed.
     assert_eq!(failures_after - failures_before, 100.0, "every broken file counted");
-    let failures = metric(&client, &base, "orchestron_config_reload_failures_total").await;
+    let failures = d.metric("orchestron_config_reload_failures_total").await;
     assert_eq!(failures, failures_after, "orchestron_config_reload_failures_total agrees");
     assert_eq!(failed, 0, "no request failed during {reloads} reloads");
-    assert!(child.try_wait().unwrap().is_none(), "still running");
 
     // Every accepted event arrived; one sent after a reload was seen applied went to the new
     // route (routing happens at relay time, from the table current then).
@@ -337,9 +328,7 @@ async fn routes_change_under_load_in_place_by_rename_and_by_symlink_without_loss
         }
     }
     assert!(checked > 100, "{checked} events were checked against their route");
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
-    assert!(status.success());
+    d.stop().await;
 }
 
 #[tokio::test]
