@@ -243,7 +243,7 @@ async fn accept(
     // Headers a route matches on are kept too: the relay routes from the stored event.
     for name in live.routes.matched_headers() {
         if !kept.iter().any(|(n, _)| n == name)
-            && let Some(value) = headers.get(name).and_then(|v| v.to_str().ok())
+            && let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok())
         {
             kept.push((name.to_owned(), value.to_owned()));
         }

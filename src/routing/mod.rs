@@ -329,6 +329,8 @@ impl<'a> Body<'a> {
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Lowercase names of the headers some route matches on (computed once, read per request).
+    matched_headers: Vec<String>,
     default: Option<Vec<Destination>>,
     dlq_copy: Option<Destination>,
 }
@@ -338,7 +340,7 @@ impl RouteTable {
         let parse_all = |to: &[DestinationConfig], retry| -> Result<Vec<Destination>, String> {
             to.iter().map(|d| Destination::with_route(d, retry)).collect()
         };
-        let routes = config
+        let routes: Vec<Route> = config
             .routes
             .iter()
             .map(|r| {
@@ -368,7 +370,13 @@ impl RouteTable {
             .map(|d| parse_all(&d.to, (d.max_attempts, d.backoff)))
             .transpose()?;
         let dlq_copy = config.dlq.publish_to.as_ref().map(Destination::parse).transpose()?;
-        Ok(Self { routes, default, dlq_copy })
+        let mut matched_headers: Vec<String> = routes
+            .iter()
+            .flat_map(|r| r.headers.iter().map(|(n, _)| n.clone()))
+            .collect();
+        matched_headers.sort_unstable();
+        matched_headers.dedup();
+        Ok(Self { routes, matched_headers, default, dlq_copy })
     }
 
     /// Where `dlq.publish_to` sends the copy of a dead-lettered event, if configured.
@@ -379,12 +387,8 @@ impl RouteTable {
 
     /// The request headers some route matches on (lowercase): ingest keeps them with the
     /// event, so the relay can match them later.
-    pub fn matched_headers(&self) -> Vec<&str> {
-        let mut names: Vec<&str> =
-            self.routes.iter().flat_map(|r| r.headers.iter().map(|(n, _)| n.as_str())).collect();
-        names.sort_unstable();
-        names.dedup();
-        names
+    pub fn matched_headers(&self) -> &[String] {
+        &self.matched_headers
     }
 
     /// The destinations of every matching route, in order: the first match ends the search
