@@ -370,10 +370,8 @@ impl RouteTable {
             .map(|d| parse_all(&d.to, (d.max_attempts, d.backoff)))
             .transpose()?;
         let dlq_copy = config.dlq.publish_to.as_ref().map(Destination::parse).transpose()?;
-        let mut matched_headers: Vec<String> = routes
-            .iter()
-            .flat_map(|r| r.headers.iter().map(|(n, _)| n.clone()))
-            .collect();
+        let mut matched_headers: Vec<String> =
+            routes.iter().flat_map(|r| r.headers.iter().map(|(n, _)| n.clone())).collect();
         matched_headers.sort_unstable();
         matched_headers.dedup();
         Ok(Self { routes, matched_headers, default, dlq_copy })
