@@ -18,7 +18,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,10 @@ use orchestron::config::Config;
 use orchestron::event::ValidatedEvent;
 use orchestron::ingest::{EventSink, IngestState};
 use orchestron::store::{Appended, IdempotencyKey, Store, StoreError};
+
+mod common;
+
+use common::{cpu_ticks, env_or, free_port, median, start_daemon, stop_daemon, wait_ready};
 
 const KEY: &str = "bench-key";
 
@@ -248,11 +252,6 @@ fn fsync_baseline(seconds: u64) -> f64 {
     n as f64 / started.elapsed().as_secs_f64()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 async fn throughput() {
     let seconds: u64 = env_or("ORCHESTRON_BENCH_SECONDS", 10);
     let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
@@ -328,43 +327,6 @@ async fn throughput() {
     }
 }
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start_daemon(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_orchestron"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the daemon")
-}
-
-fn stop_daemon(child: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    let _ = child.wait();
-}
-
-async fn wait_ready(port: u16) -> Duration {
-    let started = Instant::now();
-    let client = reqwest::Client::new();
-    loop {
-        let r = client.get(format!("http://127.0.0.1:{port}/health")).send().await;
-        if r.is_ok_and(|r| r.status() == 200) {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "daemon not ready");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 /// For the HTTPS arm: the listener accepts connections (it is bound after the store opened).
 async fn wait_listening(port: u16) {
     let started = Instant::now();
@@ -372,15 +334,6 @@ async fn wait_listening(port: u16) {
         assert!(started.elapsed() < Duration::from_secs(60), "daemon not listening");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-}
-
-/// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split(' ').collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {

@@ -5,8 +5,15 @@
 //! Every confirm has a deadline, and a semaphore bounds how many wait at once. The connection
 //! is kept by our own loop with backoff (lapin's auto-recovery is off); a broker that is down
 //! at start is normal, and publishes meanwhile fail fast as "not connected".
+//!
+//! Each unconfirmed message has a channel to itself. lapin hands a returned message to
+//! whichever confirm it completes next, and a broker's multiple-ack completes several in an
+//! order of lapin's choosing: with many messages in flight on one channel, the return of a
+//! message no queue took can land on another message's confirm, and the message that came
+//! back counts as delivered. With one message in flight per channel, the return that AMQP
+//! sends before a message's ack can only belong to that message.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -29,16 +36,56 @@ use crate::telemetry::metrics::Metrics;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
 const RECONNECT_MAX: Duration = Duration::from_secs(10);
-/// How often the connection loop checks that the connection and channel are still open.
+/// How often the connection loop checks that the connection is still open.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
 pub struct RabbitMqPublisher {
-    /// The confirm-mode channel publishes go to; `None` while disconnected.
-    channel: ArcSwapOption<Channel>,
-    connection: ArcSwapOption<Connection>,
-    /// Bounds unconfirmed messages: a permit is held from publish until confirm.
+    /// The current connection and its idle channels; `None` while disconnected.
+    link: ArcSwapOption<Link>,
+    /// Bounds unconfirmed messages: a permit is held from publish until confirm, and each
+    /// holder publishes on a channel of its own.
     window: Semaphore,
     confirm_timeout: Duration,
+}
+
+/// One connection and the confirm-mode channels open on it with nothing in flight.
+struct Link {
+    connection: Connection,
+    idle: Mutex<Vec<Channel>>,
+}
+
+impl Link {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Channel>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An idle open channel, or a new one when none is left.
+    async fn checkout(&self) -> lapin::Result<Channel> {
+        loop {
+            let Some(channel) = self.idle().pop() else { break };
+            if channel.status().connected() {
+                return Ok(channel);
+            }
+        }
+        open_confirm_channel(&self.connection).await
+    }
+
+    /// Returns a channel whose message was confirmed; a closed channel is dropped.
+    fn give_back(&self, channel: Channel) {
+        if channel.status().connected() {
+            self.idle().push(channel);
+        }
+    }
+
+    /// Closes a channel that may still get a confirm or return for a message given up on, so
+    /// it can never be charged to the next message.
+    fn retire(channel: Channel) {
+        if channel.status().connected() {
+            tokio::spawn(async move {
+                let _ = channel.close(200, "confirm timed out".into()).await;
+            });
+        }
+    }
 }
 
 impl RabbitMqPublisher {
@@ -50,8 +97,7 @@ impl RabbitMqPublisher {
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let publisher = Arc::new(Self {
-            channel: ArcSwapOption::empty(),
-            connection: ArcSwapOption::empty(),
+            link: ArcSwapOption::empty(),
             window: Semaphore::new(config.max_unconfirmed),
             confirm_timeout: config.confirm_timeout.get(),
         });
@@ -77,16 +123,14 @@ impl RabbitMqPublisher {
                 r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&url, &exchanges)) => r,
             };
             match attempt {
-                Ok(Ok((conn, channel))) => {
+                Ok(Ok(link)) => {
                     tracing::info!(destination = "rabbitmq", "connected to RabbitMQ");
                     metrics.broker_reconnects.with_label_values(&["rabbitmq"]).inc();
                     delay = RECONNECT_MIN;
-                    let conn = Arc::new(conn);
-                    self.connection.store(Some(Arc::clone(&conn)));
-                    self.channel.store(Some(Arc::new(channel)));
+                    let link = Arc::new(link);
+                    self.link.store(Some(Arc::clone(&link)));
                     connected.notify_waiters();
-                    self.watch(&conn, &cancel).await;
-                    self.channel.store(None);
+                    watch(&link.connection, &cancel).await;
                     if cancel.is_cancelled() {
                         break;
                     }
@@ -94,7 +138,7 @@ impl RabbitMqPublisher {
                         destination = "rabbitmq",
                         "lost the RabbitMQ connection; reconnecting"
                     );
-                    self.connection.store(None);
+                    self.link.store(None);
                 }
                 Ok(Err(error)) => {
                     tracing::warn!(destination = "rabbitmq", %error, retry_in_ms = delay.as_millis() as u64, "cannot connect to RabbitMQ");
@@ -111,43 +155,21 @@ impl RabbitMqPublisher {
         }
     }
 
-    /// Returns when the connection is gone (or on cancel). A channel closed by the broker
-    /// (e.g. after publishing to a missing exchange) is replaced on the same connection.
-    async fn watch(&self, conn: &Connection, cancel: &CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
-            }
-            if !conn.status().connected() {
-                return;
-            }
-            let channel_open = self.channel.load().as_ref().is_some_and(|c| c.status().connected());
-            if !channel_open {
-                match open_confirm_channel(conn).await {
-                    Ok(channel) => {
-                        tracing::info!(destination = "rabbitmq", "reopened RabbitMQ channel");
-                        self.channel.store(Some(Arc::new(channel)));
-                    }
-                    Err(error) => {
-                        tracing::warn!(destination = "rabbitmq", %error, "cannot reopen channel");
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
     async fn publish_confirmed(
         &self,
         message: Outgoing<'_>,
         exchange: &str,
         routing_key: &str,
     ) -> Result<(), PublishError> {
-        let Some(channel) = self.channel.load_full() else {
+        let Some(link) = self.link.load_full() else {
             return Err(PublishError::not_connected(BrokerKind::RabbitMq));
         };
         let _permit = self.window.acquire().await.expect("the window semaphore is never closed");
+        let channel = match tokio::time::timeout(self.confirm_timeout, link.checkout()).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err(error)) => return Err(classify(&error)),
+            Err(_) => return Err(PublishError::transient("no channel opened in time")),
+        };
         let options = BasicPublishOptions { mandatory: true, immediate: false };
         let confirmed = tokio::time::timeout(self.confirm_timeout, async {
             channel
@@ -163,25 +185,51 @@ impl RabbitMqPublisher {
         })
         .await;
         match confirmed {
-            Err(_) => Err(PublishError::transient(format!(
-                "no publisher confirm within {:?}",
-                self.confirm_timeout
-            ))),
-            Ok(Err(error)) => Err(classify(&error)),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => {
-                Err(PublishError::unroutable(format!(
-                    "unroutable: the broker returned the message ({} {}); no queue is bound \
-                     for routing key {routing_key:?} on exchange {exchange:?}",
-                    returned.reply_code, returned.reply_text
+            Err(_) => {
+                Link::retire(channel);
+                Err(PublishError::transient(format!(
+                    "no publisher confirm within {:?}",
+                    self.confirm_timeout
                 )))
             }
-            Ok(Ok(Confirmation::Nack(None))) => {
-                Err(PublishError::transient("the broker nacked the message"))
+            Ok(Err(error)) => {
+                Link::retire(channel);
+                Err(classify(&error))
             }
-            Ok(Ok(Confirmation::NotRequested)) => {
-                Err(PublishError::transient("channel is not in confirm mode"))
+            Ok(Ok(confirmation)) => {
+                link.give_back(channel);
+                match confirmation {
+                    Confirmation::Ack(None) => Ok(()),
+                    Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                        Err(PublishError::unroutable(format!(
+                            "unroutable: the broker returned the message ({} {}); no queue is \
+                             bound for routing key {routing_key:?} on exchange {exchange:?}",
+                            returned.reply_code, returned.reply_text
+                        )))
+                    }
+                    Confirmation::Nack(None) => {
+                        Err(PublishError::transient("the broker nacked the message"))
+                    }
+                    Confirmation::NotRequested => {
+                        Err(PublishError::transient("channel is not in confirm mode"))
+                    }
+                }
             }
+        }
+    }
+}
+
+/// Returns when the connection is gone (or on cancel). Channels the broker closed (e.g.
+/// after a publish to a missing exchange) are dropped as they are found and replaced on
+/// demand.
+async fn watch(conn: &Connection, cancel: &CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+        }
+        if !conn.status().connected() {
+            return;
         }
     }
 }
@@ -202,28 +250,28 @@ impl Publisher for RabbitMqPublisher {
     }
 
     fn is_connected(&self) -> bool {
-        self.channel.load().as_ref().is_some_and(|c| c.status().connected())
+        self.link.load().as_ref().is_some_and(|l| l.connection.status().connected())
     }
 
     fn close(&self, deadline: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            // The channel first: closing the connection under an open channel makes lapin log
-            // an error for a normal shutdown.
-            if let Some(channel) = self.channel.swap(None) {
-                let closing = channel.close(200, "orchestron shutting down".into());
-                let _ = tokio::time::timeout(deadline, closing).await;
-            }
-            if let Some(conn) = self.connection.swap(None) {
-                let closing = conn.close(200, "orchestron shutting down".into());
-                if tokio::time::timeout(deadline, closing).await.is_err() {
-                    tracing::warn!(destination = "rabbitmq", "RabbitMQ close timed out");
-                }
+            let Some(link) = self.link.swap(None) else { return };
+            // Channels first: closing the connection under open channels makes lapin log an
+            // error for a normal shutdown.
+            let idle = std::mem::take(&mut *link.idle());
+            let closing = futures_util::future::join_all(
+                idle.iter().map(|c| c.close(200, "orchestron shutting down".into())),
+            );
+            let _ = tokio::time::timeout(deadline, closing).await;
+            let closing = link.connection.close(200, "orchestron shutting down".into());
+            if tokio::time::timeout(deadline, closing).await.is_err() {
+                tracing::warn!(destination = "rabbitmq", "RabbitMQ close timed out");
             }
         })
     }
 }
 
-async fn connect(url: &str, exchanges: &[ExchangeConfig]) -> lapin::Result<(Connection, Channel)> {
+async fn connect(url: &str, exchanges: &[ExchangeConfig]) -> lapin::Result<Link> {
     let properties = ConnectionProperties::default().with_connection_name("orchestron".into());
     let conn = Connection::connect(url, properties).await?;
     let channel = open_confirm_channel(&conn).await?;
@@ -239,7 +287,7 @@ async fn connect(url: &str, exchanges: &[ExchangeConfig]) -> lapin::Result<(Conn
             .exchange_declare(exchange.name.as_str().into(), kind, options, FieldTable::default())
             .await?;
     }
-    Ok((conn, channel))
+    Ok(Link { connection: conn, idle: Mutex::new(vec![channel]) })
 }
 
 async fn open_confirm_channel(conn: &Connection) -> lapin::Result<Channel> {

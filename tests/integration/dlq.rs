@@ -7,21 +7,7 @@ use rdkafka::mocking::MockCluster;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{ADMIN_TOKEN, AMQP_URL, RabbitQueue, TestApp, unique};
-
-/// Polls the admin API until the DLQ holds `n` entries.
-async fn wait_dlq(app: &TestApp, n: usize) -> Value {
-    let started = Instant::now();
-    loop {
-        let page: Value =
-            app.admin(Method::GET, "/admin/dlq").send().await.unwrap().json().await.unwrap();
-        if page["entries"].as_array().unwrap().len() >= n {
-            return page;
-        }
-        assert!(started.elapsed() < Duration::from_secs(20), "DLQ has {page} after 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::helpers::{ADMIN_TOKEN, AMQP_URL, RabbitQueue, TestApp, unique, wait_dlq};
 
 /// Runs the real binary with `args`, off the test's runtime thread (the daemon under test
 /// runs on it and must keep answering).

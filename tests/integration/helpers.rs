@@ -330,3 +330,34 @@ impl Proxy {
         self.up.send_replace(up);
     }
 }
+
+/// Routes `bad.*` to the exchange `bad`, which the daemon declares and no queue is bound to
+/// (every publish comes back), and everything else to `good`; `relay` is the relay block.
+pub fn good_and_unroutable_config(good: &str, bad: &str, relay: &str) -> String {
+    format!(
+        "brokers:\n  rabbitmq:\n    url: \"{AMQP_URL}\"\n    declare:\n      exchanges: [ {{ name: {bad} }} ]\n\
+         relay:\n{relay}\
+         routes:\n  - match: {{ type: \"bad.*\" }}\n    to: [ {{ rabbitmq: {{ exchange: {bad}, routing_key: x }} }} ]\n\
+         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {good}, routing_key: x }} }} ]\n"
+    )
+}
+
+/// Polls the admin API until the DLQ holds `n` entries; returns that page.
+pub async fn wait_dlq(app: &TestApp, n: usize) -> serde_json::Value {
+    let started = std::time::Instant::now();
+    loop {
+        let page: serde_json::Value = app
+            .admin(reqwest::Method::GET, "/admin/dlq?limit=1000")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["entries"].as_array().unwrap().len() >= n {
+            return page;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "DLQ has {page} after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

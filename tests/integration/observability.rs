@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{AMQP_URL, Proxy, RabbitQueue, TestApp, unique};
+use crate::helpers::{AMQP_URL, Proxy, RabbitQueue, TestApp, good_and_unroutable_config, unique};
 
 /// Parses the text exposition format into `name{label="v",...}` → value (labels sorted).
 fn parse(text: &str) -> BTreeMap<String, f64> {
@@ -48,12 +48,8 @@ async fn metrics_count_accepted_rejected_published_retried_and_dead_lettered() {
     let good = unique("ok");
     let bad = unique("noqueue");
     let mut queue = RabbitQueue::bind(&good, "#").await;
-    let config = format!(
-        "brokers:\n  rabbitmq:\n    url: \"{AMQP_URL}\"\n    declare:\n      exchanges: [ {{ name: {bad} }} ]\n\
-         relay:\n  max_attempts: 2\n  backoff: {{ initial: 50ms, max: 100ms }}\n\
-         routes:\n  - match: {{ type: \"bad.*\" }}\n    to: [ {{ rabbitmq: {{ exchange: {bad}, routing_key: x }} }} ]\n\
-         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {good}, routing_key: x }} }} ]\n"
-    );
+    let relay = "  max_attempts: 2\n  backoff: { initial: 50ms, max: 100ms }\n";
+    let config = good_and_unroutable_config(&good, &bad, relay);
     let app = TestApp::spawn(&config).await;
     app.accept("order.created", r#"{"a":1}"#.into()).await;
     app.accept("order.created", r#"{"a":2}"#.into()).await;

@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::helpers::{AMQP_URL, Proxy, RabbitQueue, TestApp, unique};
+use crate::helpers::{
+    AMQP_URL, Proxy, RabbitQueue, TestApp, good_and_unroutable_config, unique, wait_dlq,
+};
 
 fn rabbit_config(url: &str, exchange: &str) -> String {
     format!(
@@ -134,6 +136,47 @@ async fn unroutable_return_is_not_delivery_and_is_retried_until_a_queue_is_bound
     let got = queue.collect(1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1, "kept and retried after the mandatory return");
     assert_eq!(got[0].headers["ce_id"], id);
+    app.stop().await;
+}
+
+/// Routable and unroutable messages published together: each return must be charged to the
+/// message that came back. (lapin gives a returned message to whichever confirm it completes
+/// next, so with several messages in flight on one channel it often lands on another one: a
+/// message no queue took would count as delivered, and a delivered one as returned.)
+#[tokio::test]
+async fn returns_are_charged_to_the_message_that_came_back_when_publishes_overlap() {
+    let good = unique("ok");
+    let bad = unique("noqueue");
+    let mut queue = RabbitQueue::bind(&good, "#").await;
+    let config = good_and_unroutable_config(&good, &bad, "  max_attempts: 1\n");
+    let app = TestApp::spawn(&config).await;
+
+    const N: usize = 300;
+    let posts = (0..N).map(|n| {
+        let app = &app;
+        let ty = if n % 2 == 0 { "good.one" } else { "bad.one" };
+        async move { (app.accept(ty, body(n)).await, n) }
+    });
+    let sent: BTreeMap<String, usize> =
+        futures_util::future::join_all(posts).await.into_iter().collect();
+
+    // One attempt each: a routable message charged with a return would be dead-lettered, an
+    // unroutable one charged with a clean ack would be settled as delivered.
+    let page = wait_dlq(&app, N / 2).await;
+    let dead: BTreeSet<String> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    let got = queue.collect(N / 2, Duration::from_secs(30)).await;
+    let delivered: BTreeSet<String> = got.iter().map(|m| m.headers["ce_id"].clone()).collect();
+    let odd = |id: &String| sent[id] % 2 == 1;
+    assert_eq!(delivered.len(), N / 2, "every routable event delivered once");
+    assert!(!delivered.iter().any(odd), "an unroutable event on the queue");
+    assert_eq!(dead.len(), N / 2, "exactly the unroutable events dead-lettered");
+    assert!(dead.iter().all(odd), "a routable event was dead-lettered as returned");
+    assert!(queue.collect(1, Duration::from_millis(500)).await.is_empty(), "nothing extra");
     app.stop().await;
 }
 

@@ -1,0 +1,58 @@
+//! Helpers the benchmarks share: the release daemon as a child process, ports, medians.
+
+#![allow(dead_code)] // each bench uses its own subset
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn start_daemon(config: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_orchestron"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the daemon")
+}
+
+pub fn stop_daemon(child: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+pub async fn wait_ready(port: u16) -> Duration {
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    loop {
+        let r = client.get(format!("http://127.0.0.1:{port}/health")).send().await;
+        if r.is_ok_and(|r| r.status() == 200) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "daemon not ready");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split(' ').collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
