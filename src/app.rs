@@ -21,7 +21,6 @@ use crate::publish::Publishers;
 use crate::publish::kafka::KafkaPublisher;
 use crate::publish::rabbitmq::RabbitMqPublisher;
 use crate::relay::{Relay, RelayPolicy};
-use crate::routing::BrokerKind;
 use crate::routing::RouteTable;
 use crate::server::{self, ServerOptions, tls::TlsState};
 use crate::store::{Store, StoreError};
@@ -135,12 +134,10 @@ pub async fn run(
         max_store_bytes: config.store.max_bytes.as_u64(),
     };
     let reloader = config.path.as_ref().map(|path| {
-        let running =
-            BrokerKind::ALL.into_iter().filter(|&b| publishers.get(b).is_some()).collect();
         Arc::new(Reloader::new(
             path,
             &config,
-            running,
+            publishers.clone(),
             Arc::clone(&live),
             Arc::clone(&metrics),
             Arc::clone(&config_status),

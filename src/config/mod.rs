@@ -236,7 +236,7 @@ pub struct RabbitMqDeclareConfig {
     pub exchanges: Vec<ExchangeConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangeConfig {
     pub name: String,
@@ -246,7 +246,7 @@ pub struct ExchangeConfig {
     pub durable: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExchangeType {
     Direct,

@@ -2,9 +2,9 @@
 //! directory changes: load → validate → swap → report.
 //!
 //! Everything a request or a relay pass reads from [`crate::app::LiveConfig`] is reloadable:
-//! the API keys, routes, schemas, body limit and relay policy. Settings that shape the
-//! running process (listen addresses, the store, broker connections, the admin API, the
-//! metrics listener) need a restart; a change to them is logged as such and the rest still
+//! the API keys, routes, schemas, body limit and relay policy; RabbitMQ exchange declarations
+//! are applied by the publisher. Settings that shape the running process (listen addresses,
+//! the store, broker connections, the admin API, the metrics listener) need a restart; a change to them is logged as such and the rest still
 //! applies. A file that does not load or validate changes nothing: the old configuration
 //! keeps running, the error is logged with the file position, and the failure is counted.
 
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::Config;
 use crate::app::LiveConfig;
 use crate::event::now_ms;
+use crate::publish::Publishers;
 use crate::telemetry::metrics::Metrics;
 
 /// What `GET /admin/config` reports: which configuration runs and how the last reload went.
@@ -60,8 +61,9 @@ pub struct Reloader {
     path: PathBuf,
     /// The restart-only settings the process was started with, as text.
     started_with: Vec<(&'static str, String)>,
-    /// Brokers with a running publisher: a reloaded route may only name these.
-    running_brokers: Vec<crate::routing::BrokerKind>,
+    /// The running publishers: a reloaded route may only name their brokers, and they apply
+    /// the broker settings that reload.
+    publishers: Publishers,
     live: Arc<ArcSwap<LiveConfig>>,
     metrics: Arc<Metrics>,
 }
@@ -87,7 +89,21 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
             ),
         ),
         ("store", format!("{:?}", c.store)),
-        ("brokers", format!("{:?}", c.brokers)),
+        // Exchange declarations reload (the publisher declares the new list at once).
+        (
+            "brokers",
+            format!(
+                "{:?}",
+                (
+                    c.brokers.rabbitmq.as_ref().map(|r| (
+                        &r.url,
+                        r.confirm_timeout,
+                        r.max_unconfirmed
+                    )),
+                    &c.brokers.kafka
+                )
+            ),
+        ),
         ("admin", format!("{:?}", c.admin)),
         ("metrics", format!("{:?}", c.metrics)),
         ("log", format!("{:?}", c.log)),
@@ -99,7 +115,7 @@ impl Reloader {
     pub fn new(
         path: &Path,
         config: &Config,
-        running_brokers: Vec<crate::routing::BrokerKind>,
+        publishers: Publishers,
         live: Arc<ArcSwap<LiveConfig>>,
         metrics: Arc<Metrics>,
         status: SharedStatus,
@@ -108,7 +124,7 @@ impl Reloader {
             status,
             path: path.to_owned(),
             started_with: restart_only(config),
-            running_brokers,
+            publishers,
             live,
             metrics,
         }
@@ -155,7 +171,7 @@ impl Reloader {
             .routes
             .brokers_used()
             .into_iter()
-            .filter(|b| !self.running_brokers.contains(b))
+            .filter(|&b| self.publishers.get(b).is_none())
             .map(|b| b.as_str())
             .collect();
         if !missing.is_empty() {
@@ -177,6 +193,9 @@ impl Reloader {
             );
         }
         self.live.store(Arc::new(live));
+        for publisher in self.publishers.all() {
+            publisher.reload(&config.brokers);
+        }
         self.metrics.config_info.reset();
         self.metrics.config_info.with_label_values(&[config.fingerprint.as_str()]).set(1);
         self.metrics.config_loaded.set((now_ms() / 1000) as i64);

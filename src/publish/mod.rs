@@ -126,6 +126,10 @@ pub trait Publisher: Send + Sync {
 
     /// Flushes what is in flight (within the deadline) and closes the connection.
     fn close(&self, deadline: std::time::Duration) -> BoxFuture<'_, ()>;
+
+    /// Applies the broker settings a reload changes without a restart (RabbitMQ's exchange
+    /// declarations); the rest of `brokers` needs a restart.
+    fn reload(&self, _brokers: &crate::config::BrokersConfig) {}
 }
 
 /// The configured publishers, by broker.

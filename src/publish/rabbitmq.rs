@@ -16,7 +16,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -42,6 +42,9 @@ const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 pub struct RabbitMqPublisher {
     /// The current connection and its idle channels; `None` while disconnected.
     link: ArcSwapOption<Link>,
+    /// Exchanges declared on every connect, and again when a reload changes them.
+    exchanges: ArcSwap<Vec<ExchangeConfig>>,
+    runtime: tokio::runtime::Handle,
     /// Bounds unconfirmed messages: a permit is held from publish until confirm, and each
     /// holder publishes on a channel of its own.
     window: Semaphore,
@@ -98,12 +101,13 @@ impl RabbitMqPublisher {
     ) -> Arc<Self> {
         let publisher = Arc::new(Self {
             link: ArcSwapOption::empty(),
+            exchanges: ArcSwap::from_pointee(config.declare.exchanges.clone()),
+            runtime: tokio::runtime::Handle::current(),
             window: Semaphore::new(config.max_unconfirmed),
             confirm_timeout: config.confirm_timeout.get(),
         });
         let url = config.url.expose().to_owned();
-        let exchanges = config.declare.exchanges.clone();
-        tokio::spawn(Arc::clone(&publisher).maintain(url, exchanges, connected, cancel, metrics));
+        tokio::spawn(Arc::clone(&publisher).maintain(url, connected, cancel, metrics));
         publisher
     }
 
@@ -111,13 +115,13 @@ impl RabbitMqPublisher {
     async fn maintain(
         self: Arc<Self>,
         url: String,
-        exchanges: Vec<ExchangeConfig>,
         connected: Arc<Notify>,
         cancel: CancellationToken,
         metrics: Arc<Metrics>,
     ) {
         let mut delay = RECONNECT_MIN;
         while !cancel.is_cancelled() {
+            let exchanges = self.exchanges.load_full();
             let attempt = tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&url, &exchanges)) => r,
@@ -249,6 +253,40 @@ impl Publisher for RabbitMqPublisher {
         })
     }
 
+    fn reload(&self, brokers: &crate::config::BrokersConfig) {
+        let Some(config) = &brokers.rabbitmq else { return };
+        let wanted = &config.declare.exchanges;
+        if **self.exchanges.load() == *wanted {
+            return;
+        }
+        self.exchanges.store(Arc::new(wanted.clone()));
+        let Some(link) = self.link.load_full() else { return };
+        let exchanges = wanted.clone();
+        self.runtime.spawn(async move {
+            let declared = async {
+                let channel = link.connection.create_channel().await?;
+                let result = declare(&channel, &exchanges).await;
+                let _ = channel.close(200, "declared".into()).await;
+                result
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, declared).await {
+                Ok(Ok(())) => tracing::info!(
+                    destination = "rabbitmq",
+                    exchanges = exchanges.len(),
+                    "declared the reloaded exchanges"
+                ),
+                Ok(Err(error)) => tracing::error!(
+                    destination = "rabbitmq", %error,
+                    "cannot declare the reloaded exchanges"
+                ),
+                Err(_) => tracing::error!(
+                    destination = "rabbitmq",
+                    "declaring the reloaded exchanges timed out"
+                ),
+            }
+        });
+    }
+
     fn is_connected(&self) -> bool {
         self.link.load().as_ref().is_some_and(|l| l.connection.status().connected())
     }
@@ -275,6 +313,11 @@ async fn connect(url: &str, exchanges: &[ExchangeConfig]) -> lapin::Result<Link>
     let properties = ConnectionProperties::default().with_connection_name("orchestron".into());
     let conn = Connection::connect(url, properties).await?;
     let channel = open_confirm_channel(&conn).await?;
+    declare(&channel, exchanges).await?;
+    Ok(Link { connection: conn, idle: Mutex::new(vec![channel]) })
+}
+
+async fn declare(channel: &Channel, exchanges: &[ExchangeConfig]) -> lapin::Result<()> {
     for exchange in exchanges {
         let kind = match exchange.kind {
             ExchangeType::Direct => ExchangeKind::Direct,
@@ -287,7 +330,7 @@ async fn connect(url: &str, exchanges: &[ExchangeConfig]) -> lapin::Result<Link>
             .exchange_declare(exchange.name.as_str().into(), kind, options, FieldTable::default())
             .await?;
     }
-    Ok(Link { connection: conn, idle: Mutex::new(vec![channel]) })
+    Ok(())
 }
 
 async fn open_confirm_channel(conn: &Connection) -> lapin::Result<Channel> {

@@ -146,6 +146,48 @@ impl Daemon {
     }
 }
 
+/// Whether `exchange` exists on the broker (a passive declare; a missing one closes the
+/// channel with 404).
+async fn exchange_exists(conn: &lapin::Connection, exchange: &str) -> bool {
+    let channel = conn.create_channel().await.unwrap();
+    let passive = lapin::options::ExchangeDeclareOptions { passive: true, ..Default::default() };
+    let kind = lapin::ExchangeKind::Topic;
+    let table = lapin::types::FieldTable::default();
+    channel.exchange_declare(exchange.into(), kind, passive, table).await.is_ok()
+}
+
+#[tokio::test]
+async fn exchanges_declared_by_a_reload_are_created_at_once_without_a_restart() {
+    let (first, second) = (unique("ex"), unique("ex"));
+    let mut q1 = RabbitQueue::bind(&first, "#").await;
+    let d = Daemon::start(&first).await;
+    assert_eq!(q1.collect(1, Duration::from_secs(10)).await.len(), 1, "the warm-up event");
+    let conn = lapin::Connection::connect(AMQP_URL, Default::default()).await.unwrap();
+    assert!(!exchange_exists(&conn, &second).await, "{second} exists before the reload");
+
+    let declared = format!(
+        "url: \"{AMQP_URL}\", declare: {{ exchanges: [ {{ name: {second}, type: topic }} ] }}"
+    );
+    let text = d.routed_to(&second).replace(&format!("url: \"{AMQP_URL}\""), &declared);
+    std::fs::write(&d.path, text).unwrap();
+    hangup(&d.child);
+    let started = Instant::now();
+    while !exchange_exists(&conn, &second).await {
+        assert!(started.elapsed() < Duration::from_secs(5), "{second} not declared within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = d.status().await;
+    assert_eq!(status["needs_restart"], serde_json::json!([]), "{status}");
+
+    // The declared exchange routes: bind a queue to it, and the next event arrives.
+    let mut q2 = RabbitQueue::bind(&second, "#").await;
+    assert_eq!(post(&d.client, &d.base, "{\"n\":1}").await, 202);
+    let got = q2.collect(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "the event went to the exchange the reload declared");
+    assert_eq!(got[0].body, b"{\"n\":1}");
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_applies_new_routes_and_survives_a_broken_file() {
     let (first, second) = (unique("ex"), unique("ex"));
