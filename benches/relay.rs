@@ -9,15 +9,14 @@
 //! bound to a topic exchange, with at most W messages awaiting a publisher confirm:
 //! * `lapin-one-channel`: bare lapin, all W unconfirmed messages pipelined on one channel (the
 //!   usual publisher, and the ceiling PERFORMANCE.md measures against);
-//! * `lapin-channel-each`: bare lapin, each unconfirmed message on a channel of its own (how the
-//!   relay publishes, so that a returned message is charged to the right one);
 //! * `relay`: the release daemon. N events are accepted while the broker is unreachable, the
 //!   daemon is stopped and started again with the broker's real address, and the arm times
 //!   from that start until the outbox is empty.
 //!
 //! Arms interleave, three repeats, medians; each arm checks the queue holds N messages, then
 //! purges it. `ORCHESTRON_BENCH_EVENTS` (N, default 20000), `ORCHESTRON_BENCH_WINDOW` (W,
-//! default 256), `ORCHESTRON_BENCH_REPEATS` (3).
+//! default 256), `ORCHESTRON_BENCH_REPEATS` (3), `ORCHESTRON_BENCH_ARMS` (a comma-separated
+//! subset), `ORCHESTRON_BENCH_RELAY_CONFIG` (YAML appended to the daemon's config).
 
 mod common;
 
@@ -37,7 +36,7 @@ use tokio::sync::Semaphore;
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const KEY: &str = "bench-key";
-const ARMS: [&str; 3] = ["lapin-one-channel", "lapin-channel-each", "relay"];
+const ARMS: [&str; 2] = ["lapin-one-channel", "relay"];
 
 /// The ~1 KiB body `benches/post.lua` sends, valid for `config/schemas/order.created.json`.
 fn body() -> String {
@@ -117,29 +116,16 @@ async fn publish(channel: &Channel, exchange: &str, payload: &[u8]) {
     assert!(matches!(confirm.await.unwrap(), Confirmation::Ack(None)), "not a clean ack");
 }
 
-/// Bare lapin: `n` messages, at most `window` unconfirmed; one shared channel or one each.
-async fn bare_lapin(broker: &Broker, n: usize, window: usize, channel_each: bool) -> f64 {
+/// Bare lapin: `n` messages on one channel, at most `window` unconfirmed.
+async fn bare_lapin(broker: &Broker, n: usize, window: usize) -> f64 {
     let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
     let payload = body().into_bytes();
-    let shared = confirm_channel(&conn).await;
-    let mut pool = Vec::new();
-    if channel_each {
-        for _ in 0..window {
-            pool.push(confirm_channel(&conn).await);
-        }
-    }
-    let pool = std::sync::Mutex::new(pool);
+    let channel = confirm_channel(&conn).await;
     let permits = Arc::new(Semaphore::new(window));
     let started = Instant::now();
     join_all((0..n).map(|_| async {
         let _permit = permits.acquire().await.unwrap();
-        if channel_each {
-            let channel = pool.lock().unwrap().pop().expect("one channel per permit");
-            publish(&channel, &broker.exchange, &payload).await;
-            pool.lock().unwrap().push(channel);
-        } else {
-            publish(&shared, &broker.exchange, &payload).await;
-        }
+        publish(&channel, &broker.exchange, &payload).await;
     }))
     .await;
     let rate = n as f64 / started.elapsed().as_secs_f64();
@@ -230,11 +216,16 @@ async fn run() {
     let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
     let broker = Broker::setup().await;
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); ARMS.len()];
+    // ORCHESTRON_BENCH_ARMS=relay runs a subset (e.g. under a profiler).
+    let chosen = std::env::var("ORCHESTRON_BENCH_ARMS").unwrap_or_default();
+    let wanted = |arm: &str| chosen.is_empty() || chosen.split(',').any(|c| c == arm);
     for repeat in 0..repeats {
         for (arm, samples) in ARMS.iter().zip(&mut results) {
+            if !wanted(arm) {
+                continue;
+            }
             let rate = match *arm {
-                "lapin-one-channel" => bare_lapin(&broker, n, window, false).await,
-                "lapin-channel-each" => bare_lapin(&broker, n, window, true).await,
+                "lapin-one-channel" => bare_lapin(&broker, n, window).await,
                 _ => relay(&broker, n, window).await,
             };
             broker.check_and_purge(n as u32).await;
@@ -243,6 +234,9 @@ async fn run() {
         }
     }
     broker.teardown().await;
+    if results.iter().any(Vec::is_empty) {
+        return; // ratios need every arm
+    }
     let baseline = results[0].clone();
     println!("\n{n} messages of ~1 KiB, persistent, mandatory, {window} unconfirmed at most\n");
     println!("| arm | msg/s (median) | vs lapin-one-channel (median of per-repeat ratios) |");

@@ -5,6 +5,7 @@
 //! Every failure says whether a retry can help ([`ErrorClass`]); that decides the backoff.
 //! Publishers keep their own connections alive and tell the relay when they (re)connect.
 
+mod confirms;
 pub mod kafka;
 pub mod rabbitmq;
 

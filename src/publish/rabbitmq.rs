@@ -6,14 +6,10 @@
 //! is kept by our own loop with backoff (lapin's auto-recovery is off); a broker that is down
 //! at start is normal, and publishes meanwhile fail fast as "not connected".
 //!
-//! Each unconfirmed message has a channel to itself. lapin hands a returned message to
-//! whichever confirm it completes next, and a broker's multiple-ack completes several in an
-//! order of lapin's choosing: with many messages in flight on one channel, the return of a
-//! message no queue took can land on another message's confirm, and the message that came
-//! back counts as delivered. With one message in flight per channel, the return that AMQP
-//! sends before a message's ack can only belong to that message.
+//! Many messages are in flight on one channel; which of them a return belongs to is decided
+//! by the message itself, not by the confirm lapin attached it to (see [`super::confirms`]).
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -28,6 +24,7 @@ use lapin::{
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use super::confirms::{self, Confirmed, Pool};
 use super::{Outgoing, PublishError, Publisher};
 use crate::config::{ExchangeConfig, ExchangeType, RabbitMqConfig};
 use crate::routing::{BrokerKind, Target};
@@ -45,50 +42,17 @@ pub struct RabbitMqPublisher {
     /// Exchanges declared on every connect, and again when a reload changes them.
     exchanges: ArcSwap<Vec<ExchangeConfig>>,
     runtime: tokio::runtime::Handle,
-    /// Bounds unconfirmed messages: a permit is held from publish until confirm, and each
-    /// holder publishes on a channel of its own.
+    /// Bounds unconfirmed messages: a permit is held from publish until confirm.
     window: Semaphore,
+    /// Most messages in one epoch of a channel (see [`super::confirms`]).
+    epoch_cap: usize,
     confirm_timeout: Duration,
 }
 
-/// One connection and the confirm-mode channels open on it with nothing in flight.
+/// One connection and its confirm-mode channels.
 struct Link {
     connection: Connection,
-    idle: Mutex<Vec<Channel>>,
-}
-
-impl Link {
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Channel>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// An idle open channel, or a new one when none is left.
-    async fn checkout(&self) -> lapin::Result<Channel> {
-        loop {
-            let Some(channel) = self.idle().pop() else { break };
-            if channel.status().connected() {
-                return Ok(channel);
-            }
-        }
-        open_confirm_channel(&self.connection).await
-    }
-
-    /// Returns a channel whose message was confirmed; a closed channel is dropped.
-    fn give_back(&self, channel: Channel) {
-        if channel.status().connected() {
-            self.idle().push(channel);
-        }
-    }
-
-    /// Closes a channel that may still get a confirm or return for a message given up on, so
-    /// it can never be charged to the next message.
-    fn retire(channel: Channel) {
-        if channel.status().connected() {
-            tokio::spawn(async move {
-                let _ = channel.close(200, "confirm timed out".into()).await;
-            });
-        }
-    }
+    pool: Arc<Pool>,
 }
 
 impl RabbitMqPublisher {
@@ -104,6 +68,7 @@ impl RabbitMqPublisher {
             exchanges: ArcSwap::from_pointee(config.declare.exchanges.clone()),
             runtime: tokio::runtime::Handle::current(),
             window: Semaphore::new(config.max_unconfirmed),
+            epoch_cap: config.max_unconfirmed,
             confirm_timeout: config.confirm_timeout.get(),
         });
         let url = config.url.expose().to_owned();
@@ -168,15 +133,17 @@ impl RabbitMqPublisher {
         let Some(link) = self.link.load_full() else {
             return Err(PublishError::not_connected(BrokerKind::RabbitMq));
         };
-        let _permit = self.window.acquire().await.expect("the window semaphore is never closed");
-        let channel = match tokio::time::timeout(self.confirm_timeout, link.checkout()).await {
-            Ok(Ok(channel)) => channel,
+        let permit = self.window.acquire().await.expect("the window semaphore is never closed");
+        let joining = link.pool.join(&link.connection, exchange, self.epoch_cap);
+        let reservation = match tokio::time::timeout(self.confirm_timeout, joining).await {
+            Ok(Ok(reservation)) => reservation,
             Ok(Err(error)) => return Err(classify(&error)),
             Err(_) => return Err(PublishError::transient("no channel opened in time")),
         };
         let options = BasicPublishOptions { mandatory: true, immediate: false };
         let confirmed = tokio::time::timeout(self.confirm_timeout, async {
-            channel
+            reservation
+                .channel()
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
@@ -188,38 +155,25 @@ impl RabbitMqPublisher {
                 .await
         })
         .await;
-        match confirmed {
+        drop(permit);
+        let (confirmed, carried) = match confirmed {
             Err(_) => {
-                Link::retire(channel);
-                Err(PublishError::transient(format!(
-                    "no publisher confirm within {:?}",
-                    self.confirm_timeout
-                )))
+                let waited = self.confirm_timeout;
+                let error =
+                    PublishError::transient(format!("no publisher confirm within {waited:?}"));
+                (Confirmed::Failed(error), None)
             }
-            Ok(Err(error)) => {
-                Link::retire(channel);
-                Err(classify(&error))
+            Ok(Err(error)) => (Confirmed::Failed(classify(&error)), None),
+            Ok(Ok(Confirmation::Ack(carried))) => (Confirmed::Ack, carried),
+            Ok(Ok(Confirmation::Nack(carried))) => (Confirmed::Nack, carried),
+            Ok(Ok(Confirmation::NotRequested)) => {
+                let error = PublishError::transient("channel is not in confirm mode");
+                (Confirmed::Failed(error), None)
             }
-            Ok(Ok(confirmation)) => {
-                link.give_back(channel);
-                match confirmation {
-                    Confirmation::Ack(None) => Ok(()),
-                    Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                        Err(PublishError::unroutable(format!(
-                            "unroutable: the broker returned the message ({} {}); no queue is \
-                             bound for routing key {routing_key:?} on exchange {exchange:?}",
-                            returned.reply_code, returned.reply_text
-                        )))
-                    }
-                    Confirmation::Nack(None) => {
-                        Err(PublishError::transient("the broker nacked the message"))
-                    }
-                    Confirmation::NotRequested => {
-                        Err(PublishError::transient("channel is not in confirm mode"))
-                    }
-                }
-            }
-        }
+        };
+        let own = (exchange.to_owned(), routing_key.to_owned(), message.event.id().to_string());
+        let verdict = reservation.record(own, confirmed, carried.as_ref().map(confirms::returned));
+        verdict.await.unwrap_or_else(|_| Err(PublishError::transient("the confirm epoch ended")))
     }
 }
 
@@ -296,9 +250,9 @@ impl Publisher for RabbitMqPublisher {
             let Some(link) = self.link.swap(None) else { return };
             // Channels first: closing the connection under open channels makes lapin log an
             // error for a normal shutdown.
-            let idle = std::mem::take(&mut *link.idle());
+            let channels = link.pool.drain();
             let closing = futures_util::future::join_all(
-                idle.iter().map(|c| c.close(200, "orchestron shutting down".into())),
+                channels.iter().map(|c| c.close(200, "orchestron shutting down".into())),
             );
             let _ = tokio::time::timeout(deadline, closing).await;
             let closing = link.connection.close(200, "orchestron shutting down".into());
@@ -314,7 +268,9 @@ async fn connect(url: &str, exchanges: &[ExchangeConfig]) -> lapin::Result<Link>
     let conn = Connection::connect(url, properties).await?;
     let channel = open_confirm_channel(&conn).await?;
     declare(&channel, exchanges).await?;
-    Ok(Link { connection: conn, idle: Mutex::new(vec![channel]) })
+    let pool = Arc::new(Pool::default());
+    pool.give_back(channel);
+    Ok(Link { connection: conn, pool })
 }
 
 async fn declare(channel: &Channel, exchanges: &[ExchangeConfig]) -> lapin::Result<()> {
@@ -333,7 +289,7 @@ async fn declare(channel: &Channel, exchanges: &[ExchangeConfig]) -> lapin::Resu
     Ok(())
 }
 
-async fn open_confirm_channel(conn: &Connection) -> lapin::Result<Channel> {
+pub(super) async fn open_confirm_channel(conn: &Connection) -> lapin::Result<Channel> {
     let channel = conn.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     Ok(channel)
