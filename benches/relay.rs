@@ -2,8 +2,12 @@
 //! in one run (PERFORMANCE.md, "relay to RabbitMQ").
 //!
 //! ```text
-//! cargo bench --bench relay        # needs RabbitMQ on 127.0.0.1:5672 (guest/guest)
+//! cargo bench --bench relay          # needs RabbitMQ on 127.0.0.1:5672 (guest/guest)
+//! cargo bench --bench relay -- kafka # needs a Kafka-protocol broker on 127.0.0.1:9092 (tansu)
 //! ```
+//!
+//! Kafka: `rdkafka` (a bare producer with the daemon's settings) against `relay` (the daemon,
+//! as below), each into a new one-partition topic, checked by its high watermark.
 //!
 //! Every arm sends the same N ~1 KiB messages, persistent and mandatory, to a durable queue
 //! bound to a topic exchange, with at most W messages awaiting a publisher confirm:
@@ -32,6 +36,12 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -133,15 +143,16 @@ async fn bare_lapin(broker: &Broker, n: usize, window: usize) -> f64 {
     rate
 }
 
-fn daemon_config(dir: &Path, port: u16, amqp_url: &str, exchange: &str, window: usize) {
+/// The daemon's config: `brokers` and the default route's destination as YAML flow maps.
+fn daemon_config(dir: &Path, port: u16, brokers: &str, destination: &str) {
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/schemas");
     let text = format!(
         "server: {{ listen: \"127.0.0.1:{port}\" }}\n\
          store: {{ path: {} }}\n\
-         brokers: {{ rabbitmq: {{ url: \"{amqp_url}\", max_unconfirmed: {window} }} }}\n\
+         brokers: {brokers}\n\
          sources: {{ default: {{ api_keys: [\"{KEY}\"] }} }}\n\
          schemas: {{ dir: {} }}\n\
-         default_route: {{ to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: \"{{type}}\" }} }} ] }}\n\
+         default_route: {{ to: [ {destination} ] }}\n\
          {}",
         dir.join("relay.redb").display(),
         schemas.display(),
@@ -163,14 +174,13 @@ async fn outbox_pending(client: &reqwest::Client, port: u16) -> Option<f64> {
     line.rsplit_once(' ')?.1.parse().ok()
 }
 
-/// The daemon: queue `n` events with the broker unreachable, restart it pointed at the broker,
-/// and time the drain from that start.
-async fn relay(broker: &Broker, n: usize, window: usize) -> f64 {
+/// The daemon: queue `n` events with the broker `down`, restart it with the broker `up`, and
+/// time the drain from that start.
+async fn relay(n: usize, down: &str, up: &str, destination: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.yaml");
-    let unreachable = "amqp://guest:guest@127.0.0.1:1/%2f";
-    daemon_config(dir.path(), port, unreachable, &broker.exchange, window);
+    daemon_config(dir.path(), port, down, destination);
     let mut child = start_daemon(&config);
     wait_ready(port).await;
     let client = reqwest::Client::new();
@@ -192,7 +202,7 @@ async fn relay(broker: &Broker, n: usize, window: usize) -> f64 {
     .await;
     stop_daemon(&mut child);
 
-    daemon_config(dir.path(), port, AMQP_URL, &broker.exchange, window);
+    daemon_config(dir.path(), port, up, destination);
     let started = Instant::now();
     let mut child = start_daemon(&config);
     loop {
@@ -226,7 +236,18 @@ async fn run() {
             }
             let rate = match *arm {
                 "lapin-one-channel" => bare_lapin(&broker, n, window).await,
-                _ => relay(&broker, n, window).await,
+                _ => {
+                    let rabbitmq = |url: &str| {
+                        format!("{{ rabbitmq: {{ url: \"{url}\", max_unconfirmed: {window} }} }}")
+                    };
+                    let (down, up) =
+                        (rabbitmq("amqp://guest:guest@127.0.0.1:1/%2f"), rabbitmq(AMQP_URL));
+                    let destination = format!(
+                        "{{ rabbitmq: {{ exchange: {}, routing_key: \"{{type}}\" }} }}",
+                        broker.exchange
+                    );
+                    relay(n, &down, &up, &destination).await
+                }
             };
             broker.check_and_purge(n as u32).await;
             eprintln!("repeat {repeat} {arm}: {rate:.0} msg/s");
@@ -234,15 +255,22 @@ async fn run() {
         }
     }
     broker.teardown().await;
+    let title =
+        format!("{n} messages of ~1 KiB, persistent, mandatory, {window} unconfirmed at most");
+    report(&title, &ARMS, &results);
+}
+
+/// The table: each arm's median, and its per-repeat ratio to the first arm.
+fn report(title: &str, arms: &[&str], results: &[Vec<f64>]) {
     if results.iter().any(Vec::is_empty) {
         return; // ratios need every arm
     }
-    let baseline = results[0].clone();
-    println!("\n{n} messages of ~1 KiB, persistent, mandatory, {window} unconfirmed at most\n");
-    println!("| arm | msg/s (median) | vs lapin-one-channel (median of per-repeat ratios) |");
+    let baseline = &results[0];
+    println!("\n{title}\n");
+    println!("| arm | msg/s (median) | vs {} (median of per-repeat ratios) |", arms[0]);
     println!("|---|---|---|");
-    for (arm, samples) in ARMS.iter().zip(&results) {
-        let ratios: Vec<f64> = samples.iter().zip(&baseline).map(|(s, b)| s / b).collect();
+    for (arm, samples) in arms.iter().zip(results) {
+        let ratios: Vec<f64> = samples.iter().zip(baseline).map(|(s, b)| s / b).collect();
         println!(
             "| {arm} | {:.0} | {:.2}× (per repeat {ratios:.2?}) |",
             median(samples.clone()),
@@ -251,7 +279,100 @@ async fn run() {
     }
 }
 
+const KAFKA: &str = "127.0.0.1:9092";
+
+/// A new one-partition topic on the Kafka-protocol broker.
+async fn kafka_topic() -> String {
+    let topic = format!("bench-relay-{}", uuid::Uuid::now_v7().simple());
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", KAFKA).create().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let created = admin
+        .create_topics(&[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &options)
+        .await
+        .expect("a Kafka-protocol broker on 127.0.0.1:9092");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    topic
+}
+
+/// Records in the topic's only partition, read back from the start (tansu's high watermark
+/// does not count every record of an idempotent producer's batches).
+async fn kafka_count(topic: String, expected: usize) -> usize {
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", KAFKA)
+            .set("group.id", format!("{topic}-count"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut partitions = TopicPartitionList::new();
+        partitions.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
+        consumer.assign(&partitions).unwrap();
+        let (mut count, deadline) = (0, Instant::now() + Duration::from_secs(30));
+        while count < expected && Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                message.expect("a record");
+                count += 1;
+            }
+        }
+        count
+    })
+    .await
+    .unwrap()
+}
+
+/// Bare rdkafka with the daemon's producer settings: idempotent, `acks=all`, `linger.ms` 5.
+async fn bare_rdkafka(topic: &str, n: usize) -> f64 {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap();
+    let payload = body();
+    let started = Instant::now();
+    let sends = (0..n).map(|_| {
+        let record = FutureRecord::to(topic).payload(&payload).key("cust-4242");
+        producer.send(record, Timeout::Never)
+    });
+    for delivery in join_all(sends).await {
+        delivery.expect("delivered");
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Kafka: the relay against a bare rdkafka producer, same broker, same run.
+async fn run_kafka() {
+    let n: usize = env_or("ORCHESTRON_BENCH_EVENTS", 20_000);
+    let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
+    let arms = ["rdkafka", "relay"];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
+    for repeat in 0..repeats {
+        for (arm, samples) in arms.iter().zip(&mut results) {
+            let topic = kafka_topic().await;
+            let rate = if *arm == "rdkafka" {
+                bare_rdkafka(&topic, n).await
+            } else {
+                let kafka =
+                    |servers: &str| format!("{{ kafka: {{ bootstrap_servers: \"{servers}\" }} }}");
+                let destination = format!("{{ kafka: {{ topic: {topic}, key: /customer_id }} }}");
+                relay(n, &kafka("127.0.0.1:1"), &kafka(KAFKA), &destination).await
+            };
+            let count = kafka_count(topic, n).await;
+            assert_eq!(count, n, "records read back from the topic after {arm}");
+            eprintln!("repeat {repeat} {arm}: {rate:.0} msg/s");
+            samples.push(rate);
+        }
+    }
+    report(&format!("{n} records of ~1 KiB, idempotent producer, acks=all"), &arms, &results);
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    runtime.block_on(run());
+    if std::env::args().skip(1).any(|a| a == "kafka") {
+        runtime.block_on(run_kafka());
+    } else {
+        runtime.block_on(run());
+    }
 }
