@@ -4,8 +4,8 @@
 //! Everything a request or a relay pass reads from [`crate::app::LiveConfig`] is reloadable:
 //! the API keys, routes, schemas, body limit and relay policy; RabbitMQ exchange declarations
 //! are applied by the publisher. Settings that shape the running process (listen addresses,
-//! the store, broker connections, the admin API, the metrics listener) need a restart; a change to them is logged as such and the rest still
-//! applies. A file that does not load or validate changes nothing: the old configuration
+//! the store, broker connections, the admin API, the metrics listener) need a restart; a
+//! change to them is logged as such and the rest still applies. A file that does not load or validate changes nothing: the old configuration
 //! keeps running, the error is logged with the file position, and the failure is counted.
 
 use std::path::{Path, PathBuf};

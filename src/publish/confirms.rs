@@ -175,12 +175,12 @@ pub struct Pool {
     open: Mutex<HashMap<String, Arc<Group>>>,
 }
 
-/// A channel and its current epoch.
+/// A channel and its current epoch. (No handle back to its pool: the pool holds the open
+/// groups, and a cycle would keep both alive after the connection is gone.)
 pub struct Group {
     channel: Channel,
     exchange: String,
     epoch: Mutex<Epoch>,
-    pool: Arc<Pool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -199,19 +199,15 @@ impl Pool {
         if let Some(group) = current
             && lock(&group.epoch).reserve(cap)
         {
-            return Ok(Reservation { group, recorded: false });
+            return Ok(Reservation { pool: Arc::clone(self), group, recorded: false });
         }
         let channel = self.checkout(connection).await?;
         let mut epoch = Epoch::default();
         epoch.reserve(cap);
-        let group = Arc::new(Group {
-            channel,
-            exchange: exchange.to_owned(),
-            epoch: Mutex::new(epoch),
-            pool: Arc::clone(self),
-        });
+        let group =
+            Arc::new(Group { channel, exchange: exchange.to_owned(), epoch: Mutex::new(epoch) });
         lock(&self.open).insert(exchange.to_owned(), Arc::clone(&group));
-        Ok(Reservation { group, recorded: false })
+        Ok(Reservation { pool: Arc::clone(self), group, recorded: false })
     }
 
     /// A channel with nothing in flight, for the next epoch that needs one.
@@ -262,25 +258,9 @@ impl Pool {
     }
 }
 
-impl Group {
-    /// Applies `step` to the epoch; when that ends it, hands out the verdicts and, unless the
-    /// group is still its exchange's open one and quiet, retires it. Both under the epoch's
-    /// lock, so no publisher holding an old handle can join a channel that was handed on.
-    fn step(self: &Arc<Self>, step: impl FnOnce(&mut Epoch) -> Option<Ended>) {
-        let mut epoch = lock(&self.epoch);
-        let Some(ended) = step(&mut epoch) else { return };
-        let retire = ended.sealed || !self.pool.is_open(self);
-        if retire {
-            epoch.sealed = true;
-            self.pool.retire(self, ended.broken);
-        }
-        drop(epoch);
-        ended.deliver();
-    }
-}
-
 /// One message's place in an epoch, from before its publish until its confirm is recorded.
 pub struct Reservation {
+    pool: Arc<Pool>,
     group: Arc<Group>,
     recorded: bool,
 }
@@ -299,15 +279,29 @@ impl Reservation {
     ) -> oneshot::Receiver<Verdict> {
         let (tx, rx) = oneshot::channel();
         self.recorded = true;
-        self.group.step(|epoch| epoch.record(own, confirmed, carried, tx));
+        self.step(|epoch| epoch.record(own, confirmed, carried, tx));
         rx
+    }
+
+    /// Applies `step` to the epoch; when that ends it, hands out the verdicts and, unless the
+    /// group is still its exchange's open one and quiet, retires it. Both under the epoch's
+    /// lock, so no publisher holding an old handle can join a channel that was handed on.
+    fn step(&self, step: impl FnOnce(&mut Epoch) -> Option<Ended>) {
+        let mut epoch = lock(&self.group.epoch);
+        let Some(ended) = step(&mut epoch) else { return };
+        if ended.sealed || !self.pool.is_open(&self.group) {
+            epoch.sealed = true;
+            self.pool.retire(&self.group, ended.broken);
+        }
+        drop(epoch);
+        ended.deliver();
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.recorded {
-            self.group.step(Epoch::abandon);
+            self.step(Epoch::abandon);
         }
     }
 }

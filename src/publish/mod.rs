@@ -108,12 +108,10 @@ impl<'a> Outgoing<'a> {
     /// event's kept request headers and the extra ones.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, String)> + 'a {
         let kept = self.event.headers().iter().map(|(name, value)| (name.as_str(), value.clone()));
-        let attributes: Vec<(&'static str, String)> = if self.structured() {
-            vec![("content-type", STRUCTURED_CONTENT_TYPE.to_owned())]
-        } else {
-            cloudevent_headers(self.event).to_vec()
-        };
-        attributes.into_iter().chain(kept).chain(self.extra_headers.iter().cloned())
+        let structured = self.structured();
+        let binary = (!structured).then(|| cloudevent_headers(self.event)).into_iter().flatten();
+        let envelope = structured.then(|| ("content-type", STRUCTURED_CONTENT_TYPE.to_owned()));
+        binary.chain(envelope).chain(kept).chain(self.extra_headers.iter().cloned())
     }
 }
 

@@ -141,6 +141,7 @@ impl RabbitMqPublisher {
             Err(_) => return Err(PublishError::transient("no channel opened in time")),
         };
         let options = BasicPublishOptions { mandatory: true, immediate: false };
+        let id = message.event.id().to_string();
         let confirmed = tokio::time::timeout(self.confirm_timeout, async {
             reservation
                 .channel()
@@ -149,7 +150,7 @@ impl RabbitMqPublisher {
                     routing_key.into(),
                     options,
                     &message.payload(),
-                    properties(&message),
+                    properties(&message, &id),
                 )
                 .await?
                 .await
@@ -171,7 +172,7 @@ impl RabbitMqPublisher {
                 (Confirmed::Failed(error), None)
             }
         };
-        let own = (exchange.to_owned(), routing_key.to_owned(), message.event.id().to_string());
+        let own = (exchange.to_owned(), routing_key.to_owned(), id);
         let verdict = reservation.record(own, confirmed, carried.as_ref().map(confirms::returned));
         verdict.await.unwrap_or_else(|_| Err(PublishError::transient("the confirm epoch ended")))
     }
@@ -296,7 +297,7 @@ pub(super) async fn open_confirm_channel(conn: &Connection) -> lapin::Result<Cha
 }
 
 /// AMQP properties: persistent, typed, with the CloudEvents attributes as headers.
-fn properties(message: &Outgoing<'_>) -> BasicProperties {
+fn properties(message: &Outgoing<'_>, id: &str) -> BasicProperties {
     let event = message.event;
     let mut headers = FieldTable::default();
     for (name, value) in message.headers() {
@@ -305,7 +306,7 @@ fn properties(message: &Outgoing<'_>) -> BasicProperties {
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(message.content_type().into())
-        .with_message_id(event.id().to_string().into())
+        .with_message_id(id.into())
         .with_type(event.event_type().as_str().into())
         .with_timestamp(event.received_at_ms() / 1000)
         .with_app_id("orchestron".into())
