@@ -182,6 +182,46 @@ async fn returns_are_charged_to_the_message_that_came_back_when_publishes_overla
     app.stop().await;
 }
 
+/// A publish to an exchange that does not exist makes the broker close its channel. Those
+/// events are dead-lettered as `rejected` at once, and events to a healthy exchange published
+/// at the same time are neither lost nor repeated (channels are per exchange).
+#[tokio::test]
+async fn a_missing_exchange_rejects_only_its_own_events() {
+    let exchange = unique("ex");
+    let missing = unique("missing");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let config = format!(
+        "brokers:\n  rabbitmq:\n    url: \"{AMQP_URL}\"\n\
+         relay:\n  max_attempts: 3\n  backoff: {{ initial: 50ms, max: 100ms }}\n\
+         routes:\n  - match: {{ type: \"lost.*\" }}\n    to: [ {{ rabbitmq: {{ exchange: {missing}, routing_key: x }} }} ]\n\
+         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: x }} }} ]\n"
+    );
+    let app = TestApp::spawn(&config).await;
+    const N: usize = 200;
+    let posts = (0..N).map(|n| {
+        let app = &app;
+        let ty = if n % 2 == 0 { "kept.one" } else { "lost.one" };
+        async move { (app.accept(ty, body(n)).await, n) }
+    });
+    let sent: BTreeMap<String, usize> =
+        futures_util::future::join_all(posts).await.into_iter().collect();
+
+    let page = wait_dlq(&app, N / 2).await;
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), N / 2);
+    for entry in entries {
+        assert_eq!(sent[entry["event_id"].as_str().unwrap()] % 2, 1, "{entry}");
+        assert_eq!(entry["reason"], "rejected", "{entry}");
+        assert_eq!(entry["destinations"][0]["attempts"], 1, "permanent: one attempt");
+    }
+    let got = queue.collect(N / 2, Duration::from_secs(30)).await;
+    let ids: BTreeSet<String> = got.iter().map(|m| m.headers["ce_id"].clone()).collect();
+    assert_eq!((got.len(), ids.len()), (N / 2, N / 2), "each healthy event once");
+    assert!(ids.iter().all(|id| sent[id].is_multiple_of(2)));
+    assert!(queue.collect(1, Duration::from_millis(500)).await.is_empty(), "nothing extra");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn accepted_events_survive_a_restart_before_the_broker_is_reachable() {
     let exchange = unique("ex");
