@@ -3,11 +3,12 @@
 //! close RabbitMQ → close the store) under one deadline.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -82,13 +83,23 @@ pub struct Listeners {
 impl Listeners {
     /// Binds `server.listen`, and `admin.listen` when the admin API is on.
     pub async fn bind(config: &Config) -> std::io::Result<Self> {
-        let ingest = TcpListener::bind(config.server.listen).await?;
+        let ingest = bind_listener(config.server.listen, config.server.listen_backlog)?;
         let admin = match config.admin.enabled_token() {
             Some(_) => Some(TcpListener::bind(config.admin.listen).await?),
             None => None,
         };
         Ok(Self { ingest, admin })
     }
+}
+
+/// Binds a listening socket that queues up to `backlog` connections for the accept loop
+/// (the kernel caps it at `net.core.somaxconn`). `TcpListener::bind` queues 128, so a burst
+/// of senders beyond that would have SYNs dropped and wait a second or more to retry.
+pub fn bind_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// How often DLQ retention (`dlq.max_entries`, `dlq.max_age`) is applied.

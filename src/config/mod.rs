@@ -132,6 +132,11 @@ pub struct ServerConfig {
     /// Connections served at once; further ones wait in the kernel's accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections the kernel queues for the accept loop (`listen(2)` backlog, capped by
+    /// `net.core.somaxconn`). A burst beyond it has its SYNs dropped, and senders retry
+    /// after a second or more.
+    #[serde(default = "default_listen_backlog")]
+    pub listen_backlog: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -527,6 +532,9 @@ impl Default for BackoffConfig {
 fn default_max_connections() -> usize {
     10_000
 }
+fn default_listen_backlog() -> u32 {
+    1024
+}
 fn default_handshake_timeout() -> HumanDuration {
     HumanDuration::from_secs(10)
 }
@@ -721,6 +729,9 @@ impl Config {
         let dlq_copy = self.dlq.publish_to.as_ref();
         if let Some(Err(e)) = dlq_copy.map(|d| crate::routing::Target::check(d, &self.brokers)) {
             problems.push(format!("dlq.publish_to: {e}"));
+        }
+        if self.server.listen_backlog == 0 {
+            problems.push("server.listen_backlog: must be at least 1".to_owned());
         }
         if self.server.max_connections == 0 {
             problems.push("server.max_connections: must be at least 1".to_owned());

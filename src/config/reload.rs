@@ -77,6 +77,7 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         // The certificate files' contents reload by themselves; their paths need a restart.
         ("server.tls", format!("{:?}", c.server.tls)),
         ("server.max_connections", c.server.max_connections.to_string()),
+        ("server.listen_backlog", c.server.listen_backlog.to_string()),
         (
             "server.timeouts",
             format!(

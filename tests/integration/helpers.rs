@@ -43,8 +43,24 @@ pub fn write_binary_config(
 }
 
 /// A free port on loopback (for the real binary, which binds its own).
+///
+/// Chosen below the kernel's ephemeral range: a port the kernel handed out (`bind` to port 0)
+/// and released may be taken again by any outgoing connection of a test running alongside
+/// before the daemon binds it. Below that range only another `free_port` could take it, and
+/// the random pick makes that unlikely.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_start.saturating_sub(12_000).max(1024);
+    for _ in 0..1000 {
+        let port = fastrand::u16(low..ephemeral_start);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{ephemeral_start}")
 }
 
 /// A unique name for this test's exchange, queue or topic.
@@ -117,7 +133,10 @@ impl TestApp {
     }
 
     async fn start(dir: TempDir, config: orchestron::config::Config) -> TestApp {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Bound as the daemon binds its own listener, with the configured backlog.
+        let loopback = "127.0.0.1:0".parse().unwrap();
+        let listener =
+            orchestron::app::bind_listener(loopback, config.server.listen_backlog).unwrap();
         let addr = listener.local_addr().unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();

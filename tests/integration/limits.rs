@@ -61,11 +61,14 @@ async fn a_thousand_slowloris_connections_are_reaped_while_real_traffic_flows() 
     }
     lifetimes.sort();
     let (median, longest) = (lifetimes[lifetimes.len() / 2], lifetimes[lifetimes.len() - 1]);
-    // header_read is 2 s. The clock here starts at connect; the daemon's at accept, which for
-    // the last of 1000 connections on a busy 2-core machine (tests run in parallel) is later.
+    // header_read is 2 s. The clock here starts before connect, the daemon's at its first
+    // read. The thousand connections arrive at once: the listen backlog (server.listen_backlog,
+    // 1024) queues them all; with the kernel's usual 128 most SYNs were dropped and retried a
+    // second or three later (median 4 s, seen on a busy CI machine).
     assert!(
-        median < Duration::from_secs(4) && longest < Duration::from_secs(10),
-        "reaped at the header timeout: median {median:?}, longest {longest:?}"
+        median < Duration::from_secs(3) && longest < Duration::from_secs(6),
+        "reaped at the header timeout: fastest {:?}, median {median:?}, longest {longest:?}",
+        lifetimes[0]
     );
 
     let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
