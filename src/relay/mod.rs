@@ -16,12 +16,14 @@
 mod backoff;
 mod plan;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::LiveConfig;
@@ -40,6 +42,8 @@ const DEFER_DELAY: Duration = Duration::from_secs(2);
 /// Longest idle sleep; a safety net, since appends and reconnects wake the relay anyway.
 const MAX_IDLE: Duration = Duration::from_secs(5);
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Passes a broker's worker keeps in flight at once (see [`Relay::publish_loop`]).
+const PASSES_IN_FLIGHT: usize = 2;
 
 /// What one pass did; tests drive the relay pass by pass and assert on this.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -151,32 +155,79 @@ impl Relay {
         }
     }
 
+    /// A broker's worker. It keeps up to [`PASSES_IN_FLIGHT`] passes going: while one waits
+    /// for its confirms, the next is claimed (passing over the events in flight) and
+    /// published, so the broker does not sit idle while a batch settles and the next is read.
     async fn publish_loop(self: Arc<Self>, broker: BrokerKind, cancel: CancellationToken) {
         let lane = broker.lane();
-        let routed = &self.routed[usize::from(lane)];
+        let mut passes = tokio::task::JoinSet::new();
+        // The events each pass holds, by task; they leave `in_flight` once it has settled.
+        let mut holding: HashMap<tokio::task::Id, Vec<u64>> = HashMap::new();
+        let mut in_flight: HashSet<u64> = HashSet::new();
+        // No new claim before this: the broker was found disconnected, or a pass failed.
+        let mut pause_until = Instant::now();
         while !cancel.is_cancelled() {
             let connected = self.publishers.get(broker).is_some_and(|p| p.is_connected());
             let wait = if !connected {
                 // Nothing to claim while down: wait for the reconnect (or look again soon).
                 DEFER_DELAY
+            } else if Instant::now() < pause_until {
+                pause_until - Instant::now()
+            } else if passes.len() >= PASSES_IN_FLIGHT {
+                MAX_IDLE // until a pass finishes
             } else {
-                match self.run_lane(lane).await {
-                    Ok(pass) if pass.delivered + pass.failed + pass.dead_lettered > 0 => continue,
-                    Ok(pass) if pass.deferred > 0 => DEFER_DELAY,
-                    Ok(pass) => until(pass.next_due_ms),
+                let batch_size = self.live.load().relay.batch_size;
+                let skip = in_flight.clone();
+                match self.store.claim_due_except(clock_ms(), batch_size, lane, skip).await {
+                    Ok(claim) if claim.is_empty() => until(claim.next_due_ms),
+                    Ok(claim) => {
+                        let seqs: Vec<u64> = claim.seqs().collect();
+                        in_flight.extend(&seqs);
+                        let relay = Arc::clone(&self);
+                        let pass = passes.spawn(async move { relay.deliver(lane, claim).await });
+                        holding.insert(pass.id(), seqs);
+                        continue;
+                    }
                     Err(error) => {
-                        tracing::error!(%error, broker = broker.as_str(), "relay pass failed");
+                        tracing::error!(%error, broker = broker.as_str(), "relay claim failed");
+                        pause_until = Instant::now() + ERROR_PAUSE;
                         ERROR_PAUSE
                     }
                 }
             };
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = routed.notified() => {}
-                _ = self.publishers.connected.notified() => {}
+                Some(done) = passes.join_next_with_id(), if !passes.is_empty() => {
+                    let id = match &done {
+                        Ok((id, _)) => *id,
+                        Err(error) => error.id(),
+                    };
+                    for seq in holding.remove(&id).unwrap_or_default() {
+                        in_flight.remove(&seq);
+                    }
+                    let name = broker.as_str();
+                    match done {
+                        Ok((_, Ok(pass))) if pass.deferred == 0 => {}
+                        Ok((_, Ok(_))) => pause_until = Instant::now() + DEFER_DELAY,
+                        Ok((_, Err(error))) => {
+                            tracing::error!(%error, broker = name, "relay pass failed");
+                            pause_until = Instant::now() + ERROR_PAUSE;
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, broker = name, "relay pass panicked");
+                            pause_until = Instant::now() + ERROR_PAUSE;
+                        }
+                    }
+                }
+                _ = self.routed[usize::from(lane)].notified() => {}
+                // A reconnect ends a pause for a broker found disconnected.
+                _ = self.publishers.connected.notified() => pause_until = Instant::now(),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
+        // The passes in flight finish (publishes have their own deadlines) and settle, so that
+        // what the broker confirmed is not published again after a restart.
+        while passes.join_next().await.is_some() {}
     }
 
     /// One routing pass, then one pass of each connected broker's lane. Tests drive the
@@ -204,6 +255,12 @@ impl Relay {
     pub async fn run_lane(&self, lane: u8) -> Result<Pass, StoreError> {
         let batch_size = self.live.load().relay.batch_size;
         let claim = self.store.claim_due(clock_ms(), batch_size, vec![lane]).await?;
+        self.deliver(lane, claim).await
+    }
+
+    /// Routes (the routing lane) or publishes (a broker's lane) what `claim` holds, then
+    /// settles all of it in one store command.
+    async fn deliver(&self, lane: u8, claim: Claim) -> Result<Pass, StoreError> {
         // The snapshot for the whole pass is taken after the claim: an event accepted after a
         // reload is never routed with the table from before it.
         let live = self.live.load_full();

@@ -222,3 +222,75 @@ async fn a_down_broker_costs_no_attempts_and_does_not_stall_the_other() {
     assert_eq!(h.store.pending().await.unwrap(), 0);
     h.closer.close().await;
 }
+
+/// A broker stand-in whose publishes wait until the gate opens, recording each event id.
+struct Gated {
+    gate: tokio::sync::Semaphore,
+    published: Mutex<Vec<EventId>>,
+}
+
+impl Publisher for Gated {
+    fn publish<'a>(&'a self, message: Outgoing<'a>) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            self.published.lock().unwrap().push(message.event.id());
+            let _open = self.gate.acquire().await.expect("the gate is never closed");
+            Ok(())
+        })
+    }
+
+    fn is_connected(&self) -> bool {
+        true
+    }
+
+    fn close(&self, _: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_pass_is_published_while_the_first_waits_for_its_confirms() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = CONFIG.replace("relay: {", "relay: { batch_size: 10,");
+    let config = load_str("t.yaml".as_ref(), &text, &[]).unwrap();
+    let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(&config).unwrap()));
+    let mut store_config = config.store.clone();
+    store_config.path = dir.path().join("o.redb");
+    let (store, closer) = Store::open(&store_config).unwrap();
+    let rabbit =
+        Arc::new(Gated { gate: tokio::sync::Semaphore::new(0), published: Mutex::default() });
+    let publishers = Publishers {
+        rabbitmq: Some(Arc::clone(&rabbit) as Arc<dyn Publisher>),
+        kafka: Some(Scripted::new(true, None) as Arc<dyn Publisher>),
+        connected: Arc::default(),
+    };
+    for _ in 0..30 {
+        store.append(event("other")).await.unwrap();
+    }
+    let cancel = CancellationToken::new();
+    let relay = Relay::new(store.clone(), live, publishers, Arc::default());
+    let running = tokio::spawn(relay.run(cancel.clone()));
+
+    let published = || rabbit.published.lock().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while published().len() < 2 * 10 {
+        assert!(Instant::now() < deadline, "a second batch is published: {}", published().len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = published();
+    assert_eq!(held.len(), PASSES_IN_FLIGHT * 10, "no third pass while two are in flight");
+    let distinct: HashSet<EventId> = held.iter().copied().collect();
+    assert_eq!(distinct.len(), held.len(), "the second pass passed over the first one's events");
+
+    rabbit.gate.add_permits(1000);
+    while store.pending().await.unwrap() > 0 {
+        assert!(Instant::now() < deadline, "the outbox drains");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let all = published();
+    let distinct: HashSet<EventId> = all.iter().copied().collect();
+    assert_eq!((all.len(), distinct.len()), (30, 30), "each event published once");
+    cancel.cancel();
+    running.await.unwrap();
+    closer.close().await;
+}

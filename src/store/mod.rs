@@ -24,6 +24,7 @@ mod query;
 mod record;
 mod writer;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -313,7 +314,23 @@ impl Store {
     /// Entries due at `now_ms` in `lanes` (up to `limit` per lane), oldest first. Costs
     /// O(limit), however large the outbox.
     pub async fn claim_due(&self, now_ms: u64, limit: usize, lanes: Vec<u8>) -> Result<Claim> {
-        self.read(move |db| query::claim(db, now_ms, limit, &lanes)).await
+        self.read(move |db| query::claim(db, now_ms, limit, &lanes, &HashSet::new())).await
+    }
+
+    /// As [`Store::claim_due`] for one lane, passing over the events in `skip` (those a
+    /// pass still in flight holds) without counting them towards `limit`.
+    ///
+    /// `skip` must be taken before this call: an event leaves it only after its settlement
+    /// committed, so any event not in it is seen here as settled or still due, never as
+    /// still due from a snapshot older than its settlement.
+    pub async fn claim_due_except(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lane: u8,
+        skip: HashSet<u64>,
+    ) -> Result<Claim> {
+        self.read(move |db| query::claim(db, now_ms, limit, &[lane], &skip)).await
     }
 
     /// Number of events in the outbox.

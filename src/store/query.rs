@@ -2,7 +2,7 @@
 //! for the admin API. Generic over redb's `ReadableDatabase`, so the CLI's `--offline` mode
 //! runs the same code on a read-only open of a stopped daemon's file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -37,11 +37,26 @@ pub struct Claim {
     pub orphans: Vec<(u64, (u8, u64))>,
 }
 
+impl Claim {
+    /// Nothing due was found (not even an unreadable or orphaned entry).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.unreadable.is_empty() && self.orphans.is_empty()
+    }
+
+    /// Every event this claim holds, readable or not.
+    pub fn seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        let entries = self.entries.iter().map(|e| e.seq);
+        let unreadable = self.unreadable.iter().map(|(seq, _, _)| *seq);
+        entries.chain(unreadable).chain(self.orphans.iter().map(|(seq, _)| *seq))
+    }
+}
+
 pub(super) fn claim(
     db: &impl ReadableDatabase,
     now_ms: u64,
     limit: usize,
     lanes: &[u8],
+    skip: &HashSet<u64>,
 ) -> Result<Claim> {
     let txn = db.begin_read()?;
     let due = txn.open_table(LANES)?;
@@ -53,13 +68,17 @@ pub(super) fn claim(
         claim.next_due_ms = Some(claim.next_due_ms.map_or(due_ms, |n| n.min(due_ms)));
     };
     for &lane in lanes {
-        let range = due.range((lane, 0, 0)..=(lane, u64::MAX, u64::MAX))?;
-        for (taken, entry) in range.enumerate() {
+        let mut taken = 0;
+        for entry in due.range((lane, 0, 0)..=(lane, u64::MAX, u64::MAX))? {
             let (_, due_ms, seq) = entry?.0.value();
             if due_ms > now_ms || taken == limit {
                 note_next(due_ms, &mut claim);
                 break;
             }
+            if skip.contains(&seq) {
+                continue;
+            }
+            taken += 1;
             if let Some(&i) = index.get(&seq) {
                 claim.entries[i].claimed.push((lane, due_ms));
                 continue;

@@ -78,6 +78,27 @@ async fn concurrent_appends_survive_reopen_in_order() {
     closer.close().await;
 }
 
+#[tokio::test]
+async fn a_claim_passes_over_events_in_flight_without_counting_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    for i in 0..6 {
+        store.append(event("{}", 1000 + i)).await.unwrap();
+    }
+    let first = store.claim_due_except(u64::MAX, 3, UNROUTED, HashSet::new()).await.unwrap();
+    let held: HashSet<u64> = first.seqs().collect();
+    assert_eq!(held.len(), 3);
+
+    let second = store.claim_due_except(u64::MAX, 3, UNROUTED, held.clone()).await.unwrap();
+    let next: Vec<u64> = second.seqs().collect();
+    assert_eq!(next.len(), 3, "the held events do not count towards the limit");
+    assert!(next.iter().all(|seq| !held.contains(seq)), "{next:?} overlaps {held:?}");
+    let all: HashSet<u64> = held.iter().chain(&next).copied().collect();
+    let third = store.claim_due_except(u64::MAX, 3, UNROUTED, all).await.unwrap();
+    assert!(third.is_empty(), "everything due is held");
+    closer.close().await;
+}
+
 /// Routes entry `e` to RabbitMQ (due at `r`) and Kafka (due at `k`).
 fn routed(e: &OutboxEntry, r: u64, k: u64) -> Settlement {
     let mut a = DestinationState::new(rabbit(), RetryOverride::default());
