@@ -20,6 +20,8 @@
 //! lanes of connected brokers, so a dead broker's backlog costs nothing and never stalls the
 //! other's. `seq` grows by one per appended (or replayed) event and is never reused.
 
+#[cfg(test)]
+mod power_loss;
 mod query;
 mod record;
 mod writer;
@@ -156,9 +158,19 @@ pub enum DlqSelector {
     Matching(DlqFilter),
 }
 
+/// Where the database lives: its file, or in unit tests a simulated disk whose power can be
+/// cut ([`power_loss`]).
+#[derive(Clone)]
+enum Medium {
+    File(PathBuf),
+    #[cfg(test)]
+    Simulated(power_loss::Disk),
+}
+
 /// State the writer thread and the handles share.
 struct Shared {
     path: PathBuf,
+    medium: Medium,
     /// `None` while the writer reopens the database after a failed commit.
     db: ArcSwapOption<Database>,
     healthy: AtomicBool,
@@ -204,12 +216,21 @@ impl Store {
         config: &StoreConfig,
         metrics: Arc<Metrics>,
     ) -> Result<(Store, StoreCloser)> {
+        Self::open_on(Medium::File(config.path.clone()), config, metrics)
+    }
+
+    fn open_on(
+        medium: Medium,
+        config: &StoreConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, StoreCloser)> {
         let started = std::time::Instant::now();
         let cache = config.cache_bytes.as_u64() as usize;
-        let db = open_database(&config.path, cache)?;
+        let db = open_database(&medium, cache)?;
         let counters = read_counters(&db)?;
         let shared = Arc::new(Shared {
             path: config.path.clone(),
+            medium,
             db: ArcSwapOption::from_pointee(db),
             healthy: AtomicBool::new(true),
             file_bytes: AtomicU64::new(file_len(&config.path)),
@@ -429,13 +450,23 @@ pub(crate) fn file_len(path: &Path) -> u64 {
 }
 
 /// Opens or creates the file, makes sure every table exists, and upgrades an older layout.
-fn open_database(path: &Path, cache_bytes: usize) -> Result<Database> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-        })?;
-    }
-    let db = Database::builder().set_cache_size(cache_bytes).create(path)?;
+fn open_database(medium: &Medium, cache_bytes: usize) -> Result<Database> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
+    let (db, path) = match medium {
+        Medium::File(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            (builder.create(path)?, path.as_path())
+        }
+        #[cfg(test)]
+        Medium::Simulated(disk) => {
+            (builder.create_with_backend(disk.backend())?, Path::new("simulated disk"))
+        }
+    };
     let mut txn = db.begin_write()?;
     txn.set_two_phase_commit(true);
     let version = txn.open_table(META)?.get("format_version")?.map(|v| v.value());

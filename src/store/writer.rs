@@ -461,7 +461,7 @@ impl Writer {
             return None;
         }
         self.last_reopen_attempt = Some(Instant::now());
-        match open_database(&self.shared.path, self.cache_bytes) {
+        match open_database(&self.shared.medium, self.cache_bytes) {
             Ok(db) => {
                 let db = Arc::new(db);
                 match super::read_counters(&db) {
