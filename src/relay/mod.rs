@@ -167,6 +167,11 @@ impl Relay {
         // No new claim before this: the broker was found disconnected, or a pass failed.
         let mut pause_until = Instant::now();
         while !cancel.is_cancelled() {
+            // Registered before the broker is looked at: a reconnect announced in between
+            // (`notify_waiters` wakes only those already waiting) still ends the wait.
+            let reconnected = self.publishers.connected.notified();
+            tokio::pin!(reconnected);
+            reconnected.as_mut().enable();
             let connected = self.publishers.get(broker).is_some_and(|p| p.is_connected());
             let wait = if !connected {
                 // Nothing to claim while down: wait for the reconnect (or look again soon).
@@ -221,7 +226,7 @@ impl Relay {
                 }
                 _ = self.routed[usize::from(lane)].notified() => {}
                 // A reconnect ends a pause for a broker found disconnected.
-                _ = self.publishers.connected.notified() => pause_until = Instant::now(),
+                _ = &mut reconnected => pause_until = Instant::now(),
                 _ = tokio::time::sleep(wait) => {}
             }
         }
