@@ -6,16 +6,20 @@
 //! cargo bench --bench relay -- kafka # needs a Kafka-protocol broker on 127.0.0.1:9092 (tansu)
 //! ```
 //!
-//! Kafka: `rdkafka` (a bare producer with the daemon's settings) against `relay` (the daemon,
+//! Kafka: `rdkafka` (a bare producer with the daemon's settings, all sends at once),
+//! `rdkafka-windowed` (the same, at most 1,000 records awaiting a report) and `relay` (the daemon,
 //! as below), each into a new one-partition topic, checked by its high watermark.
 //!
 //! Every arm sends the same N ~1 KiB messages, persistent and mandatory, to a durable queue
 //! bound to a topic exchange, with at most W messages awaiting a publisher confirm:
 //! * `lapin-one-channel`: bare lapin, all W unconfirmed messages pipelined on one channel (the
-//!   usual publisher, and the ceiling PERFORMANCE.md measures against);
+//!   usual publisher, and the ceiling PERFORMANCE.md measures against), minimal properties;
+//! * `lapin-same-message`: the same, each message carrying what the daemon's carry (CloudEvents
+//!   headers, message id, type, timestamp, app id), so the broker does the same work per message;
 //! * `relay`: the release daemon. N events are accepted while the broker is unreachable, the
 //!   daemon is stopped and started again with the broker's real address, and the arm times
-//!   from that start until the outbox is empty.
+//!   from the moment `/ready` reports the broker connected (the bare arms, too, start timing
+//!   on an open connection) until the outbox is empty; the start-up is printed apart.
 //!
 //! Arms interleave, three repeats, medians; each arm checks the queue holds N messages, then
 //! purges it. `ORCHESTRON_BENCH_EVENTS` (N, default 20000), `ORCHESTRON_BENCH_WINDOW` (W,
@@ -28,13 +32,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{cpu_ticks, env_or, free_port, median, start_daemon, stop_daemon, wait_ready};
+use common::{
+    cpu_ticks, env_or, free_port, median, start_daemon, stop_daemon, wait_ok, wait_ready,
+};
 use futures_util::future::join_all;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueuePurgeOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -46,7 +52,9 @@ use tokio::sync::Semaphore;
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const KEY: &str = "bench-key";
-const ARMS: [&str; 2] = ["lapin-one-channel", "relay"];
+/// The relay arm timed from its first settled events (a row of its own in the report).
+const STEADY: &str = "relay, steady drain";
+const ARMS: [&str; 3] = ["lapin-one-channel", "lapin-same-message", "relay"];
 
 /// The ~1 KiB body `benches/post.lua` sends, valid for `config/schemas/order.created.json`.
 fn body() -> String {
@@ -114,11 +122,49 @@ async fn confirm_channel(conn: &Connection) -> Channel {
 }
 
 /// Publishes on `channel` and waits for a clean ack (not returned, not nacked).
-async fn publish(channel: &Channel, exchange: &str, payload: &[u8]) {
-    let options = BasicPublishOptions { mandatory: true, immediate: false };
-    let properties = BasicProperties::default()
+/// What a message carries besides its body.
+#[derive(Clone, Copy, PartialEq)]
+enum Properties {
+    /// Persistent and typed, nothing else.
+    Minimal,
+    /// What the daemon sends: CloudEvents binary-mode headers, message id, type, timestamp
+    /// and app id (written out here, not taken from the daemon's code).
+    SameAsRelay,
+}
+
+fn properties(kind: Properties) -> BasicProperties {
+    let minimal = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into());
+    if kind == Properties::Minimal {
+        return minimal;
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = std::time::SystemTime::now();
+    let mut headers = FieldTable::default();
+    let time = humantime::format_rfc3339_millis(now).to_string();
+    for (name, value) in [
+        ("ce_specversion", "1.0"),
+        ("ce_id", id.as_str()),
+        ("ce_type", "order.created"),
+        ("ce_source", "default"),
+        ("ce_time", time.as_str()),
+        ("content-type", "application/json"),
+    ] {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
+    let seconds = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    minimal
+        .with_message_id(id.as_str().into())
+        .with_type("order.created".into())
+        .with_timestamp(seconds)
+        .with_app_id("orchestron".into())
+        .with_headers(headers)
+}
+
+async fn publish(channel: &Channel, exchange: &str, payload: &[u8], kind: Properties) {
+    let options = BasicPublishOptions { mandatory: true, immediate: false };
+    let properties = properties(kind);
     let confirm = channel
         .basic_publish(exchange.into(), "order.created".into(), options, payload, properties)
         .await
@@ -127,7 +173,7 @@ async fn publish(channel: &Channel, exchange: &str, payload: &[u8]) {
 }
 
 /// Bare lapin: `n` messages on one channel, at most `window` unconfirmed.
-async fn bare_lapin(broker: &Broker, n: usize, window: usize) -> f64 {
+async fn bare_lapin(broker: &Broker, n: usize, window: usize, kind: Properties) -> f64 {
     let conn = Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap();
     let payload = body().into_bytes();
     let channel = confirm_channel(&conn).await;
@@ -135,7 +181,7 @@ async fn bare_lapin(broker: &Broker, n: usize, window: usize) -> f64 {
     let started = Instant::now();
     join_all((0..n).map(|_| async {
         let _permit = permits.acquire().await.unwrap();
-        publish(&channel, &broker.exchange, &payload).await;
+        publish(&channel, &broker.exchange, &payload, kind).await;
     }))
     .await;
     let rate = n as f64 / started.elapsed().as_secs_f64();
@@ -176,7 +222,8 @@ async fn outbox_pending(client: &reqwest::Client, port: u16) -> Option<f64> {
 
 /// The daemon: queue `n` events with the broker `down`, restart it with the broker `up`, and
 /// time the drain from that start.
-async fn relay(n: usize, down: &str, up: &str, destination: &str) -> f64 {
+/// The relay arm: (msg/s from the broker connection, msg/s from the first settled events).
+async fn relay(n: usize, down: &str, up: &str, destination: &str) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("config.yaml");
@@ -203,21 +250,40 @@ async fn relay(n: usize, down: &str, up: &str, destination: &str) -> f64 {
     stop_daemon(&mut child);
 
     daemon_config(dir.path(), port, up, destination);
-    let started = Instant::now();
+    // Timed from the moment the broker is connected, as the bare arms are: the store's open
+    // (a repair-free reopen) and the connection handshake are start-up, reported apart.
+    let spawned = Instant::now();
     let mut child = start_daemon(&config);
+    wait_ok(port, "/ready").await;
+    let started = Instant::now();
+    eprintln!("relay: connected {:?} after the daemon started", started - spawned);
+    // (time since connecting, events still pending) when the first settled events showed.
+    let mut first_settled: Option<(Duration, f64)> = None;
     loop {
-        if outbox_pending(&client, port).await == Some(0.0) {
+        let pending = outbox_pending(&client, port).await;
+        if pending == Some(0.0) {
             break;
+        }
+        if let Some(pending) = pending.filter(|&p| p < n as f64 && first_settled.is_none()) {
+            first_settled = Some((started.elapsed(), pending));
         }
         assert!(started.elapsed() < Duration::from_secs(300), "the outbox did not drain");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let total = started.elapsed();
+    let rate = n as f64 / total.as_secs_f64();
+    // The steady drain: from the first settled events to an empty outbox. The bare arms warm
+    // up before timing; this leaves out the relay's own first round trips.
+    let (first, pending) = first_settled.unwrap_or((Duration::ZERO, n as f64));
+    let steady = pending / (total - first).as_secs_f64();
+    eprintln!(
+        "relay: first events settled {first:?} after connecting; {steady:.0} msg/s from then"
+    );
     let ticks = cpu_ticks(child.id());
     stop_daemon(&mut child);
     // Clock ticks are 10 ms (USER_HZ 100).
     eprintln!("relay: daemon CPU {:.1} µs per message", ticks as f64 * 10_000.0 / n as f64);
-    rate
+    (rate, steady)
 }
 
 async fn run() {
@@ -226,6 +292,7 @@ async fn run() {
     let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
     let broker = Broker::setup().await;
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); ARMS.len()];
+    let mut steady = Vec::new();
     // ORCHESTRON_BENCH_ARMS=relay runs a subset (e.g. under a profiler).
     let chosen = std::env::var("ORCHESTRON_BENCH_ARMS").unwrap_or_default();
     let wanted = |arm: &str| chosen.is_empty() || chosen.split(',').any(|c| c == arm);
@@ -235,7 +302,10 @@ async fn run() {
                 continue;
             }
             let rate = match *arm {
-                "lapin-one-channel" => bare_lapin(&broker, n, window).await,
+                "lapin-one-channel" => bare_lapin(&broker, n, window, Properties::Minimal).await,
+                "lapin-same-message" => {
+                    bare_lapin(&broker, n, window, Properties::SameAsRelay).await
+                }
                 _ => {
                     let rabbitmq = |url: &str| {
                         format!("{{ rabbitmq: {{ url: \"{url}\", max_unconfirmed: {window} }} }}")
@@ -246,7 +316,9 @@ async fn run() {
                         "{{ rabbitmq: {{ exchange: {}, routing_key: \"{{type}}\" }} }}",
                         broker.exchange
                     );
-                    relay(n, &down, &up, &destination).await
+                    let (rate, from_first) = relay(n, &down, &up, &destination).await;
+                    steady.push(from_first);
+                    rate
                 }
             };
             broker.check_and_purge(n as u32).await;
@@ -257,25 +329,27 @@ async fn run() {
     broker.teardown().await;
     let title =
         format!("{n} messages of ~1 KiB, persistent, mandatory, {window} unconfirmed at most");
-    report(&title, &ARMS, &results);
+    results.push(steady);
+    report(&title, &[&ARMS[..], &[STEADY]].concat(), &results, 2);
 }
 
-/// The table: each arm's median, and its per-repeat ratio to the first arm.
-fn report(title: &str, arms: &[&str], results: &[Vec<f64>]) {
+/// The table: each arm's median, and its per-repeat ratio to each of the first `baselines`
+/// arms (median of the per-repeat ratios).
+fn report(title: &str, arms: &[&str], results: &[Vec<f64>], baselines: usize) {
     if results.iter().any(Vec::is_empty) {
         return; // ratios need every arm
     }
-    let baseline = &results[0];
     println!("\n{title}\n");
-    println!("| arm | msg/s (median) | vs {} (median of per-repeat ratios) |", arms[0]);
-    println!("|---|---|---|");
+    let columns: Vec<String> = arms[..baselines].iter().map(|b| format!(" vs {b} |")).collect();
+    println!("| arm | msg/s (median) |{}", columns.concat());
+    println!("|---|---|{}", "---|".repeat(baselines));
     for (arm, samples) in arms.iter().zip(results) {
-        let ratios: Vec<f64> = samples.iter().zip(baseline).map(|(s, b)| s / b).collect();
-        println!(
-            "| {arm} | {:.0} | {:.2}× (per repeat {ratios:.2?}) |",
-            median(samples.clone()),
-            median(ratios.clone())
-        );
+        let mut row = format!("| {arm} | {:.0} |", median(samples.clone()));
+        for baseline in &results[..baselines] {
+            let ratios: Vec<f64> = samples.iter().zip(baseline).map(|(s, b)| s / b).collect();
+            row += &format!(" {:.2}× {ratios:.2?} |", median(ratios.clone()));
+        }
+        println!("{row}");
     }
 }
 
@@ -322,7 +396,9 @@ async fn kafka_count(topic: String, expected: usize) -> usize {
 }
 
 /// Bare rdkafka with the daemon's producer settings: idempotent, `acks=all`, `linger.ms` 5.
-async fn bare_rdkafka(topic: &str, n: usize) -> f64 {
+/// A bare producer with the daemon's settings; `window`: at most that many records awaiting
+/// their delivery report (None: all sent at once).
+async fn bare_rdkafka(topic: &str, n: usize, window: Option<usize>) -> f64 {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", KAFKA)
         .set("enable.idempotence", "true")
@@ -331,10 +407,16 @@ async fn bare_rdkafka(topic: &str, n: usize) -> f64 {
         .create()
         .unwrap();
     let payload = body();
+    // One record first, outside the timing: connection, metadata and the idempotent producer
+    // id, as the relay arm starts timing only once its producer reached the broker.
+    let warm_up = FutureRecord::to(topic).payload(&payload).key("cust-4242");
+    producer.send(warm_up, Timeout::Never).await.expect("delivered");
+    let permits = Semaphore::new(window.unwrap_or(n));
     let started = Instant::now();
-    let sends = (0..n).map(|_| {
+    let sends = (0..n).map(|_| async {
+        let _permit = permits.acquire().await.unwrap();
         let record = FutureRecord::to(topic).payload(&payload).key("cust-4242");
-        producer.send(record, Timeout::Never)
+        producer.send(record, Timeout::Never).await
     });
     for delivery in join_all(sends).await {
         delivery.expect("delivered");
@@ -346,26 +428,37 @@ async fn bare_rdkafka(topic: &str, n: usize) -> f64 {
 async fn run_kafka() {
     let n: usize = env_or("ORCHESTRON_BENCH_EVENTS", 20_000);
     let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
-    let arms = ["rdkafka", "relay"];
+    let arms = ["rdkafka", "rdkafka-windowed", "relay"];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
+    let mut steady = Vec::new();
     for repeat in 0..repeats {
         for (arm, samples) in arms.iter().zip(&mut results) {
             let topic = kafka_topic().await;
             let rate = if *arm == "rdkafka" {
-                bare_rdkafka(&topic, n).await
+                bare_rdkafka(&topic, n, None).await
+            } else if *arm == "rdkafka-windowed" {
+                // As many in flight as the relay's two passes of `relay.batch_size` (500).
+                bare_rdkafka(&topic, n, Some(1000)).await
             } else {
                 let kafka =
                     |servers: &str| format!("{{ kafka: {{ bootstrap_servers: \"{servers}\" }} }}");
                 let destination = format!("{{ kafka: {{ topic: {topic}, key: /customer_id }} }}");
-                relay(n, &kafka("127.0.0.1:1"), &kafka(KAFKA), &destination).await
+                let (rate, from_first) =
+                    relay(n, &kafka("127.0.0.1:1"), &kafka(KAFKA), &destination).await;
+                steady.push(from_first);
+                rate
             };
-            let count = kafka_count(topic, n).await;
-            assert_eq!(count, n, "records read back from the topic after {arm}");
+            // The bare arms send one warm-up record more.
+            let expected = if *arm == "relay" { n } else { n + 1 };
+            let count = kafka_count(topic, expected).await;
+            assert_eq!(count, expected, "records read back from the topic after {arm}");
             eprintln!("repeat {repeat} {arm}: {rate:.0} msg/s");
             samples.push(rate);
         }
     }
-    report(&format!("{n} records of ~1 KiB, idempotent producer, acks=all"), &arms, &results);
+    results.push(steady);
+    let title = format!("{n} records of ~1 KiB, idempotent producer, acks=all");
+    report(&title, &[&arms[..], &[STEADY]].concat(), &results, 2);
 }
 
 fn main() {

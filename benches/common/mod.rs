@@ -35,11 +35,17 @@ pub fn stop_daemon(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Waits until the daemon answers `/health` (listening); returns how long that took.
 pub async fn wait_ready(port: u16) -> Duration {
+    wait_ok(port, "/health").await
+}
+
+/// Waits until `path` answers 200 (`/ready`: every configured broker connected).
+pub async fn wait_ok(port: u16, path: &str) -> Duration {
     let started = Instant::now();
     let client = reqwest::Client::new();
     loop {
-        let r = client.get(format!("http://127.0.0.1:{port}/health")).send().await;
+        let r = client.get(format!("http://127.0.0.1:{port}{path}")).send().await;
         if r.is_ok_and(|r| r.status() == 200) {
             return started.elapsed();
         }
