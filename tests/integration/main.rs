@@ -8,6 +8,7 @@
 mod config_files;
 mod crash;
 mod dlq;
+mod faults;
 mod helpers;
 mod ingest;
 mod kafka;
