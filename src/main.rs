@@ -8,11 +8,6 @@ use clap::{Parser, Subcommand};
 use orchestron::cli;
 use orchestron::telemetry::{self, LogFormat};
 
-/// mimalloc rather than glibc's malloc: the relay allocates on one thread and frees on
-/// another, where glibc's arenas spent a fifth of the daemon's CPU (docs/decisions.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(name = "orchestron", version, about = "Durable webhook relay to Kafka and RabbitMQ")]
 struct Cli {
