@@ -3,6 +3,7 @@
 //! ```text
 //! cargo bench --bench ingest                       # throughput arms (needs `wrk`)
 //! cargo bench --bench ingest -- memory 1000000     # queue N events, report RSS, file, restarts
+//! ORCHESTRON_BENCH_STORE=", quick_repair: true" cargo bench --bench ingest -- memory 1000000
 //! ```
 //!
 //! Throughput arms, interleaved, three repeats, medians (PERFORMANCE.md):
@@ -10,6 +11,7 @@
 //! * `validate-only`: the real ingest router with the store replaced by nothing;
 //! * `one-commit`: the real router and store with `commit_batch_max: 1` (one fsync per event);
 //! * `group-commit`: the real router and store as shipped;
+//! * `group-commit-quick-repair`: the same with `store.quick_repair: true`;
 //! * `daemon`: the release binary itself, broker unreachable, so events stay in the outbox;
 //! * `daemon-tls`: the same over HTTPS (TLS 1.3, ECDSA P-256 certificate, keep-alive).
 //!
@@ -91,12 +93,14 @@ fn bench_config_with(
     let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/schemas");
     let text = format!(
         "server: {{ listen: \"127.0.0.1:{port}\", max_body_bytes: 64KiB{server_extra} }}\n\
-         store: {{ path: {}, commit_batch_max: {commit_batch_max} }}\n\
+         store: {{ path: {}, commit_batch_max: {commit_batch_max}{} }}\n\
          brokers: {{ rabbitmq: {{ url: \"amqp://guest:guest@127.0.0.1:1/%2f\" }} }}\n\
          sources: {{ default: {{ api_keys: [\"{KEY}\"] }} }}\n\
          schemas: {{ dir: {} }}\n\
          default_route: {{ to: [ {{ rabbitmq: {{ exchange: events, routing_key: \"{{type}}\" }} }} ] }}\n",
         dir.join("bench.redb").display(),
+        // e.g. ", quick_repair: true" (the `memory` run with quick repair)
+        std::env::var("ORCHESTRON_BENCH_STORE").unwrap_or_default(),
         schemas.display()
     );
     let path = dir.join("config.yaml");
@@ -194,9 +198,10 @@ async fn arm(name: &str, connections: usize, seconds: u64) -> Sample {
             drop(stop);
             s
         }
-        "one-commit" | "group-commit" => {
+        "one-commit" | "group-commit" | "group-commit-quick-repair" => {
             let batch = if name == "one-commit" { 1 } else { 1024 };
-            let (_, config) = bench_config(dir.path(), 0, batch);
+            let (_, mut config) = bench_config(dir.path(), 0, batch);
+            config.store.quick_repair = name == "group-commit-quick-repair";
             let (store, closer) = Store::open(&config.store).unwrap();
             let (port, stop) = serve(&config, Arc::new(store.clone())).await;
             let mut s =
@@ -255,7 +260,14 @@ fn fsync_baseline(seconds: u64) -> f64 {
 async fn throughput() {
     let seconds: u64 = env_or("ORCHESTRON_BENCH_SECONDS", 10);
     let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
-    let all = ["validate-only", "one-commit", "group-commit", "daemon", "daemon-tls"];
+    let all = [
+        "validate-only",
+        "one-commit",
+        "group-commit",
+        "group-commit-quick-repair",
+        "daemon",
+        "daemon-tls",
+    ];
     // ORCHESTRON_BENCH_ARMS=daemon,daemon-tls runs a subset (ratios need both sides present).
     let chosen = std::env::var("ORCHESTRON_BENCH_ARMS").unwrap_or_default();
     let arms: Vec<&str> = all

@@ -210,6 +210,11 @@ pub struct StoreConfig {
     /// duplicate and not published again.
     #[serde(default = "default_dedup_window")]
     pub dedup_window: HumanDuration,
+    /// redb's quick repair: every commit also saves the allocator state, so opening the file
+    /// after a crash takes milliseconds instead of a walk over the whole file (docs/benchmarks.md
+    /// has what it costs in ingest throughput).
+    #[serde(default)]
+    pub quick_repair: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -225,8 +225,11 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<(Store, StoreCloser)> {
         let started = std::time::Instant::now();
-        let cache = config.cache_bytes.as_u64() as usize;
-        let db = open_database(&medium, cache)?;
+        let tuning = Tuning {
+            cache_bytes: config.cache_bytes.as_u64() as usize,
+            quick_repair: config.quick_repair,
+        };
+        let db = open_database(&medium, tuning)?;
         let counters = read_counters(&db)?;
         let shared = Arc::new(Shared {
             path: config.path.clone(),
@@ -248,7 +251,7 @@ impl Store {
         let writer = Writer::new(
             rx,
             Arc::clone(&shared),
-            cache,
+            tuning,
             config.max_bytes.as_u64(),
             config.commit_batch_max,
             counters,
@@ -449,10 +452,17 @@ pub(crate) fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
+/// How the database is opened (the first time and after a failed commit).
+#[derive(Clone, Copy)]
+struct Tuning {
+    cache_bytes: usize,
+    quick_repair: bool,
+}
+
 /// Opens or creates the file, makes sure every table exists, and upgrades an older layout.
-fn open_database(medium: &Medium, cache_bytes: usize) -> Result<Database> {
+fn open_database(medium: &Medium, tuning: Tuning) -> Result<Database> {
     let mut builder = Database::builder();
-    builder.set_cache_size(cache_bytes);
+    builder.set_cache_size(tuning.cache_bytes);
     let (db, path) = match medium {
         Medium::File(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -469,6 +479,7 @@ fn open_database(medium: &Medium, cache_bytes: usize) -> Result<Database> {
     };
     let mut txn = db.begin_write()?;
     txn.set_two_phase_commit(true);
+    txn.set_quick_repair(tuning.quick_repair);
     let version = txn.open_table(META)?.get("format_version")?.map(|v| v.value());
     match version {
         Some(v) if v > FORMAT_VERSION => {

@@ -176,13 +176,14 @@ impl StorageBackend for Backend {
 }
 
 impl Store {
-    fn open_simulated(disk: &Disk) -> Result<(Store, StoreCloser)> {
+    fn open_simulated(disk: &Disk, quick_repair: bool) -> Result<(Store, StoreCloser)> {
         let config = StoreConfig {
             path: PathBuf::from("simulated"),
             max_bytes: bytesize::ByteSize::gib(1),
             cache_bytes: bytesize::ByteSize::mib(4),
             commit_batch_max: 1024,
             dedup_window: crate::config::HumanDuration::from_secs(3600),
+            quick_repair,
         };
         Self::open_on(Medium::Simulated(disk.clone()), &config, Arc::new(Metrics::new()))
     }
@@ -257,11 +258,13 @@ async fn workload(store: &Store, rng: &mut fastrand::Rng, rounds: usize, ledger:
 const ROUNDS: usize = 24;
 
 /// One seeded run: load, power cut, (maybe a second cut during recovery), reopen, check.
+/// Odd seeds run with redb's quick repair (`store.quick_repair`), even ones without.
 async fn power_cut(seed: u64, operations_in_a_run: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
+    let quick = seed % 2 == 1;
     let disk = Disk::default();
     let mut ledger = Ledger::default();
-    let (store, closer) = Store::open_simulated(&disk).expect("a new store opens");
+    let (store, closer) = Store::open_simulated(&disk, quick).expect("a new store opens");
     disk.cut_power_after(rng.u64(0..operations_in_a_run));
     workload(&store, &mut rng, ROUNDS, &mut ledger).await;
     closer.close().await;
@@ -272,15 +275,16 @@ async fn power_cut(seed: u64, operations_in_a_run: u64) {
         // The power goes again while the store recovers.
         let recovering = disk.clone();
         recovering.cut_power_after(rng.u64(0..24));
-        if let Ok((store, closer)) = Store::open_simulated(&recovering) {
+        if let Ok((store, closer)) = Store::open_simulated(&recovering, quick) {
             closer.close().await;
             drop(store);
         }
         disk = recovering.after_power_cut(&mut rng);
     }
 
-    let (store, closer) = Store::open_simulated(&disk)
-        .unwrap_or_else(|e| panic!("seed {seed}: the store does not open after a power cut: {e}"));
+    let (store, closer) = Store::open_simulated(&disk, quick).unwrap_or_else(|e| {
+        panic!("seed {seed} (quick repair {quick}): the store does not open after a power cut: {e}")
+    });
     let claim = store.claim_due(u64::MAX, 100_000, vec![UNROUTED]).await.unwrap();
     assert!(claim.unreadable.is_empty() && claim.orphans.is_empty(), "seed {seed}: damaged");
     let mut held = HashSet::new();
@@ -309,7 +313,7 @@ async fn power_cut(seed: u64, operations_in_a_run: u64) {
 /// over all of it.
 async fn operations_in_a_run() -> u64 {
     let disk = Disk::default();
-    let (store, closer) = Store::open_simulated(&disk).unwrap();
+    let (store, closer) = Store::open_simulated(&disk, false).unwrap();
     let start = disk.operations();
     workload(&store, &mut fastrand::Rng::with_seed(0), ROUNDS, &mut Ledger::default()).await;
     closer.close().await;

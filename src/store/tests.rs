@@ -11,6 +11,7 @@ fn config(dir: &Path) -> StoreConfig {
         cache_bytes: ByteSize::mib(4),
         commit_batch_max: 1024,
         dedup_window: crate::config::HumanDuration::from_secs(3600),
+        quick_repair: false,
     }
 }
 

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::record::{self, Delivery, DestinationState, DlqRecord};
 use super::{
     Appended, Counters, DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS,
-    IdempotencyKey, LANES, META, Outcome, Result, Settlement, Shared, StoreError, UNROUTED,
+    IdempotencyKey, LANES, META, Outcome, Result, Settlement, Shared, StoreError, Tuning, UNROUTED,
     file_len, open_database,
 };
 use crate::event::{EventId, ValidatedEvent};
@@ -86,7 +86,7 @@ pub(super) struct Writer {
     rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     db: Option<Arc<Database>>,
-    cache_bytes: usize,
+    tuning: Tuning,
     max_bytes: u64,
     batch_max: usize,
     counters: Counters,
@@ -144,7 +144,7 @@ impl Writer {
     pub(super) fn new(
         rx: mpsc::Receiver<Command>,
         shared: Arc<Shared>,
-        cache_bytes: usize,
+        tuning: Tuning,
         max_bytes: u64,
         batch_max: usize,
         counters: Counters,
@@ -154,7 +154,7 @@ impl Writer {
             rx,
             shared,
             db,
-            cache_bytes,
+            tuning,
             max_bytes,
             batch_max,
             counters,
@@ -249,6 +249,7 @@ impl Writer {
         let durability = if durable { Durability::Immediate } else { Durability::None };
         let begun = db.begin_write().map_err(StoreError::from).and_then(|mut txn| {
             txn.set_two_phase_commit(true);
+            txn.set_quick_repair(self.tuning.quick_repair);
             txn.set_durability(durability).map_err(|e| StoreError::Db(e.to_string()))?;
             Ok(txn)
         });
@@ -461,7 +462,7 @@ impl Writer {
             return None;
         }
         self.last_reopen_attempt = Some(Instant::now());
-        match open_database(&self.shared.medium, self.cache_bytes) {
+        match open_database(&self.shared.medium, self.tuning) {
             Ok(db) => {
                 let db = Arc::new(db);
                 match super::read_counters(&db) {

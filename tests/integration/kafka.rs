@@ -212,6 +212,7 @@ async fn oversized_record_is_dead_lettered_as_rejected_and_the_rest_is_delivered
         cache_bytes: bytesize::ByteSize::mib(4),
         commit_batch_max: 16,
         dedup_window: orchestron::config::HumanDuration::from_secs(3600),
+        quick_repair: false,
     };
     let (store, closer) = orchestron::store::Store::open(&config).unwrap();
     assert_eq!(store.pending().await.unwrap(), 0);
