@@ -161,9 +161,8 @@ impl Relay {
     async fn publish_loop(self: Arc<Self>, broker: BrokerKind, cancel: CancellationToken) {
         let lane = broker.lane();
         let mut passes = tokio::task::JoinSet::new();
-        // The events each pass holds, by task; they leave `in_flight` once it has settled.
+        // The events each pass in flight holds, by task, until it has settled.
         let mut holding: HashMap<tokio::task::Id, Vec<u64>> = HashMap::new();
-        let mut in_flight: HashSet<u64> = HashSet::new();
         // No new claim before this: the broker was found disconnected, or a pass failed.
         let mut pause_until = Instant::now();
         while !cancel.is_cancelled() {
@@ -182,12 +181,12 @@ impl Relay {
                 MAX_IDLE // until a pass finishes
             } else {
                 let batch_size = self.live.load().relay.batch_size;
-                let skip = in_flight.clone();
+                // Taken before the claim reads (see `Store::claim_due_except`).
+                let skip: HashSet<u64> = holding.values().flatten().copied().collect();
                 match self.store.claim_due_except(clock_ms(), batch_size, lane, skip).await {
                     Ok(claim) if claim.is_empty() => until(claim.next_due_ms),
                     Ok(claim) => {
                         let seqs: Vec<u64> = claim.seqs().collect();
-                        in_flight.extend(&seqs);
                         let relay = Arc::clone(&self);
                         let pass = passes.spawn(async move { relay.deliver(lane, claim).await });
                         holding.insert(pass.id(), seqs);
@@ -207,9 +206,7 @@ impl Relay {
                         Ok((id, _)) => *id,
                         Err(error) => error.id(),
                     };
-                    for seq in holding.remove(&id).unwrap_or_default() {
-                        in_flight.remove(&seq);
-                    }
+                    holding.remove(&id);
                     let name = broker.as_str();
                     match done {
                         Ok((_, Ok(pass))) if pass.deferred == 0 => {}

@@ -84,17 +84,22 @@ struct Harness {
 }
 
 async fn harness(rabbit: Arc<Scripted>, kafka: Arc<Scripted>) -> Harness {
+    harness_with(CONFIG, rabbit, kafka).await
+}
+
+async fn harness_with(
+    config: &str,
+    rabbit: Arc<dyn Publisher>,
+    kafka: Arc<dyn Publisher>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let config = load_str("t.yaml".as_ref(), CONFIG, &[]).unwrap();
+    let config = load_str("t.yaml".as_ref(), config, &[]).unwrap();
     let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(&config).unwrap()));
     let mut store_config = config.store.clone();
     store_config.path = dir.path().join("o.redb");
     let (store, closer) = Store::open(&store_config).unwrap();
-    let publishers = Publishers {
-        rabbitmq: Some(rabbit as Arc<dyn Publisher>),
-        kafka: Some(kafka as Arc<dyn Publisher>),
-        connected: Arc::default(),
-    };
+    let publishers =
+        Publishers { rabbitmq: Some(rabbit), kafka: Some(kafka), connected: Arc::default() };
     let relay = Relay::new(store.clone(), live, publishers, Arc::default());
     Harness { relay, store, closer, _dir: dir }
 }
@@ -249,25 +254,15 @@ impl Publisher for Gated {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_pass_is_published_while_the_first_waits_for_its_confirms() {
-    let dir = tempfile::tempdir().unwrap();
     let text = CONFIG.replace("relay: {", "relay: { batch_size: 10,");
-    let config = load_str("t.yaml".as_ref(), &text, &[]).unwrap();
-    let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(&config).unwrap()));
-    let mut store_config = config.store.clone();
-    store_config.path = dir.path().join("o.redb");
-    let (store, closer) = Store::open(&store_config).unwrap();
     let rabbit =
         Arc::new(Gated { gate: tokio::sync::Semaphore::new(0), published: Mutex::default() });
-    let publishers = Publishers {
-        rabbitmq: Some(Arc::clone(&rabbit) as Arc<dyn Publisher>),
-        kafka: Some(Scripted::new(true, None) as Arc<dyn Publisher>),
-        connected: Arc::default(),
-    };
+    let Harness { relay, store, closer, _dir } =
+        harness_with(&text, rabbit.clone(), Scripted::new(true, None)).await;
     for _ in 0..30 {
         store.append(event("other")).await.unwrap();
     }
     let cancel = CancellationToken::new();
-    let relay = Relay::new(store.clone(), live, publishers, Arc::default());
     let running = tokio::spawn(relay.run(cancel.clone()));
 
     let published = || rabbit.published.lock().unwrap().clone();

@@ -342,7 +342,7 @@ impl Store {
     }
 
     /// As [`Store::claim_due`] for one lane, passing over the events in `skip` (those a
-    /// pass still in flight holds) without counting them towards `limit`.
+    /// pass still in flight holds) without counting them towards `limit`: O(limit + skip).
     ///
     /// `skip` must be taken before this call: an event leaves it only after its settlement
     /// committed, so any event not in it is seen here as settled or still due, never as
