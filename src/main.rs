@@ -112,19 +112,24 @@ fn serve(path: &std::path::Path, log_format: Option<LogFormat>) -> anyhow::Resul
     telemetry::init(log_format.unwrap_or(config.log.format));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
+        let shutdown = shutdown_signal();
         let listeners = orchestron::app::Listeners::bind(&config).await?;
-        orchestron::app::run(config, listeners, shutdown_signal()).await?;
+        orchestron::app::run(config, listeners, shutdown).await?;
         Ok(())
     })
 }
 
-/// SIGTERM (systemd stop) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// SIGTERM (systemd stop) or SIGINT (Ctrl-C). The handlers are installed when this is
+/// called, not when the future is first polled: the daemon polls it only once it is serving,
+/// after READY=1, and a SIGTERM in between would otherwise kill it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
