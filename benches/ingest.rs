@@ -26,10 +26,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
-use orchestron::app::LiveConfig;
 use orchestron::config::Config;
 use orchestron::event::ValidatedEvent;
 use orchestron::ingest::{EventSink, IngestState};
+use orchestron::live::LiveConfig;
 use orchestron::store::{Appended, IdempotencyKey, Store, StoreError};
 
 mod common;

@@ -88,7 +88,7 @@ fn operator(
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = orchestron::config::load(path)?;
-    let live = orchestron::app::LiveConfig::build(&config)?;
+    let live = orchestron::live::LiveConfig::build(&config)?;
     if let Some(tls) = &config.server.tls {
         let metrics = std::sync::Arc::new(orchestron::telemetry::metrics::Metrics::new());
         orchestron::server::tls::TlsState::load(tls, metrics)?;
@@ -103,7 +103,7 @@ fn hash_key() -> anyhow::Result<()> {
     std::io::stdin().read_line(&mut key)?;
     let key = key.trim_end_matches(['\n', '\r']);
     anyhow::ensure!(!key.is_empty(), "no key on stdin");
-    println!("{}", orchestron::ingest::auth::hash_key(key));
+    println!("{}", orchestron::sources::auth::hash_key(key));
     Ok(())
 }
 

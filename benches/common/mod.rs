@@ -15,9 +15,9 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+#[path = "../../tests/support/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 pub fn start_daemon(config: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_orchestron"))

@@ -1,9 +1,12 @@
-//! The admin listener (`admin.listen`, loopback by default): dead-letter queue and outbox.
+//! The admin listener (`admin.listen`, loopback by default): dead-letter queue, outbox,
+//! configuration status and schemas; and [`probe`], the `/ready` and `/metrics` endpoints
+//! both listeners serve.
 //!
 //! Every request needs `Authorization: Bearer <admin.token>` (compared in constant time);
 //! without a configured token the listener is not started at all. It serves only admin
 //! routes, and the ingest listener serves none of them.
 
+pub mod probe;
 pub mod schemas;
 pub mod view;
 
@@ -29,7 +32,7 @@ const MAX_LIMIT: usize = 1000;
 pub struct AdminState {
     pub store: Store,
     pub token: Secret,
-    pub config_status: crate::config::SharedStatus,
+    pub config_status: crate::live::SharedStatus,
     pub schemas: schemas::SchemaAdmin,
 }
 
@@ -50,17 +53,13 @@ pub fn router(state: AdminState) -> Router {
 
 /// `/metrics` on the admin listener, behind the token, when `metrics.listener: admin`; and
 /// `/health` (no token: a liveness probe must not need the secret).
-pub fn metrics_router(
-    probe: crate::telemetry::http::Probe,
-    token: Secret,
-    metrics: bool,
-) -> Router {
+pub fn metrics_router(probe: probe::Probe, token: Secret, metrics: bool) -> Router {
     let health = Router::new().route("/health", get(|| async { Json(json!({ "status": "ok" })) }));
     if !metrics {
         return health;
     }
     let scrape = Router::new()
-        .route("/metrics", get(crate::telemetry::http::metrics))
+        .route("/metrics", get(probe::metrics))
         .route_layer(middleware::from_fn_with_state(token, authorize))
         .with_state(probe);
     health.merge(scrape)
@@ -218,7 +217,7 @@ async fn purge(
     Ok(Json(CountView { replayed: None, deleted: Some(n) }))
 }
 
-async fn config_status(State(state): State<AdminState>) -> Json<crate::config::ConfigStatus> {
+async fn config_status(State(state): State<AdminState>) -> Json<crate::live::ConfigStatus> {
     Json(state.config_status.lock().expect("config status lock").clone())
 }
 

@@ -23,9 +23,9 @@ use crate::event::EventType;
 pub struct SchemaAdmin {
     /// `schemas.dir`; without it schemas cannot be registered.
     pub dir: Option<PathBuf>,
-    pub live: Arc<arc_swap::ArcSwap<crate::app::LiveConfig>>,
+    pub live: Arc<arc_swap::ArcSwap<crate::live::LiveConfig>>,
     /// Applies the directory's new content (absent when the daemon runs without a file).
-    pub reloader: Option<Arc<crate::config::Reloader>>,
+    pub reloader: Option<Arc<crate::live::Reloader>>,
 }
 
 #[derive(Serialize)]

@@ -1,33 +1,24 @@
 //! Every way ingest can refuse a request, mapped to a status code and a JSON body that names
 //! the problem without exposing internals.
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use std::time::Duration;
-
-use super::signature::SignatureError;
+use crate::sources::Refusal;
 use crate::store::StoreError;
 use crate::validate::Violation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    #[error("missing or invalid API key")]
-    Unauthorized,
-    #[error("signature not accepted: {0}")]
-    Signature(SignatureError),
+    /// The source refused the sender (credentials, rate limit, type or key it cannot read).
+    #[error(transparent)]
+    Source(#[from] Refusal),
     #[error("no such source")]
     UnknownSource,
-    #[error("this source needs a client certificate")]
-    ClientCertificateRequired,
-    #[error("this source does not accept the client certificate presented")]
-    ClientCertificateRefused,
-    #[error("rate limit exceeded for this source; retry later")]
-    RateLimited { retry_after: Duration },
-    #[error("idempotency key must be 1 to 255 visible ASCII characters")]
-    InvalidIdempotencyKey,
     #[error("the request body was not received in time")]
     BodyTimeout,
     #[error("content type must be application/json")]
@@ -53,15 +44,11 @@ pub enum IngestError {
 impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::Unauthorized | IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
+            IngestError::Source(refusal) => refusal.status(),
             IngestError::UnknownSource => StatusCode::NOT_FOUND,
-            IngestError::ClientCertificateRequired => StatusCode::UNAUTHORIZED,
-            IngestError::ClientCertificateRefused => StatusCode::FORBIDDEN,
-            IngestError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngestError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IngestError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::InvalidEventType(_)
-            | IngestError::InvalidIdempotencyKey
             | IngestError::BodyRead
             | IngestError::InvalidJson(_)
             | IngestError::NotAnObject => StatusCode::BAD_REQUEST,
@@ -76,13 +63,8 @@ impl IngestError {
     /// Stable, machine-readable code for the `error` field.
     pub fn code(&self) -> &'static str {
         match self {
-            IngestError::Unauthorized => "unauthorized",
-            IngestError::Signature(_) => "invalid_signature",
+            IngestError::Source(refusal) => refusal.code(),
             IngestError::UnknownSource => "unknown_source",
-            IngestError::ClientCertificateRequired => "client_certificate_required",
-            IngestError::ClientCertificateRefused => "client_certificate_refused",
-            IngestError::RateLimited { .. } => "rate_limited",
-            IngestError::InvalidIdempotencyKey => "invalid_idempotency_key",
             IngestError::BodyTimeout => "body_timeout",
             IngestError::UnsupportedMediaType => "unsupported_media_type",
             IngestError::InvalidEventType(_) => "invalid_event_type",
@@ -100,17 +82,11 @@ impl IngestError {
     /// The `reason` label of `orchestron_ingest_rejected_total`: a small fixed set.
     pub fn metric_reason(&self) -> &'static str {
         match self {
-            IngestError::Unauthorized => "auth",
-            IngestError::Signature(_) => "signature",
+            IngestError::Source(refusal) => refusal.metric_reason(),
             IngestError::UnknownSource => "unknown_source",
-            IngestError::ClientCertificateRequired | IngestError::ClientCertificateRefused => {
-                "client_certificate"
-            }
-            IngestError::RateLimited { .. } => "rate_limited",
             IngestError::BodyTimeout => "timeout",
             IngestError::UnsupportedMediaType => "media_type",
             IngestError::InvalidEventType(_)
-            | IngestError::InvalidIdempotencyKey
             | IngestError::BodyRead
             | IngestError::InvalidJson(_)
             | IngestError::NotAnObject => "invalid",
@@ -134,13 +110,11 @@ impl IngestError {
         }
     }
 
-    fn retry_after_secs(&self) -> Option<u64> {
+    fn retry_after(&self) -> Option<Duration> {
         match self {
-            IngestError::RateLimited { retry_after } => {
-                Some(retry_after.as_secs_f64().ceil() as u64)
-            }
-            IngestError::Store(StoreError::QuotaExceeded) => Some(30),
-            IngestError::Store(_) => Some(5),
+            IngestError::Source(refusal) => refusal.retry_after(),
+            IngestError::Store(StoreError::QuotaExceeded) => Some(Duration::from_secs(30)),
+            IngestError::Store(_) => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -153,7 +127,8 @@ impl IntoResponse for IngestError {
             body["violations"] = json!(violations);
         }
         let mut response = (self.status(), Json(body)).into_response();
-        if let Some(secs) = self.retry_after_secs() {
+        if let Some(wait) = self.retry_after() {
+            let secs = wait.as_secs_f64().ceil() as u64;
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response

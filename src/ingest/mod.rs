@@ -7,10 +7,7 @@
 //! store's durable commit returned Ok, never before. A repeated idempotency key is answered
 //! `200` with the first event's id, decided inside the same commit.
 
-pub mod auth;
 mod error;
-pub mod signature;
-pub mod source;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,12 +27,12 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 pub use error::IngestError;
-pub use source::{Source, Sources};
 
-use crate::app::LiveConfig;
 use crate::event::{EventId, EventType, ValidatedEvent, now_ms};
+use crate::live::LiveConfig;
 use crate::routing::Body as EventBody;
 use crate::server::client_cert::ClientSubject;
+use crate::sources::Source;
 use crate::store::{Appended, IdempotencyKey, Store, StoreError};
 use crate::telemetry::metrics::{Metrics, status_class};
 

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Outgoing, PublishError, Publisher};
 use crate::config::KafkaConfig;
-use crate::routing::{BrokerKind, Target};
+use crate::delivery::{BrokerKind, Target};
+use crate::tasks::Tasks;
 use crate::telemetry::metrics::Metrics;
 
 /// How long a send may wait for room in librdkafka's local queue before failing (transient).
@@ -44,6 +45,7 @@ impl KafkaPublisher {
     pub fn start(
         config: &KafkaConfig,
         connected: Arc<Notify>,
+        tasks: &Tasks,
         cancel: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, KafkaError> {
@@ -54,7 +56,10 @@ impl KafkaPublisher {
             config: client_config,
             reachable: AtomicBool::new(false),
         });
-        tokio::spawn(Arc::clone(&publisher).probe(connected, cancel, metrics));
+        tasks.spawn(
+            "kafka: reachability probe",
+            Arc::clone(&publisher).probe(connected, cancel, metrics),
+        );
         Ok(publisher)
     }
 

@@ -5,7 +5,6 @@
 //! Every failure says whether a retry can help ([`ErrorClass`]); that decides the backoff.
 //! Publishers keep their own connections alive and tell the relay when they (re)connect.
 
-mod confirms;
 pub mod kafka;
 pub mod rabbitmq;
 
@@ -15,9 +14,8 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
-use crate::config::MessageFormat;
+use crate::delivery::{BrokerKind, MessageFormat, Target};
 use crate::event::{ValidatedEvent, from_ms};
-use crate::routing::{BrokerKind, Target};
 
 /// How a failed publish should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

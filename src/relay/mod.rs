@@ -13,7 +13,6 @@
 //! never published again because a sibling failed. Only when nothing is pending any more does
 //! the event leave the outbox.
 
-mod backoff;
 mod plan;
 
 use std::collections::{HashMap, HashSet};
@@ -26,14 +25,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::LiveConfig;
+use crate::delivery::{BrokerKind, DlqRecord, Lane};
 use crate::event::clock_ms;
+use crate::live::LiveConfig;
 use crate::publish::{Outgoing, PublishError, Publishers};
-use crate::routing::BrokerKind;
-use crate::store::{Claim, DlqRecord, Outcome, Settlement, Store, StoreError, UNROUTED};
+use crate::routing::RelayPolicy;
+use crate::store::{Claim, Outcome, Settlement, Store, StoreError};
+use crate::tasks::Tasks;
 use crate::telemetry::metrics::Metrics;
-
-pub use backoff::RelayPolicy;
 use plan::Plan;
 
 /// While a broker is disconnected mid-pass its events wait this long (no attempt counted); a
@@ -63,8 +62,10 @@ pub struct Relay {
     live: Arc<ArcSwap<LiveConfig>>,
     publishers: Publishers,
     metrics: Arc<Metrics>,
+    /// Where the workers and the dead-letter copies run.
+    tasks: Tasks,
     /// Per lane: woken when the routing worker filed events into it.
-    routed: [Notify; 3],
+    routed: [Notify; Lane::COUNT],
 }
 
 impl Relay {
@@ -73,25 +74,33 @@ impl Relay {
         live: Arc<ArcSwap<LiveConfig>>,
         publishers: Publishers,
         metrics: Arc<Metrics>,
+        tasks: Tasks,
     ) -> Self {
-        Self { store, live, publishers, metrics, routed: Default::default() }
+        Self { store, live, publishers, metrics, tasks, routed: Default::default() }
     }
 
-    /// Runs the routing worker and one worker per configured broker until `cancel`; each
-    /// finishes the pass it is in first.
+    /// Runs the routing worker and one worker per configured broker (each a task of its own)
+    /// until `cancel`; each finishes the pass it is in first.
     pub async fn run(self, cancel: CancellationToken) {
         if let Err(error) = self.reroute_stranded().await {
             tracing::error!(%error, "re-routing events of removed brokers failed; they stay queued");
         }
         let relay = Arc::new(self);
-        let mut workers = tokio::task::JoinSet::new();
-        workers.spawn(Arc::clone(&relay).route_loop(cancel.clone()));
+        let tasks = relay.tasks.clone();
+        let mut workers = vec![
+            tasks.spawn("relay: routing worker", Arc::clone(&relay).route_loop(cancel.clone())),
+        ];
         for broker in BrokerKind::ALL {
             if relay.publishers.get(broker).is_some() {
-                workers.spawn(Arc::clone(&relay).publish_loop(broker, cancel.clone()));
+                let worker = Arc::clone(&relay).publish_loop(broker, cancel.clone());
+                workers.push(tasks.spawn(format!("relay: {} worker", broker.as_str()), worker));
             }
         }
-        workers.join_all().await;
+        for worker in workers {
+            if let Err(error) = worker.await {
+                tracing::error!(%error, "a relay worker panicked");
+            }
+        }
         tracing::info!("relay stopped");
     }
 
@@ -104,8 +113,8 @@ impl Relay {
         if stranded.is_empty() {
             return Ok(());
         }
-        let configured: Vec<u8> = configured.into_iter().map(BrokerKind::lane).collect();
-        let lanes: Vec<u8> = stranded.into_iter().map(BrokerKind::lane).collect();
+        let configured: Vec<Lane> = configured.into_iter().map(BrokerKind::lane).collect();
+        let lanes: Vec<Lane> = stranded.into_iter().map(BrokerKind::lane).collect();
         let (mut events, mut rerouted) = (0, 0);
         loop {
             let batch_size = self.live.load().relay.batch_size;
@@ -139,7 +148,7 @@ impl Relay {
 
     async fn route_loop(self: Arc<Self>, cancel: CancellationToken) {
         while !cancel.is_cancelled() {
-            let wait = match self.run_lane(UNROUTED).await {
+            let wait = match self.run_lane(Lane::UNROUTED).await {
                 Ok(pass) if pass.routed + pass.dead_lettered > 0 => continue,
                 Ok(pass) => until(pass.next_due_ms),
                 Err(error) => {
@@ -221,7 +230,7 @@ impl Relay {
                         }
                     }
                 }
-                _ = self.routed[usize::from(lane)].notified() => {}
+                _ = self.routed[lane.index()].notified() => {}
                 // A reconnect ends a pause for a broker found disconnected.
                 _ = &mut reconnected => pause_until = Instant::now(),
                 _ = tokio::time::sleep(wait) => {}
@@ -235,7 +244,7 @@ impl Relay {
     /// One routing pass, then one pass of each connected broker's lane. Tests drive the
     /// relay with this, pass by pass.
     pub async fn run_once(&self) -> Result<Pass, StoreError> {
-        let mut total = self.run_lane(UNROUTED).await?;
+        let mut total = self.run_lane(Lane::UNROUTED).await?;
         for broker in BrokerKind::ALL {
             if self.publishers.get(broker).is_some_and(|p| p.is_connected()) {
                 let pass = self.run_lane(broker.lane()).await?;
@@ -254,7 +263,7 @@ impl Relay {
     }
 
     /// One claim → (route | publish) → settle pass over one lane.
-    pub async fn run_lane(&self, lane: u8) -> Result<Pass, StoreError> {
+    pub async fn run_lane(&self, lane: Lane) -> Result<Pass, StoreError> {
         let batch_size = self.live.load().relay.batch_size;
         let claim = self.store.claim_due(clock_ms(), batch_size, vec![lane]).await?;
         self.deliver(lane, claim).await
@@ -262,7 +271,7 @@ impl Relay {
 
     /// Routes (the routing lane) or publishes (a broker's lane) what `claim` holds, then
     /// settles all of it in one store command.
-    async fn deliver(&self, lane: u8, claim: Claim) -> Result<Pass, StoreError> {
+    async fn deliver(&self, lane: Lane, claim: Claim) -> Result<Pass, StoreError> {
         // The snapshot for the whole pass is taken after the claim: an event accepted after a
         // reload is never routed with the table from before it.
         let live = self.live.load_full();
@@ -302,13 +311,13 @@ impl Relay {
             plans[i].record(j, outcome, policy, now, &mut pass, &self.metrics);
         }
         let mut dead_letters = Vec::new();
-        let mut filed = [false; 3];
+        let mut filed = [false; Lane::COUNT];
         for plan in plans {
             let settlement = plan.settle(now);
-            if lane == UNROUTED {
+            if lane == Lane::UNROUTED {
                 pass.routed += 1;
                 for &(l, _) in &settlement.add_due {
-                    filed[usize::from(l).min(2)] = true;
+                    filed[l.index()] = true;
                 }
             }
             if let Some(dead) = &settlement.dead_letter {
@@ -351,7 +360,7 @@ impl Relay {
         }
         let publishers = self.publishers.clone();
         let metrics = Arc::clone(&self.metrics);
-        tokio::spawn(async move {
+        self.tasks.spawn("relay: dead-letter copies", async move {
             for (record, target) in copies {
                 let Some(publisher) = publishers.get(target.broker()) else { continue };
                 let first = record.destinations.first();

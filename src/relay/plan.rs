@@ -1,21 +1,21 @@
 //! What the relay does with one claimed outbox entry in one pass.
 
 use super::{DEFER_DELAY, Pass, RelayPolicy};
-use crate::app::LiveConfig;
-use crate::event::now_ms;
-use crate::publish::{ErrorClass, PublishError};
-use crate::store::{
-    DeadDestination, Delivery, DestinationState, DlqRecord, OutboxEntry, Outcome, Reason,
-    Settlement, Status, UNROUTED,
+use crate::delivery::{
+    DeadDestination, Delivery, DestinationState, DlqRecord, Lane, Reason, Status,
 };
+use crate::event::now_ms;
+use crate::live::LiveConfig;
+use crate::publish::{ErrorClass, PublishError};
+use crate::store::{OutboxEntry, Outcome, Settlement};
 use crate::telemetry::metrics::Metrics;
 
 pub(super) struct Plan {
     pub entry: OutboxEntry,
     pub delivery: Delivery,
-    /// The lane this pass works on: `UNROUTED` routes (and publishes nothing); a broker's
+    /// The lane this pass works on: `Lane::UNROUTED` routes (and publishes nothing); a broker's
     /// lane acts only on that broker's destinations.
-    lane: u8,
+    lane: Lane,
     /// Destinations given up on in this pass, with why.
     dead: Vec<(usize, Reason)>,
 }
@@ -28,7 +28,7 @@ pub(super) struct Plan {
 pub(super) fn reroute(
     entry: OutboxEntry,
     live: &LiveConfig,
-    configured: &[u8],
+    configured: &[Lane],
     now: u64,
 ) -> (Settlement, usize) {
     let seq = entry.seq;
@@ -36,7 +36,7 @@ pub(super) fn reroute(
     let (stranded, mut kept): (Vec<DestinationState>, Vec<DestinationState>) = old
         .into_iter()
         .partition(|s| s.is_pending() && !configured.contains(&s.target.broker().lane()));
-    let busy_lanes: Vec<u8> =
+    let busy_lanes: Vec<Lane> =
         kept.iter().filter(|s| s.is_pending()).map(|s| s.target.broker().lane()).collect();
     let added: Vec<DestinationState> = live
         .routes
@@ -48,7 +48,7 @@ pub(super) fn reroute(
         .collect();
     let rerouted = added.len();
     // Lanes that already hold a due entry for this event pick the new destinations up then.
-    let mut add_due: Vec<(u8, u64)> = added
+    let mut add_due: Vec<(Lane, u64)> = added
         .iter()
         .map(|s| s.target.broker().lane())
         .filter(|lane| !busy_lanes.contains(lane))
@@ -84,7 +84,7 @@ pub(super) fn reroute(
 }
 
 impl Plan {
-    pub fn new(entry: OutboxEntry, live: &LiveConfig, now: u64, lane: u8) -> Self {
+    pub fn new(entry: OutboxEntry, live: &LiveConfig, now: u64, lane: Lane) -> Self {
         let delivery = match entry.delivery.clone().filter(|d| !d.destinations.is_empty()) {
             Some(stored) => stored,
             None => Delivery {
@@ -104,7 +104,7 @@ impl Plan {
         if live.relay.max_age.is_some_and(|max| age > max.as_millis() as u64) {
             for j in 0..plan.delivery.destinations.len() {
                 let s = &plan.delivery.destinations[j];
-                if s.is_pending() && (lane == UNROUTED || plan.acts_on(s)) {
+                if s.is_pending() && (lane == Lane::UNROUTED || plan.acts_on(s)) {
                     plan.give_up(j, Reason::Expired);
                 }
             }
@@ -114,7 +114,7 @@ impl Plan {
 
     /// Whether this pass publishes to `s` (routing passes publish nothing).
     fn acts_on(&self, s: &DestinationState) -> bool {
-        self.lane != UNROUTED && s.target.broker().lane() == self.lane
+        self.lane != Lane::UNROUTED && s.target.broker().lane() == self.lane
     }
 
     /// Indexes of the destinations to publish to now.
@@ -247,9 +247,9 @@ impl Plan {
                 })
                 .collect(),
         });
-        if self.lane == UNROUTED {
+        if self.lane == Lane::UNROUTED {
             // File the event into the lane of every broker it still waits for, due now.
-            let mut add_due: Vec<(u8, u64)> = self
+            let mut add_due: Vec<(Lane, u64)> = self
                 .delivery
                 .destinations
                 .iter()

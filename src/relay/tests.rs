@@ -3,61 +3,17 @@
 //! attempts happen, how far apart, and when an event moves to the DLQ.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use futures_util::future::BoxFuture;
 
 use super::*;
 use crate::config::load_str;
-use crate::event::{EventId, EventType, SourceName, ValidatedEvent};
+use crate::delivery::{DestinationState, Reason};
+use crate::event::{EventId, ValidatedEvent};
 use crate::publish::{ErrorClass, Publisher};
-use crate::store::{DlqFilter, Reason};
-
-/// A broker stand-in: connected or not, and failing with `error` (or confirming) every time.
-struct Scripted {
-    connected: AtomicBool,
-    error: Option<ErrorClass>,
-    /// Relay clock at each publish call.
-    calls: Mutex<Vec<u64>>,
-}
-
-impl Scripted {
-    fn new(connected: bool, error: Option<ErrorClass>) -> Arc<Self> {
-        Arc::new(Self {
-            connected: AtomicBool::new(connected),
-            error,
-            calls: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn calls(&self) -> Vec<u64> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-impl Publisher for Scripted {
-    fn publish<'a>(&'a self, _: Outgoing<'a>) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(async move {
-            if !self.connected.load(Ordering::Relaxed) {
-                return Err(PublishError::not_connected(BrokerKind::Kafka));
-            }
-            // std Mutex: a push, never held across an await.
-            self.calls.lock().unwrap().push(clock_ms());
-            match self.error {
-                None => Ok(()),
-                Some(class) => Err(PublishError { class, message: "scripted failure".into() }),
-            }
-        })
-    }
-
-    fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
-    }
-
-    fn close(&self, _: Duration) -> BoxFuture<'_, ()> {
-        Box::pin(async {})
-    }
-}
+use crate::store::DlqFilter;
+use crate::testing::Scripted;
 
 const CONFIG: &str = r#"
 server: { listen: "127.0.0.1:0" }
@@ -100,18 +56,12 @@ async fn harness_with(
     let (store, closer) = Store::open(&store_config).unwrap();
     let publishers =
         Publishers { rabbitmq: Some(rabbit), kafka: Some(kafka), connected: Arc::default() };
-    let relay = Relay::new(store.clone(), live, publishers, Arc::default());
+    let relay = Relay::new(store.clone(), live, publishers, Arc::default(), Tasks::new());
     Harness { relay, store, closer, _dir: dir }
 }
 
 fn event(ty: &str) -> ValidatedEvent {
-    ValidatedEvent::new(
-        EventId::new(),
-        SourceName::parse("default").unwrap(),
-        EventType::parse(ty).unwrap(),
-        clock_ms(),
-        bytes::Bytes::from_static(b"{}"),
-    )
+    crate::testing::event(ty, "{}", clock_ms())
 }
 
 async fn dlq_len(store: &Store) -> usize {
@@ -119,8 +69,8 @@ async fn dlq_len(store: &Store) -> usize {
 }
 
 /// The delivery state of the only outbox entry, if there is one.
-async fn only_state(store: &Store) -> Option<crate::store::DestinationState> {
-    let claim = store.claim_due(u64::MAX, 10, vec![0, 1, 2]).await.unwrap();
+async fn only_state(store: &Store) -> Option<DestinationState> {
+    let claim = store.claim_due(u64::MAX, 10, Lane::ALL.to_vec()).await.unwrap();
     claim.entries.first()?.delivery.as_ref()?.destinations.first().cloned()
 }
 

@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,16 @@ use crate::config::TimeoutsConfig;
 use crate::telemetry::metrics::Metrics;
 use client_cert::ClientSubject;
 use tls::TlsState;
+
+/// Binds a listening socket that queues up to `backlog` connections for the accept loop
+/// (the kernel caps it at `net.core.somaxconn`). `TcpListener::bind` queues 128, so a burst
+/// of senders beyond that would have SYNs dropped and wait a second or more to retry.
+pub fn bind_listener(addr: std::net::SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
 
 /// How the listener treats connections.
 #[derive(Clone)]

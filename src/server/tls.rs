@@ -6,6 +6,7 @@
 //! previous one keeps serving, the reason is logged and counted. New connections use the new
 //! pair; connections in flight keep the one they were opened with.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,8 +18,9 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio_util::sync::CancellationToken;
 
 use super::client_cert::not_after;
-use crate::config::{TlsConfig, TlsVersion, parent_dir, watch_paths};
+use crate::config::{TlsConfig, TlsVersion};
 use crate::telemetry::metrics::Metrics;
+use crate::watch::{parent_dir, watch_paths};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -68,9 +70,13 @@ impl TlsState {
         }
     }
 
-    /// Reloads when the certificate, key or client CA file changes (the directories are
-    /// watched, so replacing a file by rename or a symlink swap is seen too).
-    pub fn watch(self: &Arc<Self>, cancel: CancellationToken) -> notify::Result<()> {
+    /// Watches the certificate, key and client CA files (their directories, so replacing a
+    /// file by rename or a symlink swap is seen too); the returned future reloads on a change
+    /// until `cancel`.
+    pub fn watch(
+        self: &Arc<Self>,
+        cancel: CancellationToken,
+    ) -> notify::Result<impl Future<Output = ()> + Send + 'static> {
         let files: Vec<PathBuf> =
             [Some(&self.config.cert), Some(&self.config.key), self.config.client_ca.as_ref()]
                 .into_iter()

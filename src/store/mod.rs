@@ -2,7 +2,9 @@
 //!
 //! Writes go through one writer thread ([`writer`]) that commits every queued request in one
 //! transaction (group commit) and answers each caller after that commit returned. Reads run
-//! on read snapshots in `spawn_blocking` ([`query`]). Tables:
+//! on read snapshots in `spawn_blocking` ([`query`]). Records are laid out by [`codec`]; the
+//! store owns its background work ([`housekeeping`]). It knows nothing about routes or
+//! brokers: it keeps [`crate::delivery`]'s nouns as they are given. Tables:
 //!
 //! | table       | key                      | value                                       |
 //! |-------------|--------------------------|---------------------------------------------|
@@ -20,10 +22,13 @@
 //! lanes of connected brokers, so a dead broker's backlog costs nothing and never stalls the
 //! other's. `seq` grows by one per appended (or replayed) event and is never reused.
 
+mod codec;
+mod error;
+mod housekeeping;
+mod open;
 #[cfg(test)]
 mod power_loss;
 mod query;
-mod record;
 mod writer;
 
 use std::collections::HashSet;
@@ -32,20 +37,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, TableDefinition};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::StoreConfig;
+use crate::delivery::{Delivery, DestinationState, DlqRecord, Lane};
 use crate::event::{EventId, ValidatedEvent};
 use crate::telemetry::metrics::Metrics;
 
+pub use codec::DecodeError;
+pub use error::{Result, StoreError};
+use open::{Tuning, file_len, open_database, read_counters};
 pub use query::{
     Claim, DestinationBacklog, DlqEntry, DlqFilter, DlqPage, OutboxEntry, OutboxStats,
     ReadOnlyStore, Summary,
-};
-pub use record::{
-    DeadDestination, DecodeError, Delivery, DestinationState, DlqRecord, Reason, RetryOverride,
-    Status,
 };
 use writer::{Command, Writer};
 
@@ -62,50 +68,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// Version of the table layout; a file written by a newer layout is refused, not misread.
 const FORMAT_VERSION: u64 = 2;
-/// The lane of events not yet routed.
-pub const UNROUTED: u8 = 0;
 /// Requests waiting for the writer. Bounded so that a stalled disk pushes back on senders.
 const QUEUE_DEPTH: usize = 8192;
-
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// Errors are `Clone` because one failed commit answers every request of its batch.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("store is over its size quota")]
-    QuotaExceeded,
-    #[error("store is unavailable: {0}")]
-    Unavailable(String),
-    #[error("commit failed: {0}")]
-    Commit(String),
-    #[error("store error: {0}")]
-    Db(String),
-    #[error("record {seq}: {source}")]
-    Corrupt { seq: u64, source: DecodeError },
-}
-
-impl From<redb::Error> for StoreError {
-    fn from(e: redb::Error) -> Self {
-        StoreError::Db(e.to_string())
-    }
-}
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::from(redb::Error::from(e))
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::DatabaseError
-);
 
 /// What the relay decided for one claimed outbox entry, applied in one transaction with the
 /// rest of its batch.
@@ -113,9 +77,9 @@ from_redb!(
 pub struct Settlement {
     pub seq: u64,
     /// Due entries (lane, due time) the claim found; removed.
-    pub remove_due: Vec<(u8, u64)>,
+    pub remove_due: Vec<(Lane, u64)>,
     /// Due entries to add: one per lane that still has pending destinations.
-    pub add_due: Vec<(u8, u64)>,
+    pub add_due: Vec<(Lane, u64)>,
     pub outcome: Outcome,
     /// Destinations given up on in this pass, moved to the DLQ in the same transaction.
     pub dead_letter: Option<DlqRecord>,
@@ -182,6 +146,8 @@ struct Shared {
     /// Events appended since open.
     appended_events: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Ends the housekeeping tasks when the store closes.
+    housekeeping: CancellationToken,
 }
 
 /// Counters since the store was opened.
@@ -198,10 +164,11 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
-/// Joins the writer thread on shutdown.
+/// Ends the housekeeping and joins the writer thread on shutdown.
 pub struct StoreCloser {
     tx: mpsc::Sender<Command>,
     thread: std::thread::JoinHandle<()>,
+    housekeeping: CancellationToken,
 }
 
 impl Store {
@@ -241,6 +208,7 @@ impl Store {
             durable_commits: AtomicU64::new(0),
             appended_events: AtomicU64::new(0),
             metrics,
+            housekeeping: CancellationToken::new(),
         });
         tracing::info!(
             path = %config.path.display(),
@@ -259,9 +227,13 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run())
-            .map_err(|e| StoreError::Unavailable(format!("cannot start writer thread: {e}")))?;
-        spawn_flush_ticker(tx.clone());
-        Ok((Store { tx: tx.clone(), shared }, StoreCloser { tx, thread }))
+            .map_err(|e| StoreError::Io {
+                what: "cannot start the writer thread".into(),
+                cause: Arc::new(e),
+            })?;
+        let closer =
+            StoreCloser { tx: tx.clone(), thread, housekeeping: shared.housekeeping.clone() };
+        Ok((Store { tx, shared }, closer))
     }
 
     /// Makes `event` durable. Returns only after the commit holding it returned Ok.
@@ -332,12 +304,12 @@ impl Store {
         let db = self.database()?;
         tokio::task::spawn_blocking(move || query(&db))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Entries due at `now_ms` in `lanes` (up to `limit` per lane), oldest first. Costs
     /// O(limit), however large the outbox.
-    pub async fn claim_due(&self, now_ms: u64, limit: usize, lanes: Vec<u8>) -> Result<Claim> {
+    pub async fn claim_due(&self, now_ms: u64, limit: usize, lanes: Vec<Lane>) -> Result<Claim> {
         self.read(move |db| query::claim(db, now_ms, limit, &lanes, &HashSet::new())).await
     }
 
@@ -351,7 +323,7 @@ impl Store {
         &self,
         now_ms: u64,
         limit: usize,
-        lane: u8,
+        lane: Lane,
         skip: HashSet<u64>,
     ) -> Result<Claim> {
         self.read(move |db| query::claim(db, now_ms, limit, &[lane], &skip)).await
@@ -386,7 +358,7 @@ impl Store {
     }
 
     fn database(&self) -> Result<Arc<Database>> {
-        self.shared.db.load_full().ok_or_else(|| StoreError::Unavailable("reopening".into()))
+        self.shared.db.load_full().ok_or(StoreError::Reopening)
     }
 
     /// False from a failed commit until the database has been reopened.
@@ -417,8 +389,10 @@ impl Store {
 }
 
 impl StoreCloser {
-    /// Commits what is pending durably, closes the file and joins the writer thread.
+    /// Ends the housekeeping, commits what is pending durably, closes the file and joins the
+    /// writer thread.
     pub async fn close(self) {
+        self.housekeeping.cancel();
         let (reply, answer) = oneshot::channel();
         if self.tx.send(Command::Close { reply }).await.is_ok() {
             let _ = answer.await;
@@ -430,131 +404,7 @@ impl StoreCloser {
 }
 
 fn closed() -> StoreError {
-    StoreError::Unavailable("store is shut down".into())
-}
-
-/// Settle commits skip the fsync; this makes them durable within a second even when no
-/// append comes along to carry them, so a crash after a quiet spell republishes little.
-fn spawn_flush_ticker(tx: mpsc::Sender<Command>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if tx.send(Command::FlushIfDirty).await.is_err() {
-                break;
-            }
-        }
-    });
-}
-
-pub(crate) fn file_len(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
-}
-
-/// How the database is opened (the first time and after a failed commit).
-#[derive(Clone, Copy)]
-struct Tuning {
-    cache_bytes: usize,
-    quick_repair: bool,
-}
-
-/// Opens or creates the file, makes sure every table exists, and upgrades an older layout.
-fn open_database(medium: &Medium, tuning: Tuning) -> Result<Database> {
-    let mut builder = Database::builder();
-    builder.set_cache_size(tuning.cache_bytes);
-    let (db, path) = match medium {
-        Medium::File(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-            (builder.create(path)?, path.as_path())
-        }
-        #[cfg(test)]
-        Medium::Simulated(disk) => {
-            (builder.create_with_backend(disk.backend())?, Path::new("simulated disk"))
-        }
-    };
-    let mut txn = db.begin_write()?;
-    txn.set_two_phase_commit(true);
-    txn.set_quick_repair(tuning.quick_repair);
-    let version = txn.open_table(META)?.get("format_version")?.map(|v| v.value());
-    match version {
-        Some(v) if v > FORMAT_VERSION => {
-            return Err(StoreError::Unavailable(format!(
-                "{} has store format {v}; this build reads up to {FORMAT_VERSION}",
-                path.display()
-            )));
-        }
-        Some(1) => migrate_v1(&txn)?,
-        _ => {}
-    }
-    txn.open_table(EVENTS)?;
-    txn.open_table(DELIVERY)?;
-    txn.open_table(LANES)?;
-    txn.open_table(DLQ)?;
-    txn.open_table(DLQ_IDS)?;
-    txn.open_table(DEDUP)?;
-    txn.open_table(DEDUP_EXPIRY)?;
-    txn.open_table(META)?.insert("format_version", FORMAT_VERSION)?;
-    txn.commit()?;
-    Ok(db)
-}
-
-/// Format 1 had one due index; each entry moves to the lanes its pending destinations use
-/// (or the unrouted lane). Runs once, in the transaction that records format 2.
-fn migrate_v1(txn: &redb::WriteTransaction) -> Result<()> {
-    let old: Vec<(u64, u64)> = {
-        let due = txn.open_table(DUE_V1)?;
-        due.iter()?.map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?
-    };
-    let delivery = txn.open_table(DELIVERY)?;
-    let mut lanes = txn.open_table(LANES)?;
-    for &(due_ms, seq) in &old {
-        let state = delivery.get(seq)?.map(|b| record::decode_delivery(b.value()));
-        let mut wanted: Vec<u8> = match state {
-            Some(Ok(d)) if !d.destinations.is_empty() => d
-                .destinations
-                .iter()
-                .filter(|s| s.is_pending())
-                .map(|s| s.target.broker().lane())
-                .collect(),
-            _ => vec![UNROUTED],
-        };
-        wanted.sort_unstable();
-        wanted.dedup();
-        for lane in wanted {
-            lanes.insert((lane, due_ms, seq), ())?;
-        }
-    }
-    drop((delivery, lanes));
-    txn.delete_table(DUE_V1)?;
-    tracing::info!(entries = old.len(), "store upgraded from format 1 to 2");
-    Ok(())
-}
-
-/// Counters the writer continues from.
-#[derive(Debug, Clone, Copy)]
-struct Counters {
-    next_seq: u64,
-    next_dlq_seq: u64,
-}
-
-fn read_counters(db: &Database) -> Result<Counters> {
-    use redb::ReadableDatabase;
-    let txn = db.begin_read()?;
-    let meta = txn.open_table(META)?;
-    let get = |name: &str| -> Result<u64> { Ok(meta.get(name)?.map(|v| v.value()).unwrap_or(0)) };
-    // An entry can only exist if its commit also advanced the counter past it; taking the
-    // max guards against a file whose meta row was lost in some other way.
-    let after_last_event = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
-    let after_last_dlq = txn.open_table(DLQ)?.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
-    Ok(Counters {
-        next_seq: get("next_seq")?.max(after_last_event),
-        next_dlq_seq: get("next_dlq_seq")?.max(after_last_dlq),
-    })
+    StoreError::Closed
 }
 
 #[cfg(test)]

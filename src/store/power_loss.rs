@@ -17,7 +17,6 @@ use futures_util::future::join_all;
 use redb::StorageBackend;
 
 use super::*;
-use crate::event::{EventType, SourceName};
 
 const SECTOR: usize = 512;
 
@@ -202,13 +201,7 @@ struct Ledger {
 
 fn event(rng: &mut fastrand::Rng) -> ValidatedEvent {
     let body = format!("{{\"n\":{},\"pad\":\"{}\"}}", rng.u64(..), "x".repeat(rng.usize(0..2000)));
-    ValidatedEvent::new(
-        EventId::new(),
-        SourceName::parse("default").unwrap(),
-        EventType::parse("power.cut").unwrap(),
-        1,
-        body.into(),
-    )
+    crate::testing::event("power.cut", &body, 1)
 }
 
 /// Rounds of eight concurrent appends (half with an idempotency key), every other round
@@ -239,7 +232,9 @@ async fn workload(store: &Store, rng: &mut fastrand::Rng, rounds: usize, ledger:
             return;
         }
         if round % 2 == 1 {
-            let Ok(claim) = store.claim_due(u64::MAX, 3, vec![UNROUTED]).await else { return };
+            let Ok(claim) = store.claim_due(u64::MAX, 3, vec![Lane::UNROUTED]).await else {
+                return;
+            };
             let settlements = claim.entries.iter().map(|entry| Settlement {
                 seq: entry.seq,
                 remove_due: entry.claimed.clone(),
@@ -285,7 +280,7 @@ async fn power_cut(seed: u64, operations_in_a_run: u64) {
     let (store, closer) = Store::open_simulated(&disk, quick).unwrap_or_else(|e| {
         panic!("seed {seed} (quick repair {quick}): the store does not open after a power cut: {e}")
     });
-    let claim = store.claim_due(u64::MAX, 100_000, vec![UNROUTED]).await.unwrap();
+    let claim = store.claim_due(u64::MAX, 100_000, vec![Lane::UNROUTED]).await.unwrap();
     assert!(claim.unreadable.is_empty() && claim.orphans.is_empty(), "seed {seed}: damaged");
     let mut held = HashSet::new();
     for entry in &claim.entries {

@@ -4,11 +4,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::record::{self, Delivery, DlqRecord, Reason};
+use super::codec;
 use super::{DELIVERY, DLQ, DLQ_IDS, EVENTS, LANES, Result, StoreError};
+use crate::delivery::{Delivery, DlqRecord, Lane, Reason};
 use crate::event::{EventId, ValidatedEvent};
 
 /// An outbox entry handed to the relay.
@@ -19,11 +21,11 @@ pub struct OutboxEntry {
     /// `None` until the relay first routed the event.
     pub delivery: Option<Delivery>,
     /// The due entries (lane, due time) this claim found for it.
-    pub claimed: Vec<(u8, u64)>,
+    pub claimed: Vec<(Lane, u64)>,
 }
 
 /// A due entry whose records could not be read: its seq, the due entries found, and why.
-pub type Unreadable = (u64, Vec<(u8, u64)>, StoreError);
+pub type Unreadable = (u64, Vec<(Lane, u64)>, StoreError);
 
 /// A claim: the due entries, and when the next one not yet due will be.
 #[derive(Debug, Default)]
@@ -34,7 +36,7 @@ pub struct Claim {
     /// relay defers and logs them, and they stay in the file for inspection.
     pub unreadable: Vec<Unreadable>,
     /// Due entries whose event is gone: (seq, (lane, due time)).
-    pub orphans: Vec<(u64, (u8, u64))>,
+    pub orphans: Vec<(u64, (Lane, u64))>,
 }
 
 impl Claim {
@@ -55,7 +57,7 @@ pub(super) fn claim(
     db: &impl ReadableDatabase,
     now_ms: u64,
     limit: usize,
-    lanes: &[u8],
+    lanes: &[Lane],
     skip: &HashSet<u64>,
 ) -> Result<Claim> {
     let txn = db.begin_read()?;
@@ -69,7 +71,8 @@ pub(super) fn claim(
     };
     for &lane in lanes {
         let mut taken = 0;
-        for entry in due.range((lane, 0, 0)..=(lane, u64::MAX, u64::MAX))? {
+        let number = lane.number();
+        for entry in due.range((number, 0, 0)..=(number, u64::MAX, u64::MAX))? {
             let (_, due_ms, seq) = entry?.0.value();
             if due_ms > now_ms || taken == limit {
                 note_next(due_ms, &mut claim);
@@ -87,9 +90,9 @@ pub(super) fn claim(
                 claim.orphans.push((seq, (lane, due_ms)));
                 continue;
             };
-            let decoded = record::decode_event(bytes.value()).and_then(|event| {
+            let decoded = codec::decode_event(bytes.value()).and_then(|event| {
                 let state = delivery.get(seq).ok().flatten();
-                let state = state.map(|b| record::decode_delivery(b.value())).transpose()?;
+                let state = state.map(|b| codec::decode_delivery(b.value())).transpose()?;
                 Ok((event, state))
             });
             match decoded {
@@ -188,7 +191,7 @@ pub(super) fn dlq_list(
     for entry in dlq.range(..cursor.unwrap_or(u64::MAX))?.rev() {
         let (key, value) = entry?;
         let dlq_seq = key.value();
-        let record = record::decode_dlq(value.value())
+        let record = codec::decode_dlq(value.value())
             .map_err(|source| StoreError::Corrupt { seq: dlq_seq, source })?;
         if !filter.matches(&record) {
             continue;
@@ -209,7 +212,7 @@ pub(super) fn dlq_get(db: &impl ReadableDatabase, id: EventId) -> Result<Option<
     };
     let dlq = txn.open_table(DLQ)?;
     let Some(bytes) = dlq.get(dlq_seq)? else { return Ok(None) };
-    let record = record::decode_dlq(bytes.value())
+    let record = codec::decode_dlq(bytes.value())
         .map_err(|source| StoreError::Corrupt { seq: dlq_seq, source })?;
     Ok(Some(DlqEntry { dlq_seq, record }))
 }
@@ -251,14 +254,14 @@ pub(super) fn outbox_stats(db: &impl ReadableDatabase, now_ms: u64) -> Result<Ou
     stats.unrouted = stats.pending.saturating_sub(delivery.len()?);
     // Sequence order is acceptance order: the first event is the oldest.
     if let Some((key, value)) = events.first()? {
-        let event = record::decode_event(value.value())
+        let event = codec::decode_event(value.value())
             .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?;
         stats.oldest_pending_age_ms = Some(now_ms.saturating_sub(event.received_at_ms()));
     }
     let mut by_label: BTreeMap<String, DestinationBacklog> = BTreeMap::new();
     for entry in delivery.iter()? {
         let (key, value) = entry?;
-        let d = record::decode_delivery(value.value())
+        let d = codec::decode_delivery(value.value())
             .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?;
         for s in d.destinations.iter().filter(|s| s.is_pending()) {
             let label = s.target.label();
@@ -290,7 +293,7 @@ pub(super) fn summary(db: &impl ReadableDatabase, now_ms: u64) -> Result<Summary
     let events = txn.open_table(EVENTS)?;
     let oldest = match events.first()? {
         Some((key, value)) => Some(
-            record::decode_event(value.value())
+            codec::decode_event(value.value())
                 .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?
                 .received_at_ms(),
         ),
@@ -308,12 +311,9 @@ pub struct ReadOnlyStore(redb::ReadOnlyDatabase);
 
 impl ReadOnlyStore {
     pub fn open(path: &Path) -> Result<Self> {
-        let db = redb::Database::builder().open_read_only(path).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot open {} read-only ({e}); is the daemon still running?",
-                path.display()
-            ))
-        })?;
+        let db = redb::Database::builder()
+            .open_read_only(path)
+            .map_err(|e| StoreError::ReadOnly { path: path.to_owned(), cause: Arc::new(e) })?;
         Ok(Self(db))
     }
 

@@ -1,6 +1,6 @@
 use super::*;
+use crate::delivery::{DeadDestination, Reason, RetryOverride, Status, Target};
 use crate::event::{EventType, SourceName};
-use crate::routing::Target;
 use bytesize::ByteSize;
 use redb::ReadableDatabase;
 
@@ -16,35 +16,21 @@ fn config(dir: &Path) -> StoreConfig {
 }
 
 fn event(body: &str, at: u64) -> ValidatedEvent {
-    ValidatedEvent::new(
-        EventId::new(),
-        SourceName::parse("default").unwrap(),
-        EventType::parse("t").unwrap(),
-        at,
-        body.to_owned().into(),
-    )
+    crate::testing::event("t", body, at)
 }
 
 fn rabbit() -> Target {
-    Target::RabbitMq {
-        exchange: "x".into(),
-        routing_key: "k".into(),
-        format: crate::config::MessageFormat::Binary,
-    }
+    crate::testing::rabbit("x", "k")
 }
 
 fn kafka() -> Target {
-    Target::Kafka {
-        topic: "t".into(),
-        key: None,
-        partition: None,
-        format: crate::config::MessageFormat::Binary,
-    }
+    crate::testing::kafka("t", None)
 }
 
-const RABBIT: u8 = 1;
-const KAFKA: u8 = 2;
-const ALL: [u8; 3] = [UNROUTED, RABBIT, KAFKA];
+const UNROUTED: Lane = Lane::UNROUTED;
+const RABBIT: Lane = Lane::RABBITMQ;
+const KAFKA: Lane = Lane::KAFKA;
+const ALL: [Lane; 3] = Lane::ALL;
 
 #[tokio::test]
 async fn concurrent_appends_survive_reopen_in_order() {
@@ -178,8 +164,8 @@ async fn damaged_records_and_orphan_index_entries_are_reported_not_fatal() {
         let txn = db.begin_write().unwrap();
         txn.open_table(EVENTS).unwrap().insert(500, &[1u8, 2, 3][..]).unwrap();
         let mut due = txn.open_table(LANES).unwrap();
-        due.insert((UNROUTED, 11, 500), ()).unwrap();
-        due.insert((UNROUTED, 12, 600), ()).unwrap(); // no event 600
+        due.insert((UNROUTED.number(), 11, 500), ()).unwrap();
+        due.insert((UNROUTED.number(), 12, 600), ()).unwrap(); // no event 600
         drop(due);
         txn.commit().unwrap();
     }
@@ -284,8 +270,8 @@ async fn format_1_files_are_migrated_to_lanes() {
         let txn = db.begin_write().unwrap();
         let (a, b) = (event("{}", 1), event("{}", 2));
         let mut events = txn.open_table(EVENTS).unwrap();
-        events.insert(0, record::encode_event(&a).as_slice()).unwrap();
-        events.insert(1, record::encode_event(&b).as_slice()).unwrap();
+        events.insert(0, codec::encode_event(&a).as_slice()).unwrap();
+        events.insert(1, codec::encode_event(&b).as_slice()).unwrap();
         drop(events);
         let mut due = txn.open_table(DUE_V1).unwrap();
         due.insert((1, 0), ()).unwrap();
@@ -294,10 +280,7 @@ async fn format_1_files_are_migrated_to_lanes() {
         let d = Delivery {
             destinations: vec![DestinationState::new(kafka(), RetryOverride::default())],
         };
-        txn.open_table(DELIVERY)
-            .unwrap()
-            .insert(1, record::encode_delivery(&d).as_slice())
-            .unwrap();
+        txn.open_table(DELIVERY).unwrap().insert(1, codec::encode_delivery(&d).as_slice()).unwrap();
         let mut meta = txn.open_table(META).unwrap();
         meta.insert("format_version", 1).unwrap();
         meta.insert("next_seq", 2).unwrap();

@@ -1,7 +1,9 @@
+//! Logging and the metrics registry, the leaves every stage writes to.
+//!
 //! Logging: `tracing` to stderr, human-readable for terminals or JSON lines for journald and
-//! log shippers. The filter follows `RUST_LOG` syntax (default `info`).
+//! log shippers. The filter follows `RUST_LOG` syntax (default `info`). Metrics: [`metrics`],
+//! every name in one place. Nothing here imports the rest of the crate.
 
-pub mod http;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;

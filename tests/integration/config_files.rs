@@ -11,7 +11,7 @@ fn every_file_in_config_dir_loads_and_builds() {
             continue;
         }
         let config = orchestron::config::load(&path).unwrap_or_else(|e| panic!("{e}"));
-        orchestron::app::LiveConfig::build(&config)
+        orchestron::live::LiveConfig::build(&config)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         checked += 1;
     }

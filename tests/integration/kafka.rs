@@ -218,7 +218,7 @@ async fn oversized_record_is_dead_lettered_as_rejected_and_the_rest_is_delivered
     assert_eq!(store.pending().await.unwrap(), 0);
     let id = orchestron::event::EventId::parse(&big_id).unwrap();
     let entry = store.dlq_get(id).await.unwrap().expect("dead-lettered");
-    assert_eq!(entry.record.reason, orchestron::store::Reason::Rejected);
+    assert_eq!(entry.record.reason, orchestron::delivery::Reason::Rejected);
     assert!(entry.record.destinations[0].state.last_error.as_ref().unwrap().contains("too large"));
     closer.close().await;
 }

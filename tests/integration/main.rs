@@ -12,6 +12,7 @@ mod faults;
 mod helpers;
 mod ingest;
 mod kafka;
+mod layers;
 mod limits;
 mod observability;
 mod openapi;

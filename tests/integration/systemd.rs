@@ -1,5 +1,5 @@
 //! The systemd readiness protocol: READY=1 only once the store is open and the listener
-//! accepts connections; STOPPING=1 on SIGTERM.
+//! accepts connections; STOPPING=1 on SIGTERM, then every task ends before the deadline.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
@@ -58,4 +58,7 @@ fn ready_is_sent_after_the_listener_accepts_and_stopping_on_sigterm() {
     let message = receive(&socket, &mut child, &log);
     assert!(message.lines().any(|l| l == "STOPPING=1"), "{message:?}");
     assert!(child.wait().unwrap().success());
+    // Every task (listeners, relay workers, housekeeping, watchers) ended before the deadline.
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("stopped") && !log.contains("still running"), "{log}");
 }

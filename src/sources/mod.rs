@@ -1,5 +1,8 @@
-//! Configured sources, compiled for the request path: how a source authenticates, where its
-//! event type and idempotency key come from, its body and rate limits.
+//! Who may send and how they prove it: the configured sources, compiled for the request
+//! path. A [`Source`] knows how its senders authenticate (API keys in [`auth`], signature
+//! schemes in [`signature`], client certificate subjects), where the event type and the
+//! idempotency key of a request come from, and its body and rate limits. Every check says
+//! why it refused ([`Refusal`]); ingest turns that into the answer.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,14 +12,19 @@ use axum::http::{HeaderMap, HeaderName};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use super::IngestError;
-use super::auth::ApiKeys;
-use super::signature::{SignatureError, Verifier};
+pub mod auth;
+mod refusal;
+pub mod signature;
+
+pub use refusal::Refusal;
+
 use crate::config::{
-    Config, DEFAULT_SOURCE, EventTypeFrom, RateLimitConfig, SourceConfig, ValueFrom,
+    Config, DEFAULT_SOURCE, EventTypeFrom, Problem, RateLimitConfig, SourceConfig, ValueFrom,
 };
 use crate::event::{EventType, SourceName, now_ms};
 use crate::server::client_cert::{ClientSubject, SubjectPattern};
+use auth::ApiKeys;
+use signature::Verifier;
 
 /// Longest idempotency key kept; longer ones are refused rather than truncated.
 const MAX_KEY_LEN: usize = 255;
@@ -25,18 +33,18 @@ const MAX_KEY_LEN: usize = 255;
 pub struct Sources(HashMap<String, Arc<Source>>);
 
 impl Sources {
-    pub fn from_config(config: &Config) -> Result<Self, String> {
+    /// Compiles every source; all problems are reported, each with its key path.
+    pub fn from_config(config: &Config) -> Result<Self, Vec<Problem>> {
         let server_limit = config.server.max_body_bytes.as_u64();
-        let sources = config
-            .sources
-            .iter()
-            .map(|(name, c)| {
-                let source = Source::from_config(name, c, server_limit)
-                    .map_err(|e| format!("sources.{name}: {e}"))?;
-                Ok((name.clone(), Arc::new(source)))
-            })
-            .collect::<Result<_, String>>()?;
-        Ok(Self(sources))
+        let mut sources = HashMap::new();
+        let mut problems = Vec::new();
+        for (name, c) in &config.sources {
+            match Source::from_config(name, c, server_limit) {
+                Ok(source) => drop(sources.insert(name.clone(), Arc::new(source))),
+                Err(mut found) => problems.append(&mut found),
+            }
+        }
+        if problems.is_empty() { Ok(Self(sources)) } else { Err(problems) }
     }
 
     /// The source serving `POST /hooks/{name}`.
@@ -73,10 +81,37 @@ enum Auth {
 pub struct Credential(usize);
 
 impl Source {
-    fn from_config(name: &str, c: &SourceConfig, server_limit: u64) -> Result<Self, String> {
+    fn from_config(name: &str, c: &SourceConfig, server_limit: u64) -> Result<Self, Vec<Problem>> {
+        let at = |key: &str| format!("sources.{name}.{key}");
+        let mut problems = Vec::new();
         let auth = match &c.verify {
-            Some(verify) => Auth::Signature(Verifier::from_config(verify)?),
-            None => Auth::ApiKeys(ApiKeys::from_config(&c.api_keys).map_err(|e| e.to_string())?),
+            Some(verify) => Verifier::from_config(verify)
+                .map(Auth::Signature)
+                .map_err(|e| problems.push(Problem::new(at("verify"), e))),
+            None => ApiKeys::from_config(&c.api_keys).map(Auth::ApiKeys).map_err(|bad| {
+                for (i, e) in bad {
+                    problems.push(Problem::new(at(&format!("api_keys[{i}]")), e.to_string()));
+                }
+            }),
+        };
+        let mut client_subjects = Vec::with_capacity(c.client_subjects.len());
+        for (i, pattern) in c.client_subjects.iter().enumerate() {
+            match SubjectPattern::parse(pattern) {
+                Ok(p) => client_subjects.push(p),
+                Err(e) => problems.push(Problem::new(at(&format!("client_subjects[{i}]")), e)),
+            }
+        }
+        let mut keep_headers = Vec::with_capacity(c.keep_headers.len());
+        for h in &c.keep_headers {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => keep_headers.push(name),
+                Err(_) => problems.push(Problem::new(at("keep_headers"), format!("header {h:?}"))),
+            }
+        }
+        let name = SourceName::parse(name)
+            .map_err(|e| problems.push(Problem::new(format!("sources.{name}"), e.to_string())));
+        let (Ok(auth), Ok(name), true) = (auth, name, problems.is_empty()) else {
+            return Err(problems);
         };
         let idempotency_key = match (&c.idempotency_key, &auth) {
             (Some(from), _) => Some(from.clone()),
@@ -88,24 +123,15 @@ impl Source {
             Auth::Signature(_) => 1,
         };
         let limiters = c.rate_limit.map(|r| (0..buckets).map(|_| limiter(r)).collect());
-        let keep_headers = c
-            .keep_headers
-            .iter()
-            .map(|h| HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("header {h:?}")))
-            .collect::<Result<_, _>>()?;
         Ok(Self {
-            name: SourceName::parse(name).map_err(|e| e.to_string())?,
+            name,
             auth,
             event_type: c.event_type.clone(),
             idempotency_key,
             max_body_bytes: c.max_body_bytes.map_or(server_limit, |b| b.as_u64()),
             limiters: limiters.unwrap_or_default(),
             keep_headers,
-            client_subjects: c
-                .client_subjects
-                .iter()
-                .map(|p| SubjectPattern::parse(p))
-                .collect::<Result<_, _>>()?,
+            client_subjects,
         })
     }
 
@@ -115,29 +141,29 @@ impl Source {
     }
 
     /// Sources with `client_subjects`: the connection's client certificate must match one.
-    pub fn check_client(&self, subject: Option<&ClientSubject>) -> Result<(), IngestError> {
+    pub fn check_client(&self, subject: Option<&ClientSubject>) -> Result<(), Refusal> {
         if self.client_subjects.is_empty() {
             return Ok(());
         }
         match subject {
-            None => Err(IngestError::ClientCertificateRequired),
+            None => Err(Refusal::ClientCertificateRequired),
             Some(s) if self.client_subjects.iter().any(|p| s.matches(p)) => Ok(()),
-            Some(_) => Err(IngestError::ClientCertificateRefused),
+            Some(_) => Err(Refusal::ClientCertificateRefused),
         }
     }
 
     /// API-key sources: checks `X-API-Key`.
-    pub fn check_key(&self, headers: &HeaderMap) -> Result<Credential, IngestError> {
+    pub fn check_key(&self, headers: &HeaderMap) -> Result<Credential, Refusal> {
         let Auth::ApiKeys(keys) = &self.auth else { return Ok(Credential(0)) };
         let presented = headers.get("x-api-key").map(|v| v.as_bytes()).unwrap_or_default();
-        keys.check(presented).map(Credential).ok_or(IngestError::Unauthorized)
+        keys.check(presented).map(Credential).ok_or(Refusal::Unauthorized)
     }
 
     /// Signed sources: checks the signature over the raw body.
-    pub fn check_signature(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), IngestError> {
+    pub fn check_signature(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
         let Auth::Signature(verifier) = &self.auth else { return Ok(()) };
         let now = (now_ms() / 1000) as i64;
-        verifier.verify(headers, body, now).map_err(IngestError::Signature)
+        verifier.verify(headers, body, now).map_err(Refusal::Signature)
     }
 
     /// Slack sources: the `challenge` of a (signed) `url_verification` request, which Slack
@@ -151,11 +177,11 @@ impl Source {
     }
 
     /// Takes a token from the credential's bucket, or says how long to wait.
-    pub fn admit(&self, who: Credential) -> Result<(), IngestError> {
+    pub fn admit(&self, who: Credential) -> Result<(), Refusal> {
         let Some(limiter) = self.limiters.get(who.0) else { return Ok(()) };
         limiter.check().map_err(|not_until| {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            IngestError::RateLimited { retry_after: wait.max(Duration::from_secs(1)) }
+            Refusal::RateLimited { retry_after: wait.max(Duration::from_secs(1)) }
         })
     }
 
@@ -164,8 +190,8 @@ impl Source {
         &self,
         headers: &HeaderMap,
         body: &serde_json::Value,
-    ) -> Result<EventType, IngestError> {
-        let invalid = |why: String| IngestError::InvalidEventType(why);
+    ) -> Result<EventType, Refusal> {
+        let invalid = |why: String| Refusal::InvalidEventType(why);
         let text = match &self.event_type {
             Some(EventTypeFrom::Fixed(t)) => t.as_str(),
             Some(EventTypeFrom::Header(h)) => headers
@@ -189,26 +215,22 @@ impl Source {
         &self,
         headers: &HeaderMap,
         body: &serde_json::Value,
-    ) -> Result<Option<String>, IngestError> {
+    ) -> Result<Option<String>, Refusal> {
         let key = match &self.idempotency_key {
             None => None,
             Some(ValueFrom::Header(h)) => match headers.get(h.as_str()) {
                 None => None,
-                Some(v) => {
-                    Some(v.to_str().map_err(|_| IngestError::InvalidIdempotencyKey)?.to_owned())
-                }
+                Some(v) => Some(v.to_str().map_err(|_| Refusal::InvalidIdempotencyKey)?.to_owned()),
             },
             Some(ValueFrom::Pointer(p)) => match body.pointer(p) {
                 None | Some(serde_json::Value::Null) => None,
                 Some(serde_json::Value::String(s)) => Some(s.clone()),
                 Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-                Some(_) => return Err(IngestError::InvalidIdempotencyKey),
+                Some(_) => return Err(Refusal::InvalidIdempotencyKey),
             },
         };
         match key {
-            Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => {
-                Err(IngestError::InvalidIdempotencyKey)
-            }
+            Some(k) if k.is_empty() || k.len() > MAX_KEY_LEN => Err(Refusal::InvalidIdempotencyKey),
             other => Ok(other),
         }
     }
@@ -229,12 +251,6 @@ fn limiter(r: RateLimitConfig) -> DefaultDirectRateLimiter {
     RateLimiter::direct(
         Quota::per_second(r.per_second).allow_burst(r.burst.unwrap_or(r.per_second)),
     )
-}
-
-impl From<SignatureError> for IngestError {
-    fn from(e: SignatureError) -> Self {
-        IngestError::Signature(e)
-    }
 }
 
 #[cfg(test)]

@@ -28,10 +28,18 @@ use std::mem;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use lapin::message::BasicReturnMessage;
+use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection};
 use tokio::sync::oneshot;
 
-use super::PublishError;
+use crate::publish::PublishError;
+
+/// A new channel in confirm mode: every message published on it gets an ack or a nack.
+pub async fn open_confirm_channel(conn: &Connection) -> lapin::Result<Channel> {
+    let channel = conn.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
 
 /// How a message names itself in a return: exchange, routing key, message id.
 pub type Identity = (String, String, String);
@@ -222,7 +230,7 @@ impl Pool {
                 return Ok(channel);
             }
         }
-        super::rabbitmq::open_confirm_channel(connection).await
+        open_confirm_channel(connection).await
     }
 
     /// Every channel, idle or taking publishes (for shutdown).

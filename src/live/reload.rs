@@ -1,27 +1,29 @@
 //! Reloading the config file on SIGHUP (`systemctl reload`) or when the file or the schema
 //! directory changes: load → validate → swap → report.
 //!
-//! Everything a request or a relay pass reads from [`crate::app::LiveConfig`] is reloadable:
+//! Everything a request or a relay pass reads from [`super::LiveConfig`] is reloadable:
 //! the API keys, routes, schemas, body limit and relay policy; RabbitMQ exchange declarations
 //! are applied by the publisher. Settings that shape the running process (listen addresses,
 //! the store, broker connections, the admin API, the metrics listener) need a restart; a
-//! change to them is logged as such and the rest still applies. A file that does not load or validate changes nothing: the old configuration
-//! keeps running, the error is logged with the file position, and the failure is counted.
+//! change to them is logged as such and the rest still applies. A file that does not load or
+//! validate changes nothing: the old configuration keeps running, the error is logged with
+//! the file position, and the failure is counted.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::Config;
-use crate::app::LiveConfig;
+use super::LiveConfig;
+use crate::config::Config;
 use crate::event::now_ms;
 use crate::publish::Publishers;
+use crate::server::tls::TlsState;
 use crate::telemetry::metrics::Metrics;
+use crate::watch::{parent_dir, watch_paths};
 
 /// What `GET /admin/config` reports: which configuration runs and how the last reload went.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -51,9 +53,6 @@ pub fn initial_status(config: &Config) -> SharedStatus {
         ..ConfigStatus::default()
     }))
 }
-
-/// Quiet time after a file change before reloading: editors write in several steps.
-const DEBOUNCE: Duration = Duration::from_millis(300);
 
 /// What running settings a reload compares against.
 pub struct Reloader {
@@ -166,7 +165,7 @@ impl Reloader {
 
     /// Returns the new fingerprint and the restart-only settings that changed.
     fn try_reload(&self) -> Result<(String, Vec<String>), String> {
-        let config = super::load(&self.path).map_err(|e| e.to_string())?;
+        let config = crate::config::load(&self.path).map_err(|e| e.to_string())?;
         let live = LiveConfig::build(&config).map_err(|e| e.to_string())?;
         let missing: Vec<&str> = live
             .routes
@@ -203,12 +202,13 @@ impl Reloader {
         Ok((config.fingerprint, needs_restart))
     }
 
-    /// Reloads when the config file or a file in the schema directory changes.
+    /// Watches the config file and the schema directory; the returned future reloads on a
+    /// change until `cancel`.
     pub fn watch(
         self: Arc<Self>,
         schema_dir: Option<PathBuf>,
         cancel: CancellationToken,
-    ) -> notify::Result<()> {
+    ) -> notify::Result<impl Future<Output = ()> + Send + 'static> {
         let config_file = self.path.clone();
         let schema_dir_abs = schema_dir.as_ref().and_then(|d| std::fs::canonicalize(d).ok());
         let mut dirs = vec![parent_dir(&self.path)];
@@ -229,69 +229,34 @@ impl Reloader {
     }
 }
 
-/// The directory holding `file` (`.` for a bare file name).
-pub fn parent_dir(file: &Path) -> PathBuf {
-    match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    }
-}
-
-/// Calls `action` (on a blocking thread) after a change to a path in `dirs` for which
-/// `relevant` holds, once the changes have been quiet for [`DEBOUNCE`]. The directories are
-/// watched, not the files: editors and config management save by writing a new file and
-/// renaming it over the old one (or swapping a symlink), which a watch on the old file would
-/// miss.
-pub fn watch_paths(
-    dirs: Vec<PathBuf>,
-    relevant: impl Fn(&Path) -> bool + Send + 'static,
+/// `systemctl reload` and `kill -HUP`: reloads the config file and the TLS files on every
+/// SIGHUP until `cancel` (instead of SIGHUP's default action, which would end the process).
+pub fn reload_on_sighup(
+    reloader: Arc<Reloader>,
+    tls: Option<Arc<TlsState>>,
     cancel: CancellationToken,
-    action: impl Fn() + Send + Sync + 'static,
-) -> notify::Result<()> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        if !event.kind.is_access() && event.paths.iter().any(|p| relevant(p)) {
-            let _ = tx.send(());
-        }
-    })?;
-    let mut watched = Vec::new();
-    for dir in dirs {
-        // Absolute, so that event paths compare with canonical paths whatever the working
-        // directory was.
-        let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-        if !watched.contains(&dir) {
-            watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-            watched.push(dir);
-        }
-    }
-    let action = Arc::new(action);
-    tokio::spawn(async move {
-        let mut watcher = watcher; // lives as long as this task
+) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    Ok(async move {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                changed = rx.recv() => if changed.is_none() { return },
-            }
-            // Wait for DEBOUNCE of quiet, so a save in several steps is one reload.
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = rx.recv() => continue,
-                    _ = tokio::time::sleep(DEBOUNCE) => break,
+                signal = hangups.recv() => {
+                    if signal.is_none() {
+                        return;
+                    }
+                    // Blocking file reads and schema compilation: off the async workers.
+                    let r = Arc::clone(&reloader);
+                    let tls = tls.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let _ = r.reload();
+                        if let Some(tls) = tls {
+                            tls.reload();
+                        }
+                    })
+                    .await;
                 }
             }
-            // A watched directory that was replaced (renamed over) is a new inode: watch the
-            // path again, so later changes in it are seen too.
-            for dir in &watched {
-                let _ = watcher.unwatch(dir);
-                if let Err(error) = watcher.watch(dir, RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %dir.display(), %error, "cannot watch again");
-                }
-            }
-            let action = Arc::clone(&action);
-            let _ = tokio::task::spawn_blocking(move || action()).await;
         }
-    });
-    Ok(())
+    })
 }

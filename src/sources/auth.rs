@@ -24,9 +24,17 @@ pub enum KeyError {
 const HASH_PREFIX: &str = "sha256:";
 
 impl ApiKeys {
-    pub fn from_config(keys: &[Secret]) -> Result<Self, KeyError> {
-        let digests = keys.iter().map(Self::parse_one).collect::<Result<_, _>>()?;
-        Ok(Self { digests })
+    /// The keys of one source; or every key that is refused, by its index.
+    pub fn from_config(keys: &[Secret]) -> Result<Self, Vec<(usize, KeyError)>> {
+        let mut digests = Vec::with_capacity(keys.len());
+        let mut refused = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            match Self::parse_one(key) {
+                Ok(digest) => digests.push(digest),
+                Err(e) => refused.push((i, e)),
+            }
+        }
+        if refused.is_empty() { Ok(Self { digests }) } else { Err(refused) }
     }
 
     /// The digest a configured key stands for.

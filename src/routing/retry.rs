@@ -1,4 +1,5 @@
-//! Retry timing: exponential backoff with jitter, between `initial` and `max`.
+//! The relay's retry policy: batch size, attempts, and exponential backoff with jitter between
+//! `initial` and `max` (`relay:`; routes and destinations may override attempts and backoff).
 
 use std::time::Duration;
 

@@ -7,14 +7,14 @@
 //! at start is normal, and publishes meanwhile fail fast as "not connected".
 //!
 //! Many messages are in flight on one channel; which of them a return belongs to is decided
-//! by the message itself, not by the confirm lapin attached it to (see [`super::confirms`]).
+//! by the message itself, not by the confirm lapin attached it to (see [`confirms`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use futures_util::future::BoxFuture;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{
@@ -24,11 +24,14 @@ use lapin::{
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::confirms::{self, Confirmed, Pool};
+mod confirms;
+
 use super::{Outgoing, PublishError, Publisher};
 use crate::config::{ExchangeConfig, ExchangeType, RabbitMqConfig};
-use crate::routing::{BrokerKind, Target};
+use crate::delivery::{BrokerKind, Target};
+use crate::tasks::Tasks;
 use crate::telemetry::metrics::Metrics;
+use confirms::{Confirmed, Pool, open_confirm_channel};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
@@ -60,6 +63,7 @@ impl RabbitMqPublisher {
     pub fn start(
         config: &RabbitMqConfig,
         connected: Arc<Notify>,
+        tasks: &Tasks,
         cancel: CancellationToken,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
@@ -72,7 +76,8 @@ impl RabbitMqPublisher {
             confirm_timeout: config.confirm_timeout.get(),
         });
         let url = config.url.expose().to_owned();
-        tokio::spawn(Arc::clone(&publisher).maintain(url, connected, cancel, metrics));
+        let connection = Arc::clone(&publisher).maintain(url, connected, cancel, metrics);
+        tasks.spawn("rabbitmq: connection", connection);
         publisher
     }
 
@@ -288,12 +293,6 @@ async fn declare(channel: &Channel, exchanges: &[ExchangeConfig]) -> lapin::Resu
             .await?;
     }
     Ok(())
-}
-
-pub(super) async fn open_confirm_channel(conn: &Connection) -> lapin::Result<Channel> {
-    let channel = conn.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    Ok(channel)
 }
 
 /// AMQP properties: persistent, typed, with the CloudEvents attributes as headers.

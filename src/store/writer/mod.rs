@@ -13,21 +13,24 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redb::{
-    Database, Durability, ReadableTable, ReadableTableMetadata, StorageError, Table,
-    WriteTransaction,
-};
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{self, Delivery, DestinationState, DlqRecord};
-use super::{
-    Appended, Counters, DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS,
-    IdempotencyKey, LANES, META, Outcome, Result, Settlement, Shared, StoreError, Tuning, UNROUTED,
-    file_len, open_database,
-};
-use crate::event::{EventId, ValidatedEvent};
+mod dedup;
+mod dlq;
 
-pub(super) enum Command {
+use super::codec;
+use super::open::{Counters, Tuning, file_len, open_database, read_counters};
+use super::{
+    Appended, DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS, IdempotencyKey,
+    LANES, META, Outcome, Result, Settlement, Shared, StoreError,
+};
+use crate::delivery::{DestinationState, Lane};
+use crate::event::ValidatedEvent;
+use dedup::{expire_dedup, first_use};
+use dlq::{expire, remove_dlq, select};
+
+pub(in crate::store) enum Command {
     Append {
         event: ValidatedEvent,
         key: Option<IdempotencyKey>,
@@ -82,7 +85,7 @@ impl Command {
 /// How long the writer waits between attempts to reopen a failed database.
 const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
 
-pub(super) struct Writer {
+pub(in crate::store) struct Writer {
     rx: mpsc::Receiver<Command>,
     shared: Arc<Shared>,
     db: Option<Arc<Database>>,
@@ -130,7 +133,7 @@ impl Pending {
 }
 
 /// The tables one transaction writes.
-struct Tables<'t> {
+pub(super) struct Tables<'t> {
     events: Table<'t, u64, &'static [u8]>,
     delivery: Table<'t, u64, &'static [u8]>,
     lanes: Table<'t, (u8, u64, u64), ()>,
@@ -141,7 +144,7 @@ struct Tables<'t> {
 }
 
 impl Writer {
-    pub(super) fn new(
+    pub(in crate::store) fn new(
         rx: mpsc::Receiver<Command>,
         shared: Arc<Shared>,
         tuning: Tuning,
@@ -163,7 +166,7 @@ impl Writer {
         }
     }
 
-    pub(super) fn run(mut self) {
+    pub(in crate::store) fn run(mut self) {
         while let Some(first) = self.rx.blocking_recv() {
             let mut appends = usize::from(first.is_append());
             let mut batch = vec![first];
@@ -198,7 +201,7 @@ impl Writer {
             return;
         }
         let Some(db) = self.usable_db() else {
-            let error = StoreError::Unavailable("reopening after a failed commit".into());
+            let error = StoreError::Reopening;
             let mut pending = Vec::new();
             for command in batch {
                 unapplied(command, &mut pending);
@@ -250,7 +253,7 @@ impl Writer {
         let begun = db.begin_write().map_err(StoreError::from).and_then(|mut txn| {
             txn.set_two_phase_commit(true);
             txn.set_quick_repair(self.tuning.quick_repair);
-            txn.set_durability(durability).map_err(|e| StoreError::Db(e.to_string()))?;
+            txn.set_durability(durability)?;
             Ok(txn)
         });
         let txn = match begun {
@@ -261,7 +264,7 @@ impl Writer {
             }
         };
         self.apply(&txn, batch, pending)?;
-        txn.commit().map_err(|e| StoreError::Commit(e.to_string()))
+        Ok(txn.commit()?)
     }
 
     fn apply(
@@ -373,15 +376,15 @@ impl Writer {
 
     fn settle(&mut self, t: &mut Tables<'_>, s: Settlement) -> Result<()> {
         for (lane, due) in &s.remove_due {
-            t.lanes.remove((*lane, *due, s.seq))?;
+            t.lanes.remove((lane.number(), *due, s.seq))?;
         }
         for (lane, due) in &s.add_due {
-            t.lanes.insert((*lane, *due, s.seq), ())?;
+            t.lanes.insert((lane.number(), *due, s.seq), ())?;
         }
         match &s.outcome {
             Outcome::Keep => {}
             Outcome::Store(d) => {
-                t.delivery.insert(s.seq, record::encode_delivery(d).as_slice())?;
+                t.delivery.insert(s.seq, codec::encode_delivery(d).as_slice())?;
             }
             Outcome::Delete => {
                 t.events.remove(s.seq)?;
@@ -395,65 +398,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Adds to the event's DLQ entry if it has one (another destination failed earlier),
-    /// otherwise creates it.
-    fn dead_letter(&mut self, t: &mut Tables<'_>, mut dead: DlqRecord) -> Result<()> {
-        let id = dead.event.id().as_u128();
-        let existing = t.dlq_ids.get(id)?.map(|v| v.value());
-        let dlq_seq = match existing {
-            Some(dlq_seq) => {
-                let earlier = t.dlq.get(dlq_seq)?.map(|b| record::decode_dlq(b.value()));
-                if let Some(Ok(mut earlier)) = earlier {
-                    earlier.destinations.append(&mut dead.destinations);
-                    dead = earlier;
-                }
-                dlq_seq
-            }
-            None => {
-                let dlq_seq = self.counters.next_dlq_seq;
-                self.counters.next_dlq_seq += 1;
-                t.dlq_ids.insert(id, dlq_seq)?;
-                dlq_seq
-            }
-        };
-        t.dlq.insert(dlq_seq, record::encode_dlq(&dead).as_slice())?;
-        Ok(())
-    }
-
-    /// Back to the outbox, under a new seq and the same event id, pending only for the
-    /// destinations that had failed (a `no_route` entry is routed afresh).
-    fn replay(&mut self, t: &mut Tables<'_>, selector: &DlqSelector, now_ms: u64) -> Result<u64> {
-        let chosen = select(t, selector)?;
-        let n = chosen.len() as u64;
-        for (dlq_seq, record) in chosen {
-            let seq = self.next_seq();
-            t.events.insert(seq, record::encode_event(&record.event).as_slice())?;
-            if record.destinations.is_empty() {
-                t.lanes.insert((UNROUTED, now_ms, seq), ())?;
-            } else {
-                let destinations: Vec<DestinationState> = record
-                    .destinations
-                    .iter()
-                    .map(|d| DestinationState {
-                        name: d.state.name.clone(),
-                        ..DestinationState::new(d.state.target.clone(), d.state.retry)
-                    })
-                    .collect();
-                let mut lanes: Vec<u8> =
-                    destinations.iter().map(|d| d.target.broker().lane()).collect();
-                lanes.sort_unstable();
-                lanes.dedup();
-                for lane in lanes {
-                    t.lanes.insert((lane, now_ms, seq), ())?;
-                }
-                let delivery = Delivery { destinations };
-                t.delivery.insert(seq, record::encode_delivery(&delivery).as_slice())?;
-            }
-            remove_dlq(t, dlq_seq, &record)?;
-        }
-        Ok(n)
-    }
-
     fn usable_db(&mut self) -> Option<Arc<Database>> {
         if let Some(db) = &self.db {
             return Some(Arc::clone(db));
@@ -465,7 +409,7 @@ impl Writer {
         match open_database(&self.shared.medium, self.tuning) {
             Ok(db) => {
                 let db = Arc::new(db);
-                match super::read_counters(&db) {
+                match read_counters(&db) {
                     Ok(c) => {
                         self.counters.next_seq = self.counters.next_seq.max(c.next_seq);
                         self.counters.next_dlq_seq = self.counters.next_dlq_seq.max(c.next_dlq_seq);
@@ -501,7 +445,7 @@ impl Writer {
 
 /// Applies one broker worker's destination states to the stored record.
 fn merge_update(t: &mut Tables<'_>, seq: u64, updates: &[(usize, DestinationState)]) -> Result<()> {
-    let current = t.delivery.get(seq)?.map(|b| record::decode_delivery(b.value()));
+    let current = t.delivery.get(seq)?.map(|b| codec::decode_delivery(b.value()));
     let Some(Ok(mut current)) = current else {
         // The event is gone (or its record unreadable): nothing to merge into.
         return Ok(());
@@ -512,7 +456,7 @@ fn merge_update(t: &mut Tables<'_>, seq: u64, updates: &[(usize, DestinationStat
         }
     }
     if current.destinations.iter().any(DestinationState::is_pending) {
-        t.delivery.insert(seq, record::encode_delivery(&current).as_slice())?;
+        t.delivery.insert(seq, codec::encode_delivery(&current).as_slice())?;
     } else {
         t.events.remove(seq)?;
         t.delivery.remove(seq)?;
@@ -550,101 +494,7 @@ fn unapplied(command: Command, pending: &mut Vec<Pending>) {
 }
 
 fn append(t: &mut Tables<'_>, seq: u64, event: &ValidatedEvent) -> Result<()> {
-    t.events.insert(seq, record::encode_event(event).as_slice())?;
-    t.lanes.insert((UNROUTED, event.received_at_ms(), seq), ())?;
+    t.events.insert(seq, codec::encode_event(event).as_slice())?;
+    t.lanes.insert((Lane::UNROUTED.number(), event.received_at_ms(), seq), ())?;
     Ok(())
-}
-
-/// With a key: the id of the event that used it first if it is still live; otherwise records
-/// the key for `event` (replacing an expired use) and returns `None`.
-fn first_use(
-    t: &mut Tables<'_>,
-    event: &ValidatedEvent,
-    key: Option<&IdempotencyKey>,
-) -> Result<Option<EventId>> {
-    let Some(key) = key else { return Ok(None) };
-    let source = event.source().as_str();
-    let now = crate::event::now_ms();
-    let existing = t.dedup.get((source, key.key.as_str()))?.map(|v| v.value());
-    if let Some((first, expires_at)) = existing {
-        if expires_at > now {
-            return Ok(Some(EventId::from_u128(first)));
-        }
-        t.dedup_expiry.remove((expires_at, source, key.key.as_str()))?;
-    }
-    t.dedup.insert((source, key.key.as_str()), (event.id().as_u128(), key.expires_at_ms))?;
-    t.dedup_expiry.insert((key.expires_at_ms, source, key.key.as_str()), ())?;
-    Ok(None)
-}
-
-/// Removes up to `limit` keys that expired before `now_ms`, oldest first.
-fn expire_dedup(t: &mut Tables<'_>, now_ms: u64, limit: usize) -> Result<u64> {
-    let mut doomed: Vec<(u64, String, String)> = Vec::new();
-    for entry in t.dedup_expiry.range(..(now_ms, "", ""))?.take(limit) {
-        let (k, _) = entry?;
-        let (at, source, key) = k.value();
-        doomed.push((at, source.to_owned(), key.to_owned()));
-    }
-    for (at, source, key) in &doomed {
-        t.dedup_expiry.remove((*at, source.as_str(), key.as_str()))?;
-        // A key re-used after it expired points at its new expiry: leave that one alone.
-        let current = t.dedup.get((source.as_str(), key.as_str()))?.map(|v| v.value().1);
-        if current == Some(*at) {
-            t.dedup.remove((source.as_str(), key.as_str()))?;
-        }
-    }
-    Ok(doomed.len() as u64)
-}
-
-fn select(t: &Tables<'_>, selector: &DlqSelector) -> Result<Vec<(u64, DlqRecord)>> {
-    let decode = |dlq_seq: u64, bytes: &[u8]| {
-        record::decode_dlq(bytes).map_err(|source| StoreError::Corrupt { seq: dlq_seq, source })
-    };
-    match selector {
-        DlqSelector::Id(id) => {
-            let Some(dlq_seq) = t.dlq_ids.get(id.as_u128())?.map(|v| v.value()) else {
-                return Ok(Vec::new());
-            };
-            let Some(bytes) = t.dlq.get(dlq_seq)? else { return Ok(Vec::new()) };
-            Ok(vec![(dlq_seq, decode(dlq_seq, bytes.value())?)])
-        }
-        DlqSelector::Matching(filter) => {
-            let mut chosen = Vec::new();
-            for entry in t.dlq.iter()? {
-                let (key, value) = entry?;
-                let record = decode(key.value(), value.value())?;
-                if filter.matches(&record) {
-                    chosen.push((key.value(), record));
-                }
-            }
-            Ok(chosen)
-        }
-    }
-}
-
-fn remove_dlq(t: &mut Tables<'_>, dlq_seq: u64, record: &DlqRecord) -> Result<(), StorageError> {
-    t.dlq.remove(dlq_seq)?;
-    t.dlq_ids.remove(record.event.id().as_u128())?;
-    Ok(())
-}
-
-/// Oldest first: drop entries beyond `max_entries` and those older than `older_than_ms`.
-fn expire(t: &mut Tables<'_>, max_entries: Option<u64>, older_than_ms: Option<u64>) -> Result<u64> {
-    let total = t.dlq.len()?;
-    let mut doomed = Vec::new();
-    for entry in t.dlq.iter()? {
-        let (key, value) = entry?;
-        let record = record::decode_dlq(value.value())
-            .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?;
-        let over_count = max_entries.is_some_and(|max| total - doomed.len() as u64 > max);
-        let too_old = older_than_ms.is_some_and(|t| record.dead_lettered_at_ms < t);
-        if !over_count && !too_old {
-            break;
-        }
-        doomed.push((key.value(), record));
-    }
-    for (dlq_seq, record) in &doomed {
-        remove_dlq(t, *dlq_seq, record)?;
-    }
-    Ok(doomed.len() as u64)
 }

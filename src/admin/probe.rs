@@ -1,5 +1,6 @@
 //! `GET /metrics` and `GET /ready`, served by the ingest listener (and mirrored on the admin
-//! listener). Gauges that describe the store and the brokers are read at scrape time.
+//! listener). Gauges that describe the store and the brokers are read at scrape time; the
+//! per-destination backlog, which needs a walk of the outbox, by a background refresh.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +13,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::metrics::Metrics;
-use crate::app::LiveConfig;
+use crate::delivery::BrokerKind;
 use crate::event::now_ms;
+use crate::live::LiveConfig;
 use crate::publish::Publishers;
-use crate::routing::BrokerKind;
 use crate::store::Store;
+use crate::telemetry::metrics::Metrics;
 
 /// How often the per-destination backlog (an O(outbox) walk) is recomputed.
 const BACKLOG_REFRESH: Duration = Duration::from_secs(15);
@@ -93,22 +94,19 @@ pub async fn metrics(State(probe): State<Probe>) -> Response {
     ([(header::CONTENT_TYPE, content_type)], probe.metrics.render()).into_response()
 }
 
-/// Recomputes `orchestron_outbox_destination_backlog` every `BACKLOG_REFRESH`.
-pub fn spawn_backlog_refresh(
-    store: Store,
-    metrics: Arc<Metrics>,
-    cancel: tokio_util::sync::CancellationToken,
-) {
-    tokio::spawn(async move {
+impl Probe {
+    /// Recomputes `orchestron_outbox_destination_backlog` now and every `BACKLOG_REFRESH`,
+    /// until `cancel`.
+    pub async fn refresh_backlog(self, cancel: tokio_util::sync::CancellationToken) {
         loop {
-            if let Ok(stats) = store.outbox_stats(now_ms()).await {
-                metrics.outbox_backlog.reset();
+            if let Ok(stats) = self.store.outbox_stats(now_ms()).await {
+                self.metrics.outbox_backlog.reset();
                 let mut by_name = std::collections::BTreeMap::<String, i64>::new();
                 for d in stats.destinations {
                     *by_name.entry(d.name).or_default() += d.pending as i64;
                 }
                 for (name, pending) in by_name {
-                    metrics.outbox_backlog.with_label_values(&[name.as_str()]).set(pending);
+                    self.metrics.outbox_backlog.with_label_values(&[name.as_str()]).set(pending);
                 }
             }
             tokio::select! {
@@ -116,5 +114,5 @@ pub fn spawn_backlog_refresh(
                 _ = tokio::time::sleep(BACKLOG_REFRESH) => {}
             }
         }
-    });
+    }
 }

@@ -2,13 +2,17 @@
 //!
 //! The layout is hand-written rather than derived so that it is stable across dependency
 //! upgrades and a newer daemon can read every older version. Decoding checks every length
-//! against the bytes that are there: a damaged record is an error, never a panic.
+//! against the bytes that are there: a damaged record is an error, never a panic. This file
+//! knows bytes only; the types it encodes are the pipeline's own ([`crate::delivery`],
+//! [`crate::event`]).
 
 use bytes::Bytes;
 
-use crate::config::MessageFormat;
+use crate::delivery::{
+    DeadDestination, Delivery, DestinationState, DlqRecord, MessageFormat, Reason, RetryOverride,
+    Status, Target,
+};
 use crate::event::{EventId, EventType, SourceName, ValidatedEvent};
-use crate::routing::Target;
 
 const EVENT_V1: u8 = 1;
 /// v2 adds the kept request headers; written only when there are some, so files without
@@ -25,136 +29,19 @@ const MAX_ERROR_LEN: usize = 512;
 #[error("damaged record: {0}")]
 pub struct DecodeError(&'static str);
 
-/// Where one event stands with one destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Pending,
-    /// The broker confirmed it.
-    Done,
-    /// Given up on: the event is in the dead-letter queue for this destination.
-    Dead,
-}
-
-/// Why an event was dead-lettered. The names are part of the admin API and the CLI.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    /// RabbitMQ returned it (`mandatory`, no queue bound) on every attempt.
-    Unroutable,
-    /// The broker refused it for good: no such exchange or topic, too large, not allowed.
-    Rejected,
-    /// Transient failures used up `max_attempts`.
-    MaxAttempts,
-    /// Older than `relay.max_age`.
-    Expired,
-    /// No route matches the event any more.
-    NoRoute,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 5] = [
-        Reason::Unroutable,
-        Reason::Rejected,
-        Reason::MaxAttempts,
-        Reason::Expired,
-        Reason::NoRoute,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Unroutable => "unroutable",
-            Reason::Rejected => "rejected",
-            Reason::MaxAttempts => "max_attempts",
-            Reason::Expired => "expired",
-            Reason::NoRoute => "no_route",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        Reason::ALL.into_iter().find(|r| r.as_str() == s)
-    }
-
-    fn code(self) -> u8 {
-        match self {
-            Reason::Unroutable => 1,
-            Reason::Rejected => 2,
-            Reason::MaxAttempts => 3,
-            Reason::Expired => 4,
-            Reason::NoRoute => 5,
-        }
-    }
-
-    fn from_code(code: u8) -> Result<Reason, DecodeError> {
-        Reason::ALL.into_iter().find(|r| r.code() == code).ok_or(DecodeError("unknown reason"))
+/// A reason's number on disk (never reuse one).
+fn reason_code(reason: Reason) -> u8 {
+    match reason {
+        Reason::Unroutable => 1,
+        Reason::Rejected => 2,
+        Reason::MaxAttempts => 3,
+        Reason::Expired => 4,
+        Reason::NoRoute => 5,
     }
 }
 
-/// Retry settings a route or destination overrides; `None` takes the `relay:` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RetryOverride {
-    pub max_attempts: Option<u32>,
-    /// (initial, max) in milliseconds.
-    pub backoff_ms: Option<(u64, u64)>,
-}
-
-/// One event's state with one destination.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DestinationState {
-    pub target: Target,
-    pub status: Status,
-    pub attempts: u32,
-    /// 0 until the first attempt.
-    pub first_attempt_ms: u64,
-    pub last_attempt_ms: u64,
-    pub next_attempt_ms: u64,
-    pub last_error: Option<String>,
-    pub retry: RetryOverride,
-    /// The destination as configured (`rabbitmq:orders`, `kafka:events.{type}`): a metric
-    /// label that senders cannot multiply.
-    pub name: String,
-}
-
-impl DestinationState {
-    pub fn new(target: Target, retry: RetryOverride) -> Self {
-        Self {
-            name: target.config_name(),
-            target,
-            status: Status::Pending,
-            attempts: 0,
-            first_attempt_ms: 0,
-            last_attempt_ms: 0,
-            next_attempt_ms: 0,
-            last_error: None,
-            retry,
-        }
-    }
-
-    pub fn is_pending(&self) -> bool {
-        self.status == Status::Pending
-    }
-}
-
-/// The mutable half of an outbox entry: written when the relay first routes an event and
-/// rewritten as destinations confirm or fail. The event itself is never rewritten.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Delivery {
-    pub destinations: Vec<DestinationState>,
-}
-
-/// A destination given up on, with why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadDestination {
-    pub state: DestinationState,
-    pub reason: Reason,
-}
-
-/// A dead-letter-queue entry: the whole event and every destination that gave up on it.
-#[derive(Debug, Clone)]
-pub struct DlqRecord {
-    pub event: ValidatedEvent,
-    pub dead_lettered_at_ms: u64,
-    /// Why it was first dead-lettered (`no_route` entries have no destinations).
-    pub reason: Reason,
-    pub destinations: Vec<DeadDestination>,
+fn reason_from_code(code: u8) -> Result<Reason, DecodeError> {
+    Reason::ALL.into_iter().find(|&r| reason_code(r) == code).ok_or(DecodeError("unknown reason"))
 }
 
 struct Writer(Vec<u8>);
@@ -424,11 +311,11 @@ pub fn encode_dlq(record: &DlqRecord) -> Vec<u8> {
     let mut w = Writer(Vec::with_capacity(event.len() + 128));
     w.u8(DLQ_V1);
     w.u64(record.dead_lettered_at_ms);
-    w.u8(record.reason.code());
+    w.u8(reason_code(record.reason));
     w.bytes(&event);
     w.u32(record.destinations.len() as u32);
     for dead in &record.destinations {
-        w.u8(dead.reason.code());
+        w.u8(reason_code(dead.reason));
         encode_destination(&mut w, &dead.state);
     }
     w.0
@@ -440,7 +327,7 @@ pub fn decode_dlq(bytes: &[u8]) -> Result<DlqRecord, DecodeError> {
         return Err(DecodeError("unknown dead-letter format version"));
     }
     let dead_lettered_at_ms = r.u64()?;
-    let reason = Reason::from_code(r.u8()?)?;
+    let reason = reason_from_code(r.u8()?)?;
     let event = decode_event(r.bytes()?)?;
     let n = r.u32()? as usize;
     if n > r.0.len() / 20 {
@@ -448,7 +335,7 @@ pub fn decode_dlq(bytes: &[u8]) -> Result<DlqRecord, DecodeError> {
     }
     let mut destinations = Vec::with_capacity(n);
     for _ in 0..n {
-        let reason = Reason::from_code(r.u8()?)?;
+        let reason = reason_from_code(r.u8()?)?;
         let state = decode_destination(&mut r, DELIVERY_V2)?;
         destinations.push(DeadDestination { state, reason });
     }
@@ -472,13 +359,7 @@ mod tests {
     use super::*;
 
     fn sample_event() -> ValidatedEvent {
-        ValidatedEvent::new(
-            EventId::new(),
-            SourceName::parse("default").unwrap(),
-            EventType::parse("order.created").unwrap(),
-            1_700_000_000_123,
-            Bytes::from_static(b"{\"order_id\":1}"),
-        )
+        crate::testing::event("order.created", "{\"order_id\":1}", 1_700_000_000_123)
     }
 
     #[test]

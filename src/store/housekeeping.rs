@@ -1,0 +1,102 @@
+//! The store's own background work, started by [`Store::start_housekeeping`] and ended by
+//! [`super::StoreCloser::close`]: the flush tick that makes settles durable when no append
+//! comes along, DLQ retention (`dlq.max_entries`, `dlq.max_age`) and the expiry of old
+//! idempotency keys. Each is a task on the daemon's [`Tasks`].
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::Store;
+use super::writer::Command;
+use crate::config::DlqConfig;
+use crate::event::now_ms;
+use crate::tasks::Tasks;
+
+/// How often earlier non-durable commits are made durable if nothing else did it.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often DLQ retention is applied.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
+/// How often expired idempotency keys are collected, and how many per commit.
+const DEDUP_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
+const DEDUP_EXPIRY_BATCH: usize = 10_000;
+
+impl Store {
+    /// Starts the flush tick, DLQ retention (if `dlq` sets any) and key expiry on `tasks`;
+    /// they run until the store is closed.
+    pub fn start_housekeeping(&self, tasks: &Tasks, dlq: &DlqConfig) {
+        let stop = self.shared.housekeeping.clone();
+        tasks.spawn("store: flush tick", flush_tick(self.clone(), stop.clone()));
+        tasks.spawn("store: idempotency key expiry", dedup_expiry(self.clone(), stop.clone()));
+        let max_entries = dlq.max_entries;
+        let max_age = dlq.max_age.map(|d| d.get());
+        if max_entries.is_some() || max_age.is_some() {
+            let retention = retention(self.clone(), max_entries, max_age, stop);
+            tasks.spawn("store: DLQ retention", retention);
+        }
+    }
+}
+
+/// Settle commits skip the fsync; this makes them durable within a second even when no
+/// append comes along to carry them, so a crash after a quiet spell republishes little.
+async fn flush_tick(store: Store, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if store.tx.send(Command::FlushIfDirty).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Applies `dlq.max_entries` / `dlq.max_age` now and every [`RETENTION_INTERVAL`].
+async fn retention(
+    store: Store,
+    max_entries: Option<u64>,
+    max_age: Option<Duration>,
+    stop: CancellationToken,
+) {
+    loop {
+        let older_than = max_age.map(|age| now_ms().saturating_sub(age.as_millis() as u64));
+        match store.dlq_expire(max_entries, older_than).await {
+            Ok(0) => {}
+            Ok(n) => {
+                store.shared.metrics.dlq_expired.inc_by(n);
+                tracing::info!(expired = n, "DLQ retention removed entries");
+            }
+            Err(error) => tracing::warn!(%error, "DLQ retention failed; will retry"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RETENTION_INTERVAL) => {}
+        }
+    }
+}
+
+/// Removes idempotency keys older than `store.dedup_window`, in bounded commits.
+async fn dedup_expiry(store: Store, stop: CancellationToken) {
+    loop {
+        loop {
+            match store.dedup_expire(now_ms(), DEDUP_EXPIRY_BATCH).await {
+                Ok(n) => {
+                    store.shared.metrics.dedup_expired.inc_by(n);
+                    if n < DEDUP_EXPIRY_BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "expiring idempotency keys failed; will retry");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(DEDUP_EXPIRY_INTERVAL) => {}
+        }
+    }
+}
