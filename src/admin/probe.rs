@@ -49,6 +49,9 @@ impl Probe {
         if self.store.file_bytes() > self.max_store_bytes {
             failing.push("store_quota");
         }
+        if self.store.is_short_of_disk() {
+            failing.push("store_disk_space");
+        }
         for broker in self.live.load().routes.brokers_used() {
             if !self.publishers.get(broker).is_some_and(|p| p.is_connected()) {
                 failing.push(broker.as_str());
@@ -64,6 +67,8 @@ impl Probe {
         if let Ok(free) = fs4::available_space(dir.unwrap_or(std::path::Path::new("."))) {
             m.store_disk_free_bytes.set(free as i64);
         }
+        m.store_free_bytes.set(self.store.headroom_bytes().min(i64::MAX as u64) as i64);
+        m.store_reserve_bytes.set(self.store.reserve_bytes() as i64);
         if let Ok(summary) = self.store.summary(now_ms()).await {
             m.outbox_pending.set(summary.pending as i64);
             m.outbox_oldest_age.set(summary.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0);

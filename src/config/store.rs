@@ -29,6 +29,16 @@ pub struct StoreConfig {
     /// has what it costs in ingest throughput).
     #[serde(default)]
     pub quick_repair: bool,
+    /// Ingest answers 503 once appending would leave less than this free on the store's
+    /// filesystem, so the disk never fills under the store. Default: 2 % of the filesystem,
+    /// at most 64 MiB.
+    #[serde(default)]
+    pub min_free_bytes: Option<ByteSize>,
+    /// A file of this size kept next to the store and deleted when the disk fills anyway,
+    /// so that the relay can drain and the store can reopen. Default: `min_free_bytes`, at
+    /// most 16 MiB; `0` turns it off.
+    #[serde(default)]
+    pub reserve_bytes: Option<ByteSize>,
 }
 
 fn default_max_bytes() -> ByteSize {

@@ -75,6 +75,7 @@ impl IngestError {
             IngestError::SchemaViolation(_) => "schema_violation",
             IngestError::Unroutable => "unroutable",
             IngestError::Store(StoreError::QuotaExceeded) => "store_full",
+            IngestError::Store(StoreError::DiskFull { .. }) => "disk_full",
             IngestError::Store(_) => "unavailable",
         }
     }
@@ -94,6 +95,7 @@ impl IngestError {
             IngestError::SchemaViolation(_) => "schema",
             IngestError::Unroutable => "unroutable",
             IngestError::Store(StoreError::QuotaExceeded) => "store_full",
+            IngestError::Store(StoreError::DiskFull { .. }) => "disk_full",
             IngestError::Store(_) => "unavailable",
         }
     }
@@ -105,6 +107,9 @@ impl IngestError {
             IngestError::Store(StoreError::QuotaExceeded) => {
                 "the outbox is full; retry later".to_owned()
             }
+            IngestError::Store(StoreError::DiskFull { .. }) => {
+                "the disk holding the outbox is nearly full; retry later".to_owned()
+            }
             IngestError::Store(_) => "the event store is unavailable; retry later".to_owned(),
             other => other.to_string(),
         }
@@ -113,7 +118,9 @@ impl IngestError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             IngestError::Source(refusal) => refusal.retry_after(),
-            IngestError::Store(StoreError::QuotaExceeded) => Some(Duration::from_secs(30)),
+            IngestError::Store(StoreError::QuotaExceeded | StoreError::DiskFull { .. }) => {
+                Some(Duration::from_secs(30))
+            }
             IngestError::Store(_) => Some(Duration::from_secs(5)),
             _ => None,
         }

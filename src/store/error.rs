@@ -13,6 +13,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub enum StoreError {
     #[error("store is over its size quota")]
     QuotaExceeded,
+    /// Appending would leave less than `store.min_free_bytes` free on the store's filesystem.
+    #[error("the disk is nearly full: {available} bytes available, {floor} kept free")]
+    DiskFull { available: u64, floor: u64 },
     #[error("store is reopening after a failed commit")]
     Reopening,
     #[error("store is shut down")]

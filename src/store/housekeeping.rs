@@ -1,7 +1,8 @@
 //! The store's own background work, started by [`Store::start_housekeeping`] and ended by
 //! [`super::StoreCloser::close`]: the flush tick that makes settles durable when no append
 //! comes along, DLQ retention (`dlq.max_entries`, `dlq.max_age`) and the expiry of old
-//! idempotency keys. Each is a task on the daemon's [`Tasks`].
+//! idempotency keys, and the disk watch (the reserve file, and free pages given back to the
+//! disk when it runs low; see `space.rs`). Each is a task on the daemon's [`Tasks`].
 
 use std::time::Duration;
 
@@ -20,6 +21,10 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(30);
 /// How often expired idempotency keys are collected, and how many per commit.
 const DEDUP_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 const DEDUP_EXPIRY_BATCH: usize = 10_000;
+/// How often the free disk space is read (the writer also reads it for every batch).
+const DISK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often, while the disk is low, the free pages inside the file are measured.
+const TEND_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Store {
     /// Starts the flush tick, DLQ retention (if `dlq` sets any) and key expiry on `tasks`;
@@ -28,6 +33,7 @@ impl Store {
         let stop = self.shared.housekeeping.clone();
         tasks.spawn("store: flush tick", flush_tick(self.clone(), stop.clone()));
         tasks.spawn("store: idempotency key expiry", dedup_expiry(self.clone(), stop.clone()));
+        tasks.spawn("store: disk space", disk_watch(self.clone(), stop.clone()));
         let max_entries = dlq.max_entries;
         let max_age = dlq.max_age.map(|d| d.get());
         if max_entries.is_some() || max_age.is_some() {
@@ -97,6 +103,35 @@ async fn dedup_expiry(store: Store, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(DEDUP_EXPIRY_INTERVAL) => {}
+        }
+    }
+}
+
+/// Keeps the disk reserve (given up when the disk is well under the floor, put back when
+/// there is room), and while the disk is low asks the writer to measure the free pages
+/// inside the file and give them back.
+async fn disk_watch(store: Store, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(DISK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tend: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let space = std::sync::Arc::clone(&store.shared.space);
+        // Writing the reserve back is file I/O: off the async workers.
+        let low = tokio::task::spawn_blocking(move || {
+            space.keep_room();
+            space.is_low()
+        })
+        .await
+        .unwrap_or(false);
+        if low && last_tend.is_none_or(|t| t.elapsed() >= TEND_INTERVAL) {
+            last_tend = Some(tokio::time::Instant::now());
+            if store.tx.send(Command::TendSpace).await.is_err() {
+                return;
+            }
         }
     }
 }

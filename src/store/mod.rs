@@ -29,6 +29,7 @@ mod open;
 #[cfg(test)]
 mod power_loss;
 mod query;
+mod space;
 mod writer;
 
 use std::collections::HashSet;
@@ -53,6 +54,7 @@ pub use query::{
     Claim, DestinationBacklog, DlqEntry, DlqFilter, DlqPage, OutboxEntry, OutboxStats,
     ReadOnlyStore, Summary,
 };
+use space::Space;
 use writer::{Command, Writer};
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -148,6 +150,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Ends the housekeeping tasks when the store closes.
     housekeeping: CancellationToken,
+    /// The free-space floor and the disk reserve.
+    space: Arc<Space>,
 }
 
 /// Counters since the store was opened.
@@ -196,7 +200,23 @@ impl Store {
             cache_bytes: config.cache_bytes.as_u64() as usize,
             quick_repair: config.quick_repair,
         };
-        let db = open_database(&medium, tuning)?;
+        let space = Arc::new(match &medium {
+            Medium::File(_) => Space::new(config),
+            #[cfg(test)]
+            Medium::Simulated(_) => Space::unlimited(),
+        });
+        let db = match open_database(&medium, tuning) {
+            Ok(db) => db,
+            // Opening a file that needs repair needs room: on a full disk, use the reserve.
+            Err(_)
+                if space.refresh() < space.floor()
+                    && space.release_reserve("the store could not open on a full disk") =>
+            {
+                open_database(&medium, tuning)?
+            }
+            Err(error) => return Err(error),
+        };
+        space.keep_room();
         let counters = read_counters(&db)?;
         let shared = Arc::new(Shared {
             path: config.path.clone(),
@@ -209,6 +229,7 @@ impl Store {
             appended_events: AtomicU64::new(0),
             metrics,
             housekeeping: CancellationToken::new(),
+            space,
         });
         tracing::info!(
             path = %config.path.display(),
@@ -359,6 +380,22 @@ impl Store {
 
     fn database(&self) -> Result<Arc<Database>> {
         self.shared.db.load_full().ok_or(StoreError::Reopening)
+    }
+
+    /// Appends are refused because the disk is nearly full (`store.min_free_bytes`).
+    pub fn is_short_of_disk(&self) -> bool {
+        self.shared.space.is_refusing() || self.shared.space.is_low()
+    }
+
+    /// What can still be written before appends are refused: the filesystem's free space
+    /// above the floor, plus the free pages inside the file as last measured.
+    pub fn headroom_bytes(&self) -> u64 {
+        self.shared.space.headroom()
+    }
+
+    /// The size of the disk reserve in place (0 while it is given up).
+    pub fn reserve_bytes(&self) -> u64 {
+        self.shared.space.reserve_in_place()
     }
 
     /// False from a failed commit until the database has been reopened.

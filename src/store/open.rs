@@ -42,6 +42,10 @@ pub(super) fn open_database(medium: &Medium, tuning: Tuning) -> Result<Database>
             (builder.create_with_backend(disk.backend())?, Path::new("simulated disk"))
         }
     };
+    // A file of the current layout needs no write to open: it then opens even on a full disk.
+    if is_current(&db)? {
+        return Ok(db);
+    }
     let mut txn = db.begin_write()?;
     txn.set_two_phase_commit(true);
     txn.set_quick_repair(tuning.quick_repair);
@@ -67,6 +71,37 @@ pub(super) fn open_database(medium: &Medium, tuning: Tuning) -> Result<Database>
     txn.open_table(META)?.insert("format_version", FORMAT_VERSION)?;
     txn.commit()?;
     Ok(db)
+}
+
+/// Whether every table exists and the file records this build's format version.
+fn is_current(db: &Database) -> Result<bool> {
+    use redb::ReadableDatabase;
+    let txn = db.begin_read()?;
+    let version = match txn.open_table(META) {
+        Ok(meta) => meta.get("format_version")?.map(|v| v.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if version != Some(FORMAT_VERSION) {
+        return Ok(false);
+    }
+    let tables = [
+        txn.open_table(EVENTS).map(drop),
+        txn.open_table(DELIVERY).map(drop),
+        txn.open_table(LANES).map(drop),
+        txn.open_table(DLQ).map(drop),
+        txn.open_table(DLQ_IDS).map(drop),
+        txn.open_table(DEDUP).map(drop),
+        txn.open_table(DEDUP_EXPIRY).map(drop),
+    ];
+    for table in tables {
+        match table {
+            Ok(()) => {}
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
 }
 
 /// Format 1 had one due index; each entry moves to the lanes its pending destinations use

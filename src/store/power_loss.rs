@@ -183,6 +183,8 @@ impl Store {
             commit_batch_max: 1024,
             dedup_window: crate::config::HumanDuration::from_secs(3600),
             quick_repair,
+            min_free_bytes: None,
+            reserve_bytes: None,
         };
         Self::open_on(Medium::Simulated(disk.clone()), &config, Arc::new(Metrics::new()))
     }

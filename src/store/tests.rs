@@ -12,6 +12,8 @@ fn config(dir: &Path) -> StoreConfig {
         commit_batch_max: 1024,
         dedup_window: crate::config::HumanDuration::from_secs(3600),
         quick_repair: false,
+        min_free_bytes: None,
+        reserve_bytes: None,
     }
 }
 

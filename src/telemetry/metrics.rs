@@ -34,6 +34,9 @@ pub struct Metrics {
     pub store_commit_failures: IntCounter,
     pub store_bytes: IntGauge,
     pub store_disk_free_bytes: IntGauge,
+    pub store_free_bytes: IntGauge,
+    pub store_reserve_bytes: IntGauge,
+    pub store_compactions: IntCounter,
     pub outbox_pending: IntGauge,
     pub outbox_oldest_age: Gauge,
     pub outbox_backlog: IntGaugeVec,
@@ -109,7 +112,7 @@ impl Metrics {
             ingest_rejected: reg!(IntCounterVec::new(
                 opts(
                     "ingest_rejected_total",
-                    "Requests refused, by reason: auth, signature, unknown_source, rate_limited, timeout, media_type, invalid, size, schema, unroutable, store_full, unavailable."
+                    "Requests refused, by reason: auth, signature, client_certificate, unknown_source, rate_limited, timeout, media_type, invalid, size, schema, unroutable, store_full, disk_full, unavailable."
                 ),
                 &["source", "reason"]
             )),
@@ -182,6 +185,18 @@ impl Metrics {
             store_disk_free_bytes: reg!(IntGauge::with_opts(opts(
                 "store_disk_free_bytes",
                 "Free space on the store's file system."
+            ))),
+            store_free_bytes: reg!(IntGauge::with_opts(opts(
+                "store_free_bytes",
+                "What the store can still write before ingest answers 503 for disk space: the file system's free space above store.min_free_bytes, plus free pages inside the store file (measured while the disk is low)."
+            ))),
+            store_reserve_bytes: reg!(IntGauge::with_opts(opts(
+                "store_reserve_bytes",
+                "Size of the disk reserve file in place next to the store (0 while it is given up to let the outbox drain on a full disk)."
+            ))),
+            store_compactions: reg!(IntCounter::with_opts(opts(
+                "store_compactions_total",
+                "Compactions of the store file that gave free pages back to a low disk."
             ))),
             outbox_pending: reg!(IntGauge::with_opts(opts(
                 "outbox_pending_events",

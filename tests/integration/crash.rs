@@ -213,6 +213,8 @@ async fn sigterm_answers_requests_in_flight_and_exits_cleanly() {
         commit_batch_max: 16,
         dedup_window: orchestron::config::HumanDuration::from_secs(3600),
         quick_repair: false,
+        min_free_bytes: None,
+        reserve_bytes: None,
     };
     let (store, closer) = orchestron::store::Store::open(&store_config).unwrap();
     assert_eq!(store.pending().await.unwrap(), accepted);

@@ -213,6 +213,8 @@ async fn oversized_record_is_dead_lettered_as_rejected_and_the_rest_is_delivered
         commit_batch_max: 16,
         dedup_window: orchestron::config::HumanDuration::from_secs(3600),
         quick_repair: false,
+        min_free_bytes: None,
+        reserve_bytes: None,
     };
     let (store, closer) = orchestron::store::Store::open(&config).unwrap();
     assert_eq!(store.pending().await.unwrap(), 0);

@@ -7,6 +7,7 @@
 
 mod config_files;
 mod crash;
+mod disk;
 mod dlq;
 mod faults;
 mod helpers;

@@ -18,9 +18,11 @@ use tokio::sync::{mpsc, oneshot};
 
 mod dedup;
 mod dlq;
+mod room;
 
 use super::codec;
 use super::open::{Counters, Tuning, file_len, open_database, read_counters};
+use super::space::Admission;
 use super::{
     Appended, DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS, IdempotencyKey,
     LANES, META, Outcome, Result, Settlement, Shared, StoreError,
@@ -61,6 +63,9 @@ pub(in crate::store) enum Command {
     },
     /// Make earlier non-durable commits durable, if there are any.
     FlushIfDirty,
+    /// The disk is low: measure the free pages inside the file, and give them back to the
+    /// filesystem (compaction) when there are many (see `room.rs`).
+    TendSpace,
     /// Final durable commit, then the thread ends.
     Close {
         reply: oneshot::Sender<Result<()>>,
@@ -77,7 +82,10 @@ impl Command {
         // Expired keys that come back after a crash are still expired: no fsync needed.
         !matches!(
             self,
-            Command::Settle { .. } | Command::FlushIfDirty | Command::ExpireDedup { .. }
+            Command::Settle { .. }
+                | Command::FlushIfDirty
+                | Command::TendSpace
+                | Command::ExpireDedup { .. }
         )
     }
 }
@@ -96,6 +104,8 @@ pub(in crate::store) struct Writer {
     /// A non-durable commit happened since the last durable one.
     dirty: bool,
     last_reopen_attempt: Option<Instant>,
+    /// When the file was last compacted to give its free pages back to the disk.
+    last_compaction: Option<Instant>,
 }
 
 /// A reply to send once the commit is known to have succeeded (or failed).
@@ -163,6 +173,7 @@ impl Writer {
             counters,
             dirty: false,
             last_reopen_attempt: None,
+            last_compaction: None,
         }
     }
 
@@ -180,9 +191,13 @@ impl Writer {
                 }
             }
             let closing = batch.iter().any(|c| matches!(c, Command::Close { .. }));
+            let tend = batch.iter().any(|c| matches!(c, Command::TendSpace));
             self.execute(batch);
             if closing {
                 break;
+            }
+            if tend {
+                self.tend_space();
             }
         }
         // Dropping the last handle to the database closes the file cleanly.
@@ -196,7 +211,8 @@ impl Writer {
     }
 
     fn execute(&mut self, batch: Vec<Command>) {
-        let only_idle_ticks = batch.iter().all(|c| matches!(c, Command::FlushIfDirty));
+        let only_idle_ticks =
+            batch.iter().all(|c| matches!(c, Command::FlushIfDirty | Command::TendSpace));
         if only_idle_ticks && !self.dirty {
             return;
         }
@@ -281,6 +297,9 @@ impl Writer {
             }
         };
         let over_quota = self.shared.file_bytes.load(Ordering::Relaxed) > self.max_bytes;
+        // Created at the batch's first append: one reading of the free space per batch.
+        let mut admission: Option<Admission<'_>> = None;
+        let space = Arc::clone(&self.shared.space);
         let mut failure: Option<StoreError> = None;
         for command in batch {
             if failure.is_some() {
@@ -292,6 +311,15 @@ impl Writer {
             let result = match command {
                 Command::Append { reply, .. } if over_quota => {
                     pending.push(Pending::Append(reply, Err(StoreError::QuotaExceeded)));
+                    Ok(())
+                }
+                Command::Append { event, reply, .. }
+                    if !admission
+                        .get_or_insert_with(|| Admission::begin(&space))
+                        .admit(event_bytes(&event)) =>
+                {
+                    let refusal = admission.as_ref().map(Admission::refusal);
+                    pending.push(Pending::Append(reply, Err(refusal.expect("begun above"))));
                     Ok(())
                 }
                 Command::Append { event, key, reply } => {
@@ -350,13 +378,16 @@ impl Writer {
                     pending.push(Pending::Count(reply, *expired.as_ref().unwrap_or(&0)));
                     expired.map(drop)
                 }
-                Command::FlushIfDirty => Ok(()),
+                Command::FlushIfDirty | Command::TendSpace => Ok(()),
                 Command::Close { reply } => {
                     pending.push(Pending::Unit(reply));
                     Ok(())
                 }
             };
             failure = result.err();
+        }
+        if let Some(admission) = admission {
+            admission.finish();
         }
         if let Some(error) = failure {
             return Err(error);
@@ -406,6 +437,10 @@ impl Writer {
             return None;
         }
         self.last_reopen_attempt = Some(Instant::now());
+        // Reopening repairs the file, which needs room: on a full disk, give up the reserve.
+        if self.shared.space.refresh() < self.shared.space.floor() {
+            self.shared.space.release_reserve("the store is reopening on a full disk");
+        }
         match open_database(&self.shared.medium, self.tuning) {
             Ok(db) => {
                 let db = Arc::new(db);
@@ -489,8 +524,14 @@ fn unapplied(command: Command, pending: &mut Vec<Pending>) {
         | Command::DeleteDlq { reply, .. }
         | Command::ExpireDlq { reply, .. }
         | Command::ExpireDedup { reply, .. } => pending.push(Pending::Count(reply, 0)),
-        Command::FlushIfDirty => {}
+        Command::FlushIfDirty | Command::TendSpace => {}
     }
+}
+
+/// The bytes an event brings to the store: its body and kept headers.
+fn event_bytes(event: &ValidatedEvent) -> u64 {
+    let headers: usize = event.headers().iter().map(|(n, v)| n.len() + v.len()).sum();
+    (event.body().len() + headers) as u64
 }
 
 fn append(t: &mut Tables<'_>, seq: u64, event: &ValidatedEvent) -> Result<()> {
