@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Kafka: `rdkafka` (a bare producer with the daemon's settings, all sends at once),
-//! `rdkafka-windowed` (the same, at most 1,000 records awaiting a report) and `relay` (the daemon,
-//! as below), each into a new one-partition topic, checked by its high watermark.
+//! `rdkafka-windowed` (the same, at most 1,000 records awaiting a report), `relay` (the daemon,
+//! as below) and `relay-tls` (the daemon over TLS: a tansu of the bench's own behind
+//! `stunnel4`, which it advertises), each into a new one-partition topic, read back.
 //!
 //! Every arm sends the same N ~1 KiB messages, persistent and mandatory, to a durable queue
 //! bound to a topic exchange, with at most W messages awaiting a publisher confirm:
@@ -19,7 +20,10 @@
 //! * `relay`: the release daemon. N events are accepted while the broker is unreachable, the
 //!   daemon is stopped and started again with the broker's real address, and the arm times
 //!   from the moment `/ready` reports the broker connected (the bare arms, too, start timing
-//!   on an open connection) until the outbox is empty; the start-up is printed apart.
+//!   on an open connection) until the outbox is empty; the start-up is printed apart;
+//! * `relay-tls`: the same over `amqps://`, through `stunnel4` terminating TLS in front of the
+//!   same RabbitMQ (a certificate made for the run). Its ratio to `relay` is the cost of TLS
+//!   plus the stunnel hop, an upper bound of what TLS itself costs.
 //!
 //! Arms interleave, three repeats, medians; each arm checks the queue holds N messages, then
 //! purges it. `ORCHESTRON_BENCH_EVENTS` (N, default 20000), `ORCHESTRON_BENCH_WINDOW` (W,
@@ -54,7 +58,61 @@ const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const KEY: &str = "bench-key";
 /// The relay arm timed from its first settled events (a row of its own in the report).
 const STEADY: &str = "relay, steady drain";
-const ARMS: [&str; 3] = ["lapin-one-channel", "lapin-same-message", "relay"];
+const ARMS: [&str; 4] = ["lapin-one-channel", "lapin-same-message", "relay", "relay-tls"];
+
+/// `stunnel4` accepting TLS on a port of its own in front of `upstream`, with a certificate
+/// for `localhost` signed by a CA made for the run (written to `ca.pem` in its directory).
+struct Tunnel {
+    port: u16,
+    ca: std::path::PathBuf,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Tunnel {
+    fn start(upstream: &str) -> Tunnel {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(path("cert.pem"), format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+        std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+        let port = free_port();
+        let conf = format!(
+            "foreground = yes\npid =\ndebug = warning\n[tls]\naccept = 127.0.0.1:{port}\n\
+             connect = {upstream}\ncert = {}\nkey = {}\n",
+            path("cert.pem").display(),
+            path("key.pem").display()
+        );
+        std::fs::write(path("stunnel.conf"), conf).unwrap();
+        let child = std::process::Command::new("stunnel4")
+            .arg(path("stunnel.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("stunnel4 (Debian package stunnel4)");
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Tunnel { port, ca: path("ca.pem"), child, _dir: dir }
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// The ~1 KiB body `benches/post.lua` sends, valid for `config/schemas/order.created.json`.
 fn body() -> String {
@@ -291,6 +349,7 @@ async fn run() {
     let window: usize = env_or("ORCHESTRON_BENCH_WINDOW", 256);
     let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
     let broker = Broker::setup().await;
+    let tunnel = Tunnel::start("127.0.0.1:5672");
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); ARMS.len()];
     let mut steady = Vec::new();
     // ORCHESTRON_BENCH_ARMS=relay runs a subset (e.g. under a profiler).
@@ -306,12 +365,21 @@ async fn run() {
                 "lapin-same-message" => {
                     bare_lapin(&broker, n, window, Properties::SameAsRelay).await
                 }
-                _ => {
+                arm => {
                     let rabbitmq = |url: &str| {
                         format!("{{ rabbitmq: {{ url: \"{url}\", max_unconfirmed: {window} }} }}")
                     };
-                    let (down, up) =
-                        (rabbitmq("amqp://guest:guest@127.0.0.1:1/%2f"), rabbitmq(AMQP_URL));
+                    let down = rabbitmq("amqp://guest:guest@127.0.0.1:1/%2f");
+                    let up = if arm == "relay-tls" {
+                        let url = format!("amqps://guest:guest@localhost:{}/%2f", tunnel.port);
+                        format!(
+                            "{{ rabbitmq: {{ url: \"{url}\", max_unconfirmed: {window}, \
+                             tls: {{ ca: {} }} }} }}",
+                            tunnel.ca.display()
+                        )
+                    } else {
+                        rabbitmq(AMQP_URL)
+                    };
                     let destination = format!(
                         "{{ rabbitmq: {{ exchange: {}, routing_key: \"{{type}}\" }} }}",
                         broker.exchange
@@ -331,6 +399,15 @@ async fn run() {
         format!("{n} messages of ~1 KiB, persistent, mandatory, {window} unconfirmed at most");
     results.push(steady);
     report(&title, &[&ARMS[..], &[STEADY]].concat(), &results, 2);
+    ratio("relay-tls ÷ relay", &results[3], &results[2]);
+}
+
+/// One arm against another, per repeat, and the median.
+fn ratio(title: &str, arm: &[f64], baseline: &[f64]) {
+    let ratios: Vec<f64> = arm.iter().zip(baseline).map(|(a, b)| a / b).collect();
+    if !ratios.is_empty() {
+        println!("\n{title}: {:.2}× (per repeat {ratios:.2?})", median(ratios.clone()));
+    }
 }
 
 /// The table: each arm's median, and its per-repeat ratio to each of the first `baselines`
@@ -355,30 +432,43 @@ fn report(title: &str, arms: &[&str], results: &[Vec<f64>], baselines: usize) {
 
 const KAFKA: &str = "127.0.0.1:9092";
 
-/// A new one-partition topic on the Kafka-protocol broker.
-async fn kafka_topic() -> String {
+/// A new one-partition topic on the Kafka-protocol broker at `bootstrap`, reached with the
+/// client `settings` (TLS).
+async fn kafka_topic(bootstrap: &str, settings: &[(String, String)]) -> String {
     let topic = format!("bench-relay-{}", uuid::Uuid::now_v7().simple());
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", KAFKA).create().unwrap();
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (k, v) in settings {
+        config.set(k, v);
+    }
+    let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let created = admin
         .create_topics(&[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &options)
         .await
-        .expect("a Kafka-protocol broker on 127.0.0.1:9092");
+        .expect("a Kafka-protocol broker");
     assert!(created.iter().all(Result::is_ok), "{created:?}");
     topic
 }
 
 /// Records in the topic's only partition, read back from the start (tansu's high watermark
 /// does not count every record of an idempotent producer's batches).
-async fn kafka_count(topic: String, expected: usize) -> usize {
+async fn kafka_count(
+    bootstrap: String,
+    settings: Vec<(String, String)>,
+    topic: String,
+    expected: usize,
+) -> usize {
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", KAFKA)
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", bootstrap)
             .set("group.id", format!("{topic}-count"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
+            .set("enable.auto.commit", "false");
+        for (k, v) in &settings {
+            config.set(k, v);
+        }
+        let consumer: BaseConsumer = config.create().unwrap();
         let mut partitions = TopicPartitionList::new();
         partitions.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
         consumer.assign(&partitions).unwrap();
@@ -428,12 +518,22 @@ async fn bare_rdkafka(topic: &str, n: usize, window: Option<usize>) -> f64 {
 async fn run_kafka() {
     let n: usize = env_or("ORCHESTRON_BENCH_EVENTS", 20_000);
     let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
-    let arms = ["rdkafka", "rdkafka-windowed", "relay"];
+    let arms = ["rdkafka", "rdkafka-windowed", "relay", "relay-tls"];
+    let tls = TlsKafka::start();
+    let tls_settings = vec![
+        ("security.protocol".to_owned(), "SSL".to_owned()),
+        ("ssl.ca.location".to_owned(), tls.tunnel.ca.display().to_string()),
+    ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     let mut steady = Vec::new();
     for repeat in 0..repeats {
         for (arm, samples) in arms.iter().zip(&mut results) {
-            let topic = kafka_topic().await;
+            let (bootstrap, settings) = if *arm == "relay-tls" {
+                (tls.bootstrap(), tls_settings.clone())
+            } else {
+                (KAFKA.to_owned(), Vec::new())
+            };
+            let topic = kafka_topic(&bootstrap, &settings).await;
             let rate = if *arm == "rdkafka" {
                 bare_rdkafka(&topic, n, None).await
             } else if *arm == "rdkafka-windowed" {
@@ -443,14 +543,21 @@ async fn run_kafka() {
                 let kafka =
                     |servers: &str| format!("{{ kafka: {{ bootstrap_servers: \"{servers}\" }} }}");
                 let destination = format!("{{ kafka: {{ topic: {topic}, key: /customer_id }} }}");
-                let (rate, from_first) =
-                    relay(n, &kafka("127.0.0.1:1"), &kafka(KAFKA), &destination).await;
+                let up = if *arm == "relay-tls" {
+                    format!(
+                        "{{ kafka: {{ bootstrap_servers: \"{bootstrap}\", tls: {{ ca: {} }} }} }}",
+                        tls.tunnel.ca.display()
+                    )
+                } else {
+                    kafka(KAFKA)
+                };
+                let (rate, from_first) = relay(n, &kafka("127.0.0.1:1"), &up, &destination).await;
                 steady.push(from_first);
                 rate
             };
             // The bare arms send one warm-up record more.
-            let expected = if *arm == "relay" { n } else { n + 1 };
-            let count = kafka_count(topic, expected).await;
+            let expected = if arm.starts_with("relay") { n } else { n + 1 };
+            let count = kafka_count(bootstrap, settings, topic, expected).await;
             assert_eq!(count, expected, "records read back from the topic after {arm}");
             eprintln!("repeat {repeat} {arm}: {rate:.0} msg/s");
             samples.push(rate);
@@ -459,6 +566,43 @@ async fn run_kafka() {
     results.push(steady);
     let title = format!("{n} records of ~1 KiB, idempotent producer, acks=all");
     report(&title, &[&arms[..], &[STEADY]].concat(), &results, 2);
+    ratio("relay-tls ÷ relay", &results[3], &results[2]);
+}
+
+/// A tansu of the bench's own, advertised behind `stunnel4` (it does not terminate TLS).
+struct TlsKafka {
+    tunnel: Tunnel,
+    child: std::process::Child,
+}
+
+impl TlsKafka {
+    fn start() -> TlsKafka {
+        let plain = free_port();
+        let tunnel = Tunnel::start(&format!("127.0.0.1:{plain}"));
+        let child = std::process::Command::new("tansu")
+            .args(["broker", "--storage-engine", &format!("memory://tansu-{plain}/")])
+            .args(["--listener-url", &format!("tcp://127.0.0.1:{plain}")])
+            .args(["--advertised-listener-url", &format!("tcp://localhost:{}", tunnel.port)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu");
+        while std::net::TcpStream::connect(("127.0.0.1", plain)).is_err() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsKafka { tunnel, child }
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("localhost:{}", self.tunnel.port)
+    }
+}
+
+impl Drop for TlsKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn main() {

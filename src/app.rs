@@ -38,8 +38,9 @@ pub enum AppError {
     Config(#[from] ConfigError),
     #[error("store")]
     Store(#[from] StoreError),
-    #[error("kafka producer")]
-    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A broker's connection settings do not work (caught by the config check first).
+    #[error("brokers: {0}")]
+    Broker(String),
     #[error("http server")]
     Serve(#[from] std::io::Error),
     #[error("TLS: {0}")]
@@ -362,12 +363,14 @@ fn start_publishers(
     if let Some(rabbitmq) = &brokers.rabbitmq {
         let connected = Arc::clone(&publishers.connected);
         let p =
-            RabbitMqPublisher::start(rabbitmq, connected, tasks, stop.clone(), Arc::clone(metrics));
+            RabbitMqPublisher::start(rabbitmq, connected, tasks, stop.clone(), Arc::clone(metrics))
+                .map_err(AppError::Broker)?;
         publishers.rabbitmq = Some(p);
     }
     if let Some(kafka) = &brokers.kafka {
         let connected = Arc::clone(&publishers.connected);
-        let p = KafkaPublisher::start(kafka, connected, tasks, stop.clone(), Arc::clone(metrics))?;
+        let p = KafkaPublisher::start(kafka, connected, tasks, stop.clone(), Arc::clone(metrics))
+            .map_err(AppError::Broker)?;
         publishers.kafka = Some(p);
     }
     Ok(publishers)

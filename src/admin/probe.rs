@@ -82,12 +82,18 @@ impl Probe {
     }
 }
 
+/// `GET /ready`: 200 or 503 naming what fails, with each configured broker's state (the
+/// node it is connected to, or why it is down: `network`, `tls`, `auth`).
 async fn ready(State(probe): State<Probe>) -> Response {
     let failing = probe.failing();
+    let brokers: serde_json::Map<String, serde_json::Value> = BrokerKind::ALL
+        .into_iter()
+        .filter_map(|b| probe.publishers.get(b).map(|p| (b.as_str().to_owned(), json!(p.health()))))
+        .collect();
     if failing.is_empty() {
-        Json(json!({ "status": "ready" })).into_response()
+        Json(json!({ "status": "ready", "brokers": brokers })).into_response()
     } else {
-        let body = json!({ "status": "not_ready", "failing": failing });
+        let body = json!({ "status": "not_ready", "failing": failing, "brokers": brokers });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }

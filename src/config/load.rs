@@ -152,12 +152,19 @@ sources:
     fn secrets_never_show_in_debug_output() {
         let text = format!(
             "{MINIMAL}  github:\n    verify: {{ scheme: github, secrets: [hush-hush-1, hush-hush-2] }}\n\
-             \x20   event_type: {{ header: X-GitHub-Event }}\n"
+             \x20   event_type: {{ header: X-GitHub-Event }}\n\
+             brokers:\n  rabbitmq:\n    url: \"amqps://u:hush-url@h:5671/%2f\"\n    password: hush-pw\n\
+             \x20   urls: [\"amqps://u:hush-urls@h2:5671/%2f\"]\n\
+             \x20 kafka:\n    bootstrap_servers: k:9093\n\
+             \x20   sasl: {{ mechanism: SCRAM-SHA-512, username: u, password: hush-sasl }}\n"
         );
         let c = load(&text, &[]).unwrap();
         let dumped = format!("{c:?}");
         assert!(dumped.contains("github") && dumped.contains("Github"), "{dumped}");
-        for secret in ["hush-hush-1", "hush-hush-2", "k1"] {
+        assert!(dumped.contains("ScramSha512"), "{dumped}");
+        for secret in
+            ["hush-hush-1", "hush-hush-2", "k1", "hush-url", "hush-pw", "hush-urls", "hush-sasl"]
+        {
             assert!(!dumped.contains(secret), "{secret} leaked: {dumped}");
         }
     }

@@ -24,7 +24,8 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 
 pub use brokers::{
-    BrokersConfig, ExchangeConfig, ExchangeType, KafkaConfig, RabbitMqConfig, RabbitMqDeclareConfig,
+    BrokerTlsConfig, BrokersConfig, ExchangeConfig, ExchangeType, KafkaConfig, KafkaSaslConfig,
+    RabbitMqAuth, RabbitMqConfig, RabbitMqDeclareConfig, SaslMechanism,
 };
 pub use load::{ConfigError, load, load_str};
 pub use problem::{Problem, SourceMap};

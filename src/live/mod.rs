@@ -10,7 +10,9 @@ pub mod reload;
 
 use std::time::Duration;
 
-use crate::config::{Config, ConfigError, Problem};
+use crate::config::{BrokersConfig, Config, ConfigError, Problem};
+use crate::publish::kafka::KafkaPublisher;
+use crate::publish::rabbitmq::RabbitMqPublisher;
 use crate::routing::{RelayPolicy, RouteTable};
 use crate::sources::Sources;
 use crate::validate::SchemaRegistry;
@@ -37,6 +39,7 @@ impl LiveConfig {
         let schemas = SchemaRegistry::load(config.schemas.dir.as_deref())
             .map_err(|e| keep(vec![Problem::new("schemas.dir", e.to_string())]))
             .ok();
+        keep(broker_problems(&config.brokers));
         match (routes, sources, schemas) {
             (Some(routes), Some(sources), Some(schemas)) if problems.is_empty() => Ok(Self {
                 routes,
@@ -49,6 +52,25 @@ impl LiveConfig {
             _ => Err(config.invalid(problems)),
         }
     }
+}
+
+/// What keeps a broker's connection settings from working: URLs, TLS files (a key that does
+/// not match its certificate), Kafka options. Checked without connecting anywhere.
+fn broker_problems(brokers: &BrokersConfig) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Some(rabbitmq) = &brokers.rabbitmq
+        && let Err(message) = RabbitMqPublisher::check(rabbitmq)
+    {
+        problems.push(Problem::new("brokers.rabbitmq", message));
+    }
+    if let Some(kafka) = &brokers.kafka
+        && let Err(found) = KafkaPublisher::check(kafka)
+    {
+        let located =
+            found.into_iter().map(|(at, m)| Problem::new(format!("brokers.kafka.{at}"), m));
+        problems.extend(located);
+    }
+    problems
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! directory changes: load → validate → swap → report.
 //!
 //! Everything a request or a relay pass reads from [`super::LiveConfig`] is reloadable:
-//! the API keys, routes, schemas, body limit and relay policy; RabbitMQ exchange declarations
-//! are applied by the publisher. Settings that shape the running process (listen addresses,
+//! the API keys, routes, schemas, body limit and relay policy; the publishers apply broker
+//! addresses, credentials, TLS files and RabbitMQ exchange declarations (reconnecting when
+//! they changed). Settings that shape the running process (listen addresses,
 //! the store, broker connections, the admin API, the metrics listener) need a restart; a
 //! change to them is logged as such and the rest still applies. A file that does not load or
 //! validate changes nothing: the old configuration keeps running, the error is logged with
@@ -65,6 +66,8 @@ pub struct Reloader {
     publishers: Publishers,
     live: Arc<ArcSwap<LiveConfig>>,
     metrics: Arc<Metrics>,
+    /// The brokers' TLS files, watched like the config file.
+    broker_tls_files: Vec<PathBuf>,
 }
 
 /// The settings that only a restart applies, rendered for comparison (secrets stay redacted,
@@ -89,18 +92,15 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
             ),
         ),
         ("store", format!("{:?}", c.store)),
-        // Exchange declarations reload (the publisher declares the new list at once).
+        // Addresses, credentials, TLS files and exchange declarations reload (the publishers
+        // reconnect or declare at once); which brokers run, and RabbitMQ's window, do not.
         (
             "brokers",
             format!(
                 "{:?}",
                 (
-                    c.brokers.rabbitmq.as_ref().map(|r| (
-                        &r.url,
-                        r.confirm_timeout,
-                        r.max_unconfirmed
-                    )),
-                    &c.brokers.kafka
+                    c.brokers.rabbitmq.as_ref().map(|r| (r.confirm_timeout, r.max_unconfirmed)),
+                    c.brokers.kafka.is_some()
                 )
             ),
         ),
@@ -127,6 +127,7 @@ impl Reloader {
             publishers,
             live,
             metrics,
+            broker_tls_files: broker_tls_files(config),
         }
     }
 
@@ -212,6 +213,10 @@ impl Reloader {
         let config_file = self.path.clone();
         let schema_dir_abs = schema_dir.as_ref().and_then(|d| std::fs::canonicalize(d).ok());
         let mut dirs = vec![parent_dir(&self.path)];
+        // Broker TLS files (as the config named them at start; SIGHUP reads whatever the
+        // config names now): a rotated certificate or CA reconnects the publisher.
+        let tls_files = self.broker_tls_files.clone();
+        dirs.extend(tls_files.iter().map(|f| parent_dir(f)));
         // The schema directory itself, and its parent: a directory replaced by a rename is
         // seen there (and watched again after each change, see `watch_paths`).
         match (&schema_dir_abs, schema_dir) {
@@ -222,6 +227,7 @@ impl Reloader {
         let relevant = move |p: &Path| {
             p.file_name() == config_file.file_name()
                 || schema_dir_abs.as_ref().is_some_and(|d| p.starts_with(d))
+                || tls_files.iter().any(|f| f.file_name() == p.file_name())
         };
         watch_paths(dirs, relevant, cancel, move || {
             let _ = self.reload();
@@ -259,4 +265,11 @@ pub fn reload_on_sighup(
             }
         }
     })
+}
+
+/// The files of the brokers' `tls:` sections.
+fn broker_tls_files(config: &Config) -> Vec<PathBuf> {
+    let rabbitmq = config.brokers.rabbitmq.iter().flat_map(|r| r.tls.iter());
+    let kafka = config.brokers.kafka.iter().flat_map(|k| k.tls.iter());
+    rabbitmq.chain(kafka).flat_map(|t| t.files()).cloned().collect()
 }

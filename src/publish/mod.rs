@@ -5,8 +5,10 @@
 //! Every failure says whether a retry can help ([`ErrorClass`]); that decides the backoff.
 //! Publishers keep their own connections alive and tell the relay when they (re)connect.
 
+pub mod health;
 pub mod kafka;
 pub mod rabbitmq;
+pub mod tls;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -121,11 +123,17 @@ pub trait Publisher: Send + Sync {
     /// Whether a publish now would reach the broker.
     fn is_connected(&self) -> bool;
 
+    /// The connection's state, and why it is down: what `/ready` shows.
+    fn health(&self) -> health::Health {
+        health::Health { connected: self.is_connected(), ..health::Health::default() }
+    }
+
     /// Flushes what is in flight (within the deadline) and closes the connection.
     fn close(&self, deadline: std::time::Duration) -> BoxFuture<'_, ()>;
 
-    /// Applies the broker settings a reload changes without a restart (RabbitMQ's exchange
-    /// declarations); the rest of `brokers` needs a restart.
+    /// Applies the broker settings of a reload: exchange declarations, addresses,
+    /// credentials and TLS files (the publisher reconnects when they changed). Adding or
+    /// removing a broker needs a restart.
     fn reload(&self, _brokers: &crate::config::BrokersConfig) {}
 }
 

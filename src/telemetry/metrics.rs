@@ -50,6 +50,8 @@ pub struct Metrics {
     pub dlq_copy_failures: IntCounter,
     pub broker_up: IntGaugeVec,
     pub broker_reconnects: IntCounterVec,
+    pub broker_connect_failures: IntCounterVec,
+    pub broker_node_info: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub config_info: IntGaugeVec,
     pub config_loaded: IntGauge,
@@ -268,6 +270,20 @@ impl Metrics {
             broker_reconnects: reg!(IntCounterVec::new(
                 opts("broker_reconnects_total", "Connections (re)established to the broker."),
                 &["broker"]
+            )),
+            broker_connect_failures: reg!(IntCounterVec::new(
+                opts(
+                    "broker_connect_failures_total",
+                    "Failed connects to a broker (and connections lost), by reason: network, tls, auth."
+                ),
+                &["broker", "reason"]
+            )),
+            broker_node_info: reg!(IntGaugeVec::new(
+                opts(
+                    "broker_node_info",
+                    "1 for the broker node (host:port from the config) the connection is to now."
+                ),
+                &["broker", "node"]
             )),
             build_info: reg!(IntGaugeVec::new(
                 opts("build_info", "Always 1; the version label says which build runs."),

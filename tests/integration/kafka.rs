@@ -33,12 +33,51 @@ pub(crate) async fn consume(
     n: usize,
     within: Duration,
 ) -> Vec<Received> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    consume_with(bootstrap, topic, partitions, n, within, &[]).await
+}
+
+/// Creates `topic` with `partitions` on the broker at `bootstrap`, with client `settings`
+/// (TLS, SASL).
+pub(crate) async fn create_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
+    let created = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("the Kafka-protocol broker answers");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+}
+
+/// [`consume`] with more consumer settings (TLS, SASL).
+pub(crate) async fn consume_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    n: usize,
+    within: Duration,
+    settings: &[(&str, &str)],
+) -> Vec<Received> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("g"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
+        .set("enable.auto.commit", "false");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let consumer: StreamConsumer = config.create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();

@@ -5,6 +5,8 @@
 //! Each test uses its own exchange, queue or topic name and its own temp store, so tests run
 //! in parallel without seeing each other's messages.
 
+mod broker_tls;
+mod certs;
 mod config_files;
 mod crash;
 mod disk;

@@ -7,63 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, SignatureAlgorithm,
-};
-
+use crate::certs::{Leaf, TestCa};
 use crate::helpers::{API_KEY, TestApp};
-
-/// A CA made for one test.
-struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, PEM.
-struct Leaf {
-    cert: String,
-    key: String,
-}
-
-impl TestCa {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "Orchestron test CA");
-        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        Self { issuer }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    /// A client certificate with subject `CN=name, O=org`.
-    fn leaf_in_org(&self, name: &str, org: &str) -> Leaf {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.distinguished_name.push(DnType::OrganizationName, org);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf { cert: format!("{}{}", cert.pem(), self.issuer.pem()), key: key.serialize_pem() }
-    }
-
-    fn leaf(&self, alg: &'static SignatureAlgorithm, name: &str, client: bool) -> Leaf {
-        let names =
-            if client { vec![] } else { vec!["localhost".to_owned(), "127.0.0.1".to_owned()] };
-        let mut params = CertificateParams::new(names).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate_for(alg).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf { cert: format!("{}{}", cert.pem(), self.issuer.pem()), key: key.serialize_pem() }
-    }
-}
 
 /// Writes the pair as `cert.pem` / `key.pem` in `dir`, each replaced by a rename (as
 /// certificate tooling does).

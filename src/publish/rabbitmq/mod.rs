@@ -3,8 +3,10 @@
 //! A message counts as delivered only when the broker acked it *and* did not return it: a
 //! mandatory message that reached no queue comes back as a return, which is a failure here.
 //! Every confirm has a deadline, and a semaphore bounds how many wait at once. The connection
-//! is kept by our own loop with backoff (lapin's auto-recovery is off); a broker that is down
-//! at start is normal, and publishes meanwhile fail fast as "not connected".
+//! is kept by our own loop with backoff (lapin's auto-recovery is off), going through the
+//! cluster's nodes in turn ([`connect`]); a broker that is down at start is normal, and
+//! publishes meanwhile fail fast as "not connected". A reload that changes the URLs, the
+//! credentials or the TLS files reconnects with the new ones.
 //!
 //! Many messages are in flight on one channel; which of them a return belongs to is decided
 //! by the message itself, not by the confirm lapin attached it to (see [`confirms`]).
@@ -25,13 +27,16 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 mod confirms;
+mod connect;
 
+use super::health::{Connectivity, Health, Trouble};
 use super::{Outgoing, PublishError, Publisher};
 use crate::config::{ExchangeConfig, ExchangeType, RabbitMqConfig};
 use crate::delivery::{BrokerKind, Target};
 use crate::tasks::Tasks;
 use crate::telemetry::metrics::Metrics;
 use confirms::{Confirmed, Pool, open_confirm_channel};
+use connect::Settings;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
@@ -50,6 +55,18 @@ pub struct RabbitMqPublisher {
     /// Most messages in one epoch of a channel (see [`super::confirms`]).
     epoch_cap: usize,
     confirm_timeout: Duration,
+    /// Where and how to connect; swapped by a reload.
+    settings: ArcSwap<Settings>,
+    /// Woken when `settings` changed: the connection loop reconnects with the new ones.
+    reconfigured: Notify,
+    connectivity: Arc<Connectivity>,
+}
+
+/// Why the connection loop stopped watching a connection.
+enum Ended {
+    Lost,
+    Reconfigured,
+    Cancelled,
 }
 
 /// One connection and its confirm-mode channels.
@@ -59,14 +76,22 @@ struct Link {
 }
 
 impl RabbitMqPublisher {
+    /// Checks the connection settings a config gives (URLs, TLS files, auth), connecting
+    /// nowhere: what `check-config` and a reload refuse.
+    pub fn check(config: &RabbitMqConfig) -> Result<(), String> {
+        Settings::from_config(config).map(drop)
+    }
+
     /// Starts the connection loop and returns at once; the first connection comes later.
+    /// Fails only on settings that cannot work (a URL that does not parse, TLS files that do
+    /// not load); an unreachable broker is not an error.
     pub fn start(
         config: &RabbitMqConfig,
         connected: Arc<Notify>,
         tasks: &Tasks,
         cancel: CancellationToken,
         metrics: Arc<Metrics>,
-    ) -> Arc<Self> {
+    ) -> Result<Arc<Self>, String> {
         let publisher = Arc::new(Self {
             link: ArcSwapOption::empty(),
             exchanges: ArcSwap::from_pointee(config.declare.exchanges.clone()),
@@ -74,58 +99,81 @@ impl RabbitMqPublisher {
             window: Semaphore::new(config.max_unconfirmed),
             epoch_cap: config.max_unconfirmed,
             confirm_timeout: config.confirm_timeout.get(),
+            settings: ArcSwap::from_pointee(Settings::from_config(config)?),
+            reconfigured: Notify::new(),
+            connectivity: Connectivity::new(BrokerKind::RabbitMq, metrics),
         });
-        let url = config.url.expose().to_owned();
-        let connection = Arc::clone(&publisher).maintain(url, connected, cancel, metrics);
+        let connection = Arc::clone(&publisher).maintain(connected, cancel);
         tasks.spawn("rabbitmq: connection", connection);
-        publisher
+        Ok(publisher)
     }
 
-    /// Connects, watches, and reconnects with exponential backoff until cancelled.
-    async fn maintain(
-        self: Arc<Self>,
-        url: String,
-        connected: Arc<Notify>,
-        cancel: CancellationToken,
-        metrics: Arc<Metrics>,
-    ) {
+    /// Connects, watches, and reconnects until cancelled: each failed connect moves on to the
+    /// next node, and once every node failed the loop waits (exponential backoff).
+    async fn maintain(self: Arc<Self>, connected: Arc<Notify>, cancel: CancellationToken) {
         let mut delay = RECONNECT_MIN;
+        let mut node = 0;
         while !cancel.is_cancelled() {
+            let settings = self.settings.load_full();
+            let nodes = settings.nodes();
+            let current = &nodes[node % nodes.len()];
             let exchanges = self.exchanges.load_full();
             let attempt = tokio::select! {
                 _ = cancel.cancelled() => break,
-                r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&url, &exchanges)) => r,
+                r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&settings, current, &exchanges)) => r,
             };
-            match attempt {
-                Ok(Ok(link)) => {
-                    tracing::info!(destination = "rabbitmq", "connected to RabbitMQ");
-                    metrics.broker_reconnects.with_label_values(&["rabbitmq"]).inc();
-                    delay = RECONNECT_MIN;
-                    let link = Arc::new(link);
-                    self.link.store(Some(Arc::clone(&link)));
-                    connected.notify_waiters();
-                    watch(&link.connection, &cancel).await;
-                    if cancel.is_cancelled() {
+            let attempt =
+                attempt.unwrap_or_else(|_| Err((Trouble::Network, "connect timed out".into())));
+            let link = match attempt {
+                Ok(link) => Arc::new(link),
+                Err((trouble, error)) => {
+                    self.connectivity.down(trouble, &format!("{}: {error}", current.label));
+                    node += 1;
+                    if node % nodes.len() == 0 && !self.pause(&mut delay, &cancel).await {
                         break;
                     }
-                    tracing::warn!(
-                        destination = "rabbitmq",
-                        "lost the RabbitMQ connection; reconnecting"
-                    );
-                    self.link.store(None);
+                    continue;
                 }
-                Ok(Err(error)) => {
-                    tracing::warn!(destination = "rabbitmq", %error, retry_in_ms = delay.as_millis() as u64, "cannot connect to RabbitMQ");
-                }
-                Err(_) => {
-                    tracing::warn!(destination = "rabbitmq", "RabbitMQ connect timed out");
-                }
+            };
+            self.connectivity.up(&current.label);
+            delay = RECONNECT_MIN;
+            self.link.store(Some(Arc::clone(&link)));
+            connected.notify_waiters();
+            let lost = match watch(&link.connection, &cancel, &self.reconfigured).await {
+                Ended::Cancelled => break, // the link stays for `close`, which ends it cleanly
+                Ended::Lost => true,
+                Ended::Reconfigured => false,
+            };
+            self.link.store(None);
+            if lost {
+                let error = format!("{}: connection lost", current.label);
+                self.connectivity.down(Trouble::Network, &error);
+            } else {
+                tracing::info!(
+                    destination = "rabbitmq",
+                    "connection settings changed; reconnecting with the new ones"
+                );
+                node = 0;
+                // Publishes in flight on the old connection keep it until they are confirmed
+                // (or time out and are retried); then it is closed.
+                let grace = self.confirm_timeout;
+                self.runtime.spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    close_link(&link, grace).await;
+                });
             }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    /// Waits `delay` (doubling it for next time) or until the settings change; false on
+    /// cancel.
+    async fn pause(&self, delay: &mut Duration, cancel: &CancellationToken) -> bool {
+        let wait = *delay;
+        *delay = (*delay * 2).min(RECONNECT_MAX);
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = self.reconfigured.notified() => true,
+            _ = tokio::time::sleep(wait) => true,
         }
     }
 
@@ -183,18 +231,33 @@ impl RabbitMqPublisher {
     }
 }
 
-/// Returns when the connection is gone (or on cancel). Channels the broker closed (e.g.
-/// after a publish to a missing exchange) are dropped as they are found and replaced on
-/// demand.
-async fn watch(conn: &Connection, cancel: &CancellationToken) {
+/// Returns when the connection is gone, the settings changed, or on cancel. Channels the
+/// broker closed (e.g. after a publish to a missing exchange) are dropped as they are found
+/// and replaced on demand.
+async fn watch(conn: &Connection, cancel: &CancellationToken, reconfigured: &Notify) -> Ended {
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return Ended::Cancelled,
+            _ = reconfigured.notified() => return Ended::Reconfigured,
             _ = tokio::time::sleep(WATCH_INTERVAL) => {}
         }
         if !conn.status().connected() {
-            return;
+            return Ended::Lost;
         }
+    }
+}
+
+/// Closes a connection's channels, then the connection (closing the connection under open
+/// channels makes lapin log an error for a normal close).
+async fn close_link(link: &Link, deadline: Duration) {
+    let channels = link.pool.drain();
+    let closing = futures_util::future::join_all(
+        channels.iter().map(|c| c.close(200, "orchestron closing".into())),
+    );
+    let _ = tokio::time::timeout(deadline, closing).await;
+    let closing = link.connection.close(200, "orchestron closing".into());
+    if tokio::time::timeout(deadline, closing).await.is_err() {
+        tracing::warn!(destination = "rabbitmq", "RabbitMQ close timed out");
     }
 }
 
@@ -215,6 +278,17 @@ impl Publisher for RabbitMqPublisher {
 
     fn reload(&self, brokers: &crate::config::BrokersConfig) {
         let Some(config) = &brokers.rabbitmq else { return };
+        match Settings::from_config(config) {
+            Ok(settings) if settings.fingerprint != self.settings.load().fingerprint => {
+                self.settings.store(Arc::new(settings));
+                self.reconfigured.notify_one();
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(
+                destination = "rabbitmq", %error,
+                "the reloaded connection settings do not load; keeping the previous ones"
+            ),
+        }
         let wanted = &config.declare.exchanges;
         if **self.exchanges.load() == *wanted {
             return;
@@ -251,32 +325,42 @@ impl Publisher for RabbitMqPublisher {
         self.link.load().as_ref().is_some_and(|l| l.connection.status().connected())
     }
 
+    fn health(&self) -> Health {
+        let mut health = self.connectivity.health();
+        health.connected &= self.is_connected();
+        health
+    }
+
     fn close(&self, deadline: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let Some(link) = self.link.swap(None) else { return };
-            // Channels first: closing the connection under open channels makes lapin log an
-            // error for a normal shutdown.
-            let channels = link.pool.drain();
-            let closing = futures_util::future::join_all(
-                channels.iter().map(|c| c.close(200, "orchestron shutting down".into())),
-            );
-            let _ = tokio::time::timeout(deadline, closing).await;
-            let closing = link.connection.close(200, "orchestron shutting down".into());
-            if tokio::time::timeout(deadline, closing).await.is_err() {
-                tracing::warn!(destination = "rabbitmq", "RabbitMQ close timed out");
+            if let Some(link) = self.link.swap(None) {
+                close_link(&link, deadline).await;
             }
         })
     }
 }
 
-async fn connect(url: &str, exchanges: &[ExchangeConfig]) -> lapin::Result<Link> {
+/// Connects to `node`, declares the exchanges and keeps the first confirm channel.
+async fn connect(
+    settings: &Settings,
+    node: &connect::Node,
+    exchanges: &[ExchangeConfig],
+) -> Result<Link, (Trouble, String)> {
     let properties = ConnectionProperties::default().with_connection_name("orchestron".into());
-    let conn = Connection::connect(url, properties).await?;
-    let channel = open_confirm_channel(&conn).await?;
-    declare(&channel, exchanges).await?;
-    let pool = Arc::new(Pool::default());
-    pool.give_back(channel);
-    Ok(Link { connection: conn, pool })
+    let conn = settings.connect(node, properties).await?;
+    let ready = async {
+        let channel = open_confirm_channel(&conn).await?;
+        declare(&channel, exchanges).await?;
+        lapin::Result::Ok(channel)
+    };
+    match ready.await {
+        Ok(channel) => {
+            let pool = Arc::new(Pool::default());
+            pool.give_back(channel);
+            Ok(Link { connection: conn, pool })
+        }
+        Err(error) => Err(connect::classify(&error, "")),
+    }
 }
 
 async fn declare(channel: &Channel, exchanges: &[ExchangeConfig]) -> lapin::Result<()> {
