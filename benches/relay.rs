@@ -36,6 +36,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::stunnel::{Stunnel, TlsTansu};
 use common::{
     cpu_ticks, env_or, free_port, median, start_daemon, stop_daemon, wait_ok, wait_ready,
 };
@@ -60,57 +61,32 @@ const KEY: &str = "bench-key";
 const STEADY: &str = "relay, steady drain";
 const ARMS: [&str; 4] = ["lapin-one-channel", "lapin-same-message", "relay", "relay-tls"];
 
-/// `stunnel4` accepting TLS on a port of its own in front of `upstream`, with a certificate
-/// for `localhost` signed by a CA made for the run (written to `ca.pem` in its directory).
-struct Tunnel {
-    port: u16,
+/// A certificate for `localhost` and the CA that signed it, made for the run; the CA is
+/// written to `ca.pem` for the daemon and the clients to trust.
+struct RunCa {
+    cert: String,
+    key: String,
     ca: std::path::PathBuf,
-    child: std::process::Child,
     _dir: tempfile::TempDir,
 }
 
-impl Tunnel {
-    fn start(upstream: &str) -> Tunnel {
+impl RunCa {
+    fn new() -> RunCa {
         let dir = tempfile::tempdir().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca =
-            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer =
+            rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
                 .unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
             .unwrap()
-            .signed_by(&key, &ca)
+            .signed_by(&key, &issuer)
             .unwrap();
-        let path = |name: &str| dir.path().join(name);
-        std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(path("cert.pem"), format!("{}{}", leaf.pem(), ca.pem())).unwrap();
-        std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
-        let port = free_port();
-        let conf = format!(
-            "foreground = yes\npid =\ndebug = warning\n[tls]\naccept = 127.0.0.1:{port}\n\
-             connect = {upstream}\ncert = {}\nkey = {}\n",
-            path("cert.pem").display(),
-            path("key.pem").display()
-        );
-        std::fs::write(path("stunnel.conf"), conf).unwrap();
-        let child = std::process::Command::new("stunnel4")
-            .arg(path("stunnel.conf"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("stunnel4 (Debian package stunnel4)");
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Tunnel { port, ca: path("ca.pem"), child, _dir: dir }
-    }
-}
-
-impl Drop for Tunnel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, issuer.pem()).unwrap();
+        let cert = format!("{}{}", leaf.pem(), issuer.pem());
+        RunCa { cert, key: key.serialize_pem(), ca, _dir: dir }
     }
 }
 
@@ -349,7 +325,8 @@ async fn run() {
     let window: usize = env_or("ORCHESTRON_BENCH_WINDOW", 256);
     let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
     let broker = Broker::setup().await;
-    let tunnel = Tunnel::start("127.0.0.1:5672");
+    let certs = RunCa::new();
+    let tunnel = Stunnel::start("127.0.0.1:5672", &certs.cert, &certs.key, None);
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); ARMS.len()];
     let mut steady = Vec::new();
     // ORCHESTRON_BENCH_ARMS=relay runs a subset (e.g. under a profiler).
@@ -375,7 +352,7 @@ async fn run() {
                         format!(
                             "{{ rabbitmq: {{ url: \"{url}\", max_unconfirmed: {window}, \
                              tls: {{ ca: {} }} }} }}",
-                            tunnel.ca.display()
+                            certs.ca.display()
                         )
                     } else {
                         rabbitmq(AMQP_URL)
@@ -519,10 +496,11 @@ async fn run_kafka() {
     let n: usize = env_or("ORCHESTRON_BENCH_EVENTS", 20_000);
     let repeats: usize = env_or("ORCHESTRON_BENCH_REPEATS", 3);
     let arms = ["rdkafka", "rdkafka-windowed", "relay", "relay-tls"];
-    let tls = TlsKafka::start();
+    let certs = RunCa::new();
+    let tls = TlsTansu::start(&certs.cert, &certs.key);
     let tls_settings = vec![
         ("security.protocol".to_owned(), "SSL".to_owned()),
-        ("ssl.ca.location".to_owned(), tls.tunnel.ca.display().to_string()),
+        ("ssl.ca.location".to_owned(), certs.ca.display().to_string()),
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     let mut steady = Vec::new();
@@ -546,7 +524,7 @@ async fn run_kafka() {
                 let up = if *arm == "relay-tls" {
                     format!(
                         "{{ kafka: {{ bootstrap_servers: \"{bootstrap}\", tls: {{ ca: {} }} }} }}",
-                        tls.tunnel.ca.display()
+                        certs.ca.display()
                     )
                 } else {
                     kafka(KAFKA)
@@ -567,42 +545,6 @@ async fn run_kafka() {
     let title = format!("{n} records of ~1 KiB, idempotent producer, acks=all");
     report(&title, &[&arms[..], &[STEADY]].concat(), &results, 2);
     ratio("relay-tls ÷ relay", &results[3], &results[2]);
-}
-
-/// A tansu of the bench's own, advertised behind `stunnel4` (it does not terminate TLS).
-struct TlsKafka {
-    tunnel: Tunnel,
-    child: std::process::Child,
-}
-
-impl TlsKafka {
-    fn start() -> TlsKafka {
-        let plain = free_port();
-        let tunnel = Tunnel::start(&format!("127.0.0.1:{plain}"));
-        let child = std::process::Command::new("tansu")
-            .args(["broker", "--storage-engine", &format!("memory://tansu-{plain}/")])
-            .args(["--listener-url", &format!("tcp://127.0.0.1:{plain}")])
-            .args(["--advertised-listener-url", &format!("tcp://localhost:{}", tunnel.port)])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tansu");
-        while std::net::TcpStream::connect(("127.0.0.1", plain)).is_err() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        TlsKafka { tunnel, child }
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("localhost:{}", self.tunnel.port)
-    }
-}
-
-impl Drop for TlsKafka {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn main() {

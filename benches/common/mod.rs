@@ -17,6 +17,8 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[path = "../../tests/support/ports.rs"]
 mod ports;
+#[path = "../../tests/support/stunnel.rs"]
+pub mod stunnel;
 pub use ports::free_port;
 
 pub fn start_daemon(config: &Path) -> Child {

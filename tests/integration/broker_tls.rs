@@ -12,58 +12,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::certs::{Leaf, TestCa};
+use crate::helpers::stunnel::{Stunnel, TlsTansu};
 use crate::helpers::{AMQP_URL, RabbitQueue, TestApp, free_port, unique};
 
-/// `stunnel4` accepting TLS on a port of its own and forwarding in plain to `upstream`.
-pub struct Stunnel {
-    pub port: u16,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Stunnel {
-    /// TLS with `server` (certificate chain and key); with `client_ca`, a client certificate
-    /// that CA signed is required.
-    pub fn start(upstream: &str, server: &Leaf, client_ca: Option<&str>) -> Stunnel {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        std::fs::write(dir.path().join("cert.pem"), &server.cert).unwrap();
-        std::fs::write(dir.path().join("key.pem"), &server.key).unwrap();
-        let mut conf = format!(
-            "foreground = yes\npid =\ndebug = warning\n[tls]\naccept = 127.0.0.1:{port}\n\
-             connect = {upstream}\ncert = {}\nkey = {}\n",
-            dir.path().join("cert.pem").display(),
-            dir.path().join("key.pem").display()
-        );
-        if let Some(ca) = client_ca {
-            std::fs::write(dir.path().join("client-ca.pem"), ca).unwrap();
-            let ca_file = dir.path().join("client-ca.pem");
-            conf.push_str(&format!(
-                "CAfile = {}\nverifyChain = yes\nrequireCert = yes\n",
-                ca_file.display()
-            ));
-        }
-        std::fs::write(dir.path().join("stunnel.conf"), conf).unwrap();
-        let child = Command::new("stunnel4")
-            .arg(dir.path().join("stunnel.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("stunnel4 (Debian package stunnel4; scripts/test installs it)");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "stunnel4 did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Stunnel { port, child, _dir: dir }
-    }
-}
-
-impl Drop for Stunnel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// [`Stunnel::start`] with a [`Leaf`].
+fn tunnel(upstream: &str, server: &Leaf, client_ca: Option<&str>) -> Stunnel {
+    Stunnel::start(upstream, &server.cert, &server.key, client_ca)
 }
 
 /// Writes `text` to `path` by a rename, as certificate tooling does.
@@ -124,11 +78,8 @@ fn tls_lines(ca: &Path, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_over_tls_refuses_a_wrong_ca_then_delivers_after_a_reload() {
     let (ca, other_ca) = (TestCa::new(), TestCa::new());
-    let tunnel = Stunnel::start(
-        "127.0.0.1:5672",
-        &ca.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "rabbit", false),
-        None,
-    );
+    let tunnel =
+        tunnel("127.0.0.1:5672", &ca.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "rabbit", false), None);
     let exchange = unique("tls");
     let mut queue = RabbitQueue::bind(&exchange, "#").await;
     let files = tempfile::tempdir().unwrap();
@@ -180,7 +131,7 @@ async fn rabbitmq_verifies_the_broker_name_and_takes_a_server_name_override() {
         vec!["rabbit.internal".into()],
         false,
     );
-    let tunnel = Stunnel::start("127.0.0.1:5672", &leaf, None);
+    let tunnel = tunnel("127.0.0.1:5672", &leaf, None);
     let exchange = unique("tls-name");
     let mut queue = RabbitQueue::bind(&exchange, "#").await;
     let files = tempfile::tempdir().unwrap();
@@ -211,7 +162,7 @@ async fn rabbitmq_verifies_the_broker_name_and_takes_a_server_name_override() {
 async fn rabbitmq_client_certificates_are_presented_for_mutual_tls() {
     let (server_ca, client_ca) = (TestCa::new(), TestCa::new());
     let server = server_ca.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "rabbit", false);
-    let tunnel = Stunnel::start("127.0.0.1:5672", &server, Some(&client_ca.pem()));
+    let tunnel = tunnel("127.0.0.1:5672", &server, Some(&client_ca.pem()));
     let exchange = unique("mtls");
     let mut queue = RabbitQueue::bind(&exchange, "#").await;
     let files = tempfile::tempdir().unwrap();
@@ -267,16 +218,8 @@ async fn rabbitmq_fails_over_to_the_next_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_endpoint_and_ca_change_by_reload_under_load_loses_nothing() {
     let (ca_a, ca_b) = (TestCa::new(), TestCa::new());
-    let a = Stunnel::start(
-        "127.0.0.1:5672",
-        &ca_a.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "a", false),
-        None,
-    );
-    let b = Stunnel::start(
-        "127.0.0.1:5672",
-        &ca_b.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "b", false),
-        None,
-    );
+    let a = tunnel("127.0.0.1:5672", &ca_a.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "a", false), None);
+    let b = tunnel("127.0.0.1:5672", &ca_b.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "b", false), None);
     let exchange = unique("rotate");
     let mut queue = RabbitQueue::bind(&exchange, "#").await;
     let files = tempfile::tempdir().unwrap();
@@ -323,49 +266,11 @@ async fn a_tls_endpoint_and_ca_change_by_reload_under_load_loses_nothing() {
     app.stop().await;
 }
 
-/// A tansu broker of this test's own, advertised behind `stunnel4` on `tls_port`.
-struct TlsTansu {
-    child: Child,
-    tunnel: Stunnel,
-}
-
-impl TlsTansu {
-    fn start(server: &Leaf) -> TlsTansu {
-        let plain = free_port();
-        // stunnel listens on the port tansu advertises, so clients come back through it.
-        let tunnel = Stunnel::start(&format!("127.0.0.1:{plain}"), server, None);
-        let child = Command::new("tansu")
-            .args(["broker", "--storage-engine", &format!("memory://tansu-{plain}/")])
-            .args(["--listener-url", &format!("tcp://127.0.0.1:{plain}")])
-            .args(["--advertised-listener-url", &format!("tcp://localhost:{}", tunnel.port)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu (scripts/test installs it)");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", plain)).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(20), "tansu did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        TlsTansu { child, tunnel }
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("localhost:{}", self.tunnel.port)
-    }
-}
-
-impl Drop for TlsTansu {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_over_tls_refuses_a_wrong_ca_then_delivers_after_a_reload() {
     let (ca, other_ca) = (TestCa::new(), TestCa::new());
-    let broker = TlsTansu::start(&ca.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "kafka", false));
+    let leaf = ca.leaf(&rcgen::PKCS_ECDSA_P256_SHA256, "kafka", false);
+    let broker = TlsTansu::start(&leaf.cert, &leaf.key);
     let topic = unique("tls-topic");
     let files = tempfile::tempdir().unwrap();
     let right_ca = files.path().join("right-ca.pem");

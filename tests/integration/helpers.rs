@@ -44,6 +44,8 @@ pub fn write_binary_config(
 
 #[path = "../support/ports.rs"]
 mod ports;
+#[path = "../support/stunnel.rs"]
+pub mod stunnel;
 pub use ports::free_port;
 
 /// A unique name for this test's exchange, queue or topic.
