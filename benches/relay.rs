@@ -28,7 +28,8 @@
 //! Arms interleave, three repeats, medians; each arm checks the queue holds N messages, then
 //! purges it. `ORCHESTRON_BENCH_EVENTS` (N, default 20000), `ORCHESTRON_BENCH_WINDOW` (W,
 //! default 256), `ORCHESTRON_BENCH_REPEATS` (3), `ORCHESTRON_BENCH_ARMS` (a comma-separated
-//! subset), `ORCHESTRON_BENCH_RELAY_CONFIG` (YAML appended to the daemon's config).
+//! subset), `ORCHESTRON_BENCH_RELAY_CONFIG` (YAML appended to the daemon's config),
+//! `ORCHESTRON_BENCH_BINARY` (another build of the daemon, to compare two in one sitting).
 
 mod common;
 
@@ -75,6 +76,8 @@ impl RunCa {
         let dir = tempfile::tempdir().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // OpenSSL (librdkafka) does not build a chain to a CA with an empty subject.
+        params.distinguished_name.push(rcgen::DnType::CommonName, "Orchestron bench CA");
         let issuer =
             rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
                 .unwrap();
@@ -504,8 +507,13 @@ async fn run_kafka() {
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     let mut steady = Vec::new();
+    let chosen = std::env::var("ORCHESTRON_BENCH_ARMS").unwrap_or_default();
+    let wanted = |arm: &str| chosen.is_empty() || chosen.split(',').any(|c| c == arm);
     for repeat in 0..repeats {
         for (arm, samples) in arms.iter().zip(&mut results) {
+            if !wanted(arm) {
+                continue;
+            }
             let (bootstrap, settings) = if *arm == "relay-tls" {
                 (tls.bootstrap(), tls_settings.clone())
             } else {

@@ -21,8 +21,16 @@ mod ports;
 pub mod stunnel;
 pub use ports::free_port;
 
+/// The daemon binary: this build's, or `ORCHESTRON_BENCH_BINARY` (to compare two builds in
+/// one sitting).
+pub fn daemon_binary() -> std::path::PathBuf {
+    std::env::var_os("ORCHESTRON_BENCH_BINARY")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_orchestron").into())
+}
+
 pub fn start_daemon(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_orchestron"))
+    Command::new(daemon_binary())
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "error")
