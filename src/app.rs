@@ -28,6 +28,7 @@ use crate::publish::rabbitmq::RabbitMqPublisher;
 use crate::relay::Relay;
 use crate::server::{self, ServerOptions, bind_listener, tls::TlsState};
 use crate::store::{Store, StoreCloser, StoreError};
+use crate::sync::{Fleet, SyncError};
 use crate::systemd;
 use crate::tasks::Tasks;
 use crate::telemetry::metrics::Metrics;
@@ -45,6 +46,8 @@ pub enum AppError {
     Serve(#[from] std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
+    #[error("fleet sync: {0}")]
+    Sync(#[from] SyncError),
 }
 
 /// The sockets the daemon serves; bound by the caller so that tests can use port 0.
@@ -107,6 +110,7 @@ struct Core {
     metrics: Arc<Metrics>,
     publishers: Publishers,
     tls: Option<Arc<TlsState>>,
+    fleet: Option<Fleet>,
 }
 
 impl App {
@@ -134,7 +138,19 @@ impl App {
             tasks.clone(),
         );
         let relay = tasks.spawn("relay", relay.run(relay_stop.clone()));
-        let core = Core { store, live, metrics, publishers: publishers.clone(), tls };
+        // Heartbeats end with the relay, before the store closes (they read its size).
+        let fleet = match &config.sync {
+            Some(sync) => {
+                let stop = relay_stop.clone();
+                Some(Fleet::start(sync, &store, &tasks, stop, Arc::clone(&metrics)).await?)
+            }
+            None => {
+                // Sync was turned off: a feed kept from before would only grow.
+                store.stop_change_feed().await?;
+                None
+            }
+        };
+        let core = Core { store, live, metrics, publishers: publishers.clone(), tls, fleet };
         let background = CancellationToken::new();
         let http = CancellationToken::new();
         let (ingest_server, admin_server) =
@@ -230,6 +246,7 @@ fn serve(
         live: Arc::clone(&core.live),
         metrics: Arc::clone(&core.metrics),
         max_store_bytes: config.store.max_bytes.as_u64(),
+        fleet: core.fleet.clone(),
     };
     tasks.spawn("outbox backlog gauge", probe.clone().refresh_backlog(background.clone()));
     let reloader = start_reloading(config, core, tasks, background);
@@ -250,6 +267,7 @@ fn serve(
                     live: Arc::clone(&core.live),
                     reloader: reloader.file.clone(),
                 },
+                fleet: core.fleet.clone(),
             };
             let router = admin::router(state)
                 .merge(probe::router(probe.clone(), false))
@@ -261,6 +279,7 @@ fn serve(
         sink: Arc::new(core.store.clone()),
         live: Arc::clone(&core.live),
         metrics: Arc::clone(&core.metrics),
+        fleet_ack: core.fleet.clone().filter(Fleet::acks_with_fleet),
     };
     let router = ingest::router(state).merge(probe::router(probe, !metrics_on_admin));
     let addr = ingest_listener.local_addr()?;

@@ -1,4 +1,5 @@
-//! The operator commands `orchestron dlq ...` and `orchestron outbox stats`.
+//! The operator commands `orchestron dlq ...`, `orchestron outbox stats`,
+//! `orchestron fleet status` and `orchestron sync migrate`.
 //!
 //! They talk to the running daemon's admin API (address and token from the config file,
 //! overridable by flags). With the daemon stopped, `--offline` reads the store file directly,
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::admin::view::{CountView, DlqEntryView, DlqPageView, OutboxView};
+use crate::admin::view::{CountView, DlqEntryView, DlqPageView, FleetView, OutboxView};
 use crate::event::{EventId, now_ms};
 use crate::store::{DlqFilter, ReadOnlyStore};
 
@@ -114,6 +115,18 @@ pub enum OutboxCommand {
     Stats,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum FleetCommand {
+    /// Every instance of the fleet: lease age, epoch, outbox and DLQ sizes, version.
+    Status,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SyncCommand {
+    /// Apply the fleet's schema migrations to the configured PostgreSQL now.
+    Migrate,
+}
+
 /// A message for the operator; the command exits 1 with it.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -196,7 +209,9 @@ impl Backend {
             StatusCode::UNAUTHORIZED => {
                 "the admin API refused the token (401); check admin.token or --token".to_owned()
             }
-            StatusCode::NOT_FOUND => "not found in the dead-letter queue".to_owned(),
+            StatusCode::NOT_FOUND if path.starts_with("/admin/dlq") => {
+                "not found in the dead-letter queue".to_owned()
+            }
             _ => format!("the admin API answered {status}: {message}"),
         }))
     }
@@ -325,6 +340,74 @@ pub async fn outbox(args: &ConnectionArgs, command: &OutboxCommand) -> Result<St
         rows,
     ));
     Ok(out)
+}
+
+/// Runs a `fleet` command (it needs the running daemon) and returns what to print.
+pub async fn fleet(args: &ConnectionArgs, command: &FleetCommand) -> Result<String, CliError> {
+    let FleetCommand::Status = command;
+    let backend = Backend::new(args)?;
+    let view: FleetView = backend.call(Method::GET, "/admin/fleet", &[]).await?;
+    if args.json {
+        return Ok(to_json(&view));
+    }
+    let sync = &view.sync;
+    let mut out = format!(
+        "this instance: {} (epoch {}, {}{}; replication lag {} changes, {:.1} s)\n",
+        view.instance_id,
+        sync.epoch,
+        if sync.connected { "connected" } else { "PostgreSQL unreachable" },
+        if sync.lease_lapsed { ", lease lapsed" } else { "" },
+        sync.lag_events,
+        sync.lag_seconds,
+    );
+    let rows = view
+        .instances
+        .iter()
+        .map(|m| {
+            vec![
+                m.instance_id.clone(),
+                if m.live { "live".into() } else { "expired".into() },
+                format!("{:.1} s", m.lease_age_seconds),
+                m.epoch.to_string(),
+                m.pending_events.to_string(),
+                m.dlq_entries.to_string(),
+                m.sync_lag_events.to_string(),
+                m.version.clone(),
+                m.started_at.clone(),
+            ]
+        })
+        .collect();
+    let headers = [
+        "INSTANCE",
+        "LEASE",
+        "LAST HEARTBEAT",
+        "EPOCH",
+        "PENDING",
+        "DLQ",
+        "SYNC LAG",
+        "VERSION",
+        "STARTED",
+    ];
+    out.push_str(&table(&headers, rows));
+    Ok(out)
+}
+
+/// Runs a `sync` command and returns what to print.
+pub async fn sync(config: &std::path::Path, command: &SyncCommand) -> Result<String, CliError> {
+    let SyncCommand::Migrate = command;
+    let config = crate::config::load(config)
+        .map_err(|e| CliError(format!("cannot read the config: {e}")))?;
+    let sync =
+        config.sync.as_ref().ok_or_else(|| CliError("the config has no sync: section".into()))?;
+    let applied = crate::sync::migrate_now(sync).await.map_err(|e| CliError(e.to_string()))?;
+    let latest = crate::sync::migrations::latest();
+    Ok(match applied.as_slice() {
+        [] => format!("schema {} is current (version {latest})", sync.postgres.schema),
+        versions => format!(
+            "schema {}: applied {versions:?}; now at version {latest}",
+            sync.postgres.schema
+        ),
+    })
 }
 
 fn dlq_table(page: &DlqPageView) -> String {

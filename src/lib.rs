@@ -43,6 +43,7 @@ pub mod routing;
 pub mod server;
 pub mod sources;
 pub mod store;
+pub mod sync;
 pub mod systemd;
 pub mod tasks;
 pub mod telemetry;

@@ -48,6 +48,21 @@ enum Command {
         #[command(subcommand)]
         command: cli::OutboxCommand,
     },
+    /// The fleet of instances sharing one PostgreSQL (`sync:`).
+    Fleet {
+        #[command(flatten)]
+        connection: cli::ConnectionArgs,
+        #[command(subcommand)]
+        command: cli::FleetCommand,
+    },
+    /// The fleet's PostgreSQL schema.
+    Sync {
+        /// Config file (YAML), whose `sync:` section names the database.
+        #[arg(long, short, global = true, default_value = "/etc/orchestron/config.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: cli::SyncCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,6 +76,12 @@ fn main() -> ExitCode {
         }
         Command::Outbox { connection, command } => {
             operator(async move { cli::outbox(&connection, &command).await })
+        }
+        Command::Fleet { connection, command } => {
+            operator(async move { cli::fleet(&connection, &command).await })
+        }
+        Command::Sync { config, command } => {
+            operator(async move { cli::sync(&config, &command).await })
         }
     };
     match result {

@@ -34,6 +34,8 @@ pub struct AdminState {
     pub token: Secret,
     pub config_status: crate::live::SharedStatus,
     pub schemas: schemas::SchemaAdmin,
+    /// This instance in the fleet, with `sync` configured.
+    pub fleet: Option<crate::sync::Fleet>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -44,6 +46,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/dlq/{event_id}/replay", post(replay_one))
         .route("/admin/outbox", get(outbox))
         .route("/admin/config", get(config_status))
+        .route("/admin/fleet", get(fleet))
         .route("/admin/schemas", get(schemas::list))
         .route("/admin/schemas/{event_type}", put(schemas::put))
         .fallback(|| async { AdminError::NotFound })
@@ -75,6 +78,10 @@ enum AdminError {
     BadRequest(String),
     #[error("store unavailable")]
     Store(#[from] StoreError),
+    #[error("fleet sync is not configured (no sync: section)")]
+    NoFleet,
+    #[error("the fleet database is unavailable")]
+    Fleet(#[from] crate::sync::SyncError),
 }
 
 impl IntoResponse for AdminError {
@@ -85,6 +92,11 @@ impl IntoResponse for AdminError {
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::Store(e) => {
                 tracing::error!(error = %e, "admin request failed in the store");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            AdminError::NoFleet => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::Fleet(e) => {
+                tracing::warn!(error = %e, "fleet view: PostgreSQL unavailable");
                 (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
             }
         };
@@ -219,6 +231,16 @@ async fn purge(
 
 async fn config_status(State(state): State<AdminState>) -> Json<crate::live::ConfigStatus> {
     Json(state.config_status.lock().expect("config status lock").clone())
+}
+
+async fn fleet(State(state): State<AdminState>) -> Result<Json<view::FleetView>, AdminError> {
+    let fleet = state.fleet.as_ref().ok_or(AdminError::NoFleet)?;
+    let instances = fleet.members().await?;
+    Ok(Json(view::FleetView {
+        instance_id: fleet.instance_id().to_owned(),
+        sync: fleet.status(),
+        instances,
+    }))
 }
 
 async fn outbox(State(state): State<AdminState>) -> Result<Json<OutboxView>, AdminError> {

@@ -30,6 +30,9 @@ pub struct Probe {
     pub live: Arc<ArcSwap<LiveConfig>>,
     pub metrics: Arc<Metrics>,
     pub max_store_bytes: u64,
+    /// This instance in the fleet, with `sync` configured: its state is in `/ready`'s body
+    /// (not a failure: the instance works on alone while PostgreSQL is down).
+    pub fleet: Option<crate::sync::Fleet>,
 }
 
 /// `/ready`, and `/metrics` when `with_metrics`.
@@ -51,6 +54,10 @@ impl Probe {
         }
         if self.store.is_short_of_disk() {
             failing.push("store_disk_space");
+        }
+        // With `ack: fleet` a 202 needs PostgreSQL: without it, ingest answers 503.
+        if self.fleet.as_ref().is_some_and(|f| f.acks_with_fleet() && !f.status().connected) {
+            failing.push("sync");
         }
         for broker in self.live.load().routes.brokers_used() {
             if !self.publishers.get(broker).is_some_and(|p| p.is_connected()) {
@@ -90,10 +97,15 @@ async fn ready(State(probe): State<Probe>) -> Response {
         .into_iter()
         .filter_map(|b| probe.publishers.get(b).map(|p| (b.as_str().to_owned(), json!(p.health()))))
         .collect();
+    let mut body = json!({ "status": "ready", "brokers": brokers });
+    if let Some(fleet) = &probe.fleet {
+        body["sync"] = json!(fleet.status());
+    }
     if failing.is_empty() {
-        Json(json!({ "status": "ready", "brokers": brokers })).into_response()
+        Json(body).into_response()
     } else {
-        let body = json!({ "status": "not_ready", "failing": failing, "brokers": brokers });
+        body["status"] = json!("not_ready");
+        body["failing"] = json!(failing);
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }

@@ -118,6 +118,14 @@ impl From<OutboxStats> for OutboxView {
     }
 }
 
+/// `GET /admin/fleet`: this instance's sync, and every instance the database knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetView {
+    pub instance_id: String,
+    pub sync: crate::sync::SyncStatus,
+    pub instances: Vec<crate::sync::Member>,
+}
+
 /// Answer of bulk operations.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CountView {

@@ -79,6 +79,24 @@ impl Config {
         {
             problem("dlq.publish_to", &message);
         }
+        if let Some(sync) = &self.sync {
+            if sync.lease.get() < std::time::Duration::from_secs(3) {
+                problem("sync.lease", "must be at least 3s (the heartbeat renews it every third)");
+            }
+            if !is_identifier(&sync.postgres.schema) {
+                let message = "must be a lowercase SQL identifier ([a-z_][a-z0-9_]*)";
+                problem("sync.postgres.schema", message);
+            }
+            if let Err(message) = sync.postgres.connection_url() {
+                problem("sync.postgres.url", &message);
+            }
+            if sync.ack_timeout.get() < std::time::Duration::from_millis(100) {
+                problem("sync.ack_timeout", "must be at least 100ms");
+            }
+            if sync.instance_id.as_deref().is_some_and(|id| SourceName::parse(id).is_err()) {
+                problem("sync.instance_id", "must be 1 to 128 of A-Z a-z 0-9 . _ - :");
+            }
+        }
         problems
     }
 
@@ -175,6 +193,14 @@ impl SourceConfig {
 
 fn is_header_name(name: &str) -> bool {
     axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+}
+
+/// A schema name that needs no quoting: `[a-z_][a-z0-9_]*`, at most 63 bytes.
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 63
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 fn is_pointer(pointer: &str) -> bool {

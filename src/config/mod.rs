@@ -17,6 +17,7 @@ mod secret;
 mod server;
 mod sources;
 mod store;
+mod sync;
 mod units;
 
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ pub use sources::{
     SourceConfig, SourcesConfig, ValueFrom, VerifyConfig,
 };
 pub use store::StoreConfig;
+pub use sync::{AckMode, PostgresConfig, SyncConfig};
 pub use units::HumanDuration;
 
 #[derive(Debug, Deserialize)]
@@ -67,6 +69,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Fleet sync over PostgreSQL; absent: this instance stands alone.
+    #[serde(default)]
+    pub sync: Option<SyncConfig>,
     /// SHA-256 (hex, first 16 digits) of the file text and the overrides applied: which
     /// configuration is running (the `orchestron_config_info` metric).
     #[serde(skip)]

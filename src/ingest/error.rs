@@ -39,6 +39,9 @@ pub enum IngestError {
     Unroutable,
     #[error("cannot accept events now: {0}")]
     Store(#[from] StoreError),
+    /// `sync.ack: fleet` and PostgreSQL did not commit the event in time.
+    #[error("the event is not committed in PostgreSQL: {0}")]
+    NotReplicated(String),
 }
 
 impl IngestError {
@@ -56,7 +59,9 @@ impl IngestError {
             IngestError::SchemaViolation(_) | IngestError::Unroutable => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            IngestError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Store(_) | IngestError::NotReplicated(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -77,6 +82,7 @@ impl IngestError {
             IngestError::Store(StoreError::QuotaExceeded) => "store_full",
             IngestError::Store(StoreError::DiskFull { .. }) => "disk_full",
             IngestError::Store(_) => "unavailable",
+            IngestError::NotReplicated(_) => "sync_unavailable",
         }
     }
 
@@ -97,6 +103,7 @@ impl IngestError {
             IngestError::Store(StoreError::QuotaExceeded) => "store_full",
             IngestError::Store(StoreError::DiskFull { .. }) => "disk_full",
             IngestError::Store(_) => "unavailable",
+            IngestError::NotReplicated(_) => "sync_unavailable",
         }
     }
 
@@ -111,6 +118,9 @@ impl IngestError {
                 "the disk holding the outbox is nearly full; retry later".to_owned()
             }
             IngestError::Store(_) => "the event store is unavailable; retry later".to_owned(),
+            IngestError::NotReplicated(_) => {
+                "the fleet database did not confirm the event in time; retry later".to_owned()
+            }
             other => other.to_string(),
         }
     }
@@ -121,7 +131,7 @@ impl IngestError {
             IngestError::Store(StoreError::QuotaExceeded | StoreError::DiskFull { .. }) => {
                 Some(Duration::from_secs(30))
             }
-            IngestError::Store(_) => Some(Duration::from_secs(5)),
+            IngestError::Store(_) | IngestError::NotReplicated(_) => Some(Duration::from_secs(5)),
             _ => None,
         }
     }

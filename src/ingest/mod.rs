@@ -34,6 +34,7 @@ use crate::routing::Body as EventBody;
 use crate::server::client_cert::ClientSubject;
 use crate::sources::Source;
 use crate::store::{Appended, IdempotencyKey, Store, StoreError};
+use crate::sync::Fleet;
 use crate::telemetry::metrics::{Metrics, status_class};
 
 /// Where accepted events go: the store in the daemon. The seam exists so that benchmarks can
@@ -64,6 +65,8 @@ pub struct IngestState {
     /// One snapshot is loaded per request and used from start to end.
     pub live: Arc<ArcSwap<LiveConfig>>,
     pub metrics: Arc<Metrics>,
+    /// With `sync.ack: fleet`: a 202 also waits for PostgreSQL's commit.
+    pub fleet_ack: Option<Fleet>,
 }
 
 pub fn router(state: IngestState) -> Router {
@@ -178,6 +181,9 @@ async fn respond(
                 IngestError::Store(cause) => {
                     tracing::warn!(source = %label, %cause, "event refused: store cannot accept");
                 }
+                IngestError::NotReplicated(cause) => {
+                    tracing::warn!(source = %label, %cause, "event answered 503 (ack: fleet)");
+                }
                 other => tracing::info!(
                     source = %label,
                     status = other.status().as_u16(),
@@ -255,6 +261,11 @@ async fn accept(
             .with_headers(kept);
     let appended = state.sink.append(event, key).await?;
     if let Appended::Accepted(id) = appended {
+        if let Some(fleet) = &state.fleet_ack {
+            // Durable here, not yet in PostgreSQL: the sender must not take it as fleet-safe.
+            // The event stays in the outbox and is delivered all the same.
+            fleet.replicated().await.map_err(|e| IngestError::NotReplicated(e.to_string()))?;
+        }
         tracing::debug!(event_id = %id, source = %source.name.as_str(), "event accepted");
     }
     Ok(Answer::Stored(appended, size))

@@ -108,6 +108,7 @@ fn restart_only(c: &Config) -> Vec<(&'static str, String)> {
         ("metrics", format!("{:?}", c.metrics)),
         ("log", format!("{:?}", c.log)),
         ("dlq", format!("{:?}", c.dlq)),
+        ("sync", format!("{:?}", c.sync)),
     ]
 }
 

@@ -16,6 +16,8 @@
 //! | `dedup`     | (source, key)            | (event id, expiry ms): idempotency keys     |
 //! | `dedup_expiry` | (expiry ms, source, key) | (): which keys to garbage-collect when    |
 //! | `meta`      | name                     | format version, next seq, next dlq seq      |
+//! | `meta_text` | name                     | text: the fleet instance id                 |
+//! | `sync_feed` | change number            | (kind, seq, ms): what changed, for fleet sync ([`feed`]) |
 //!
 //! Lanes: lane 0 holds events not yet routed; a routed event has one entry in the lane of
 //! each broker it still waits for, due at the earliest retry there. The relay claims only the
@@ -24,6 +26,7 @@
 
 mod codec;
 mod error;
+mod feed;
 mod housekeeping;
 mod open;
 #[cfg(test)]
@@ -49,6 +52,7 @@ use crate::telemetry::metrics::Metrics;
 
 pub use codec::DecodeError;
 pub use error::{Result, StoreError};
+pub use feed::{Change, DlqNow, FeedBatch, FeedLag, OutboxNow};
 use open::{Tuning, file_len, open_database, read_counters};
 pub use query::{
     Claim, DestinationBacklog, DlqEntry, DlqFilter, DlqPage, OutboxEntry, OutboxStats,
@@ -67,6 +71,9 @@ const DLQ_IDS: TableDefinition<u128, u64> = TableDefinition::new("dlq_ids");
 const DEDUP: TableDefinition<(&str, &str), (u128, u64)> = TableDefinition::new("dedup");
 const DEDUP_EXPIRY: TableDefinition<(u64, &str, &str), ()> = TableDefinition::new("dedup_expiry");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Text settings of the store itself (the fleet instance id). Added without a format change:
+/// older builds do not read it, and lose nothing by not reading it.
+const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
 
 /// Version of the table layout; a file written by a newer layout is refused, not misread.
 const FORMAT_VERSION: u64 = 2;
@@ -143,6 +150,10 @@ struct Shared {
     file_bytes: AtomicU64,
     /// Woken after every commit that appended events, so an idle relay starts at once.
     appended: Notify,
+    /// Woken after every commit that added change-feed rows.
+    fed: Notify,
+    /// The next change number after the last commit (see [`Store::change_mark`]).
+    change_mark: AtomicU64,
     /// Durable (fsync'd) commits since open.
     durable_commits: AtomicU64,
     /// Events appended since open.
@@ -225,6 +236,8 @@ impl Store {
             healthy: AtomicBool::new(true),
             file_bytes: AtomicU64::new(file_len(&config.path)),
             appended: Notify::new(),
+            fed: Notify::new(),
+            change_mark: AtomicU64::new(counters.next_change),
             durable_commits: AtomicU64::new(0),
             appended_events: AtomicU64::new(0),
             metrics,
@@ -350,6 +363,55 @@ impl Store {
         self.read(move |db| query::claim(db, now_ms, limit, &[lane], &skip)).await
     }
 
+    /// A text setting of the store (`meta_text`), if it is set.
+    pub async fn text(&self, name: &'static str) -> Result<Option<String>> {
+        self.read(move |db| query::text(db, name)).await
+    }
+
+    /// Keeps the change feed from now on ([`feed`]); the first time, every entry already in
+    /// the store is fed too. Durable; a no-op when the feed is on.
+    pub async fn start_change_feed(&self) -> Result<()> {
+        // Checked first, so that a start with the feed on writes nothing (a full disk).
+        if self.read(feed::is_on).await? {
+            return Ok(());
+        }
+        self.call(|reply| Command::StartFeed { reply }).await
+    }
+
+    /// Stops keeping the change feed and drops it (fleet sync is off). Durable.
+    pub async fn stop_change_feed(&self) -> Result<()> {
+        if !self.read(feed::is_on).await? {
+            return Ok(());
+        }
+        self.call(|reply| Command::StopFeed { reply }).await
+    }
+
+    /// Up to `limit` rows of the change feed, with the entries they name as they are now.
+    pub async fn change_feed(&self, limit: usize) -> Result<FeedBatch> {
+        self.read(move |db| feed::batch(db, limit)).await
+    }
+
+    /// Drops the feed rows through `through`: they are replicated. Not durable by itself.
+    pub async fn trim_change_feed(&self, through: u64) -> Result<()> {
+        self.call(|reply| Command::TrimFeed { through, reply }).await
+    }
+
+    /// The next change number after the last commit: every change committed so far is below
+    /// it, so an append that has returned is replicated once the replicator passes it.
+    pub fn change_mark(&self) -> u64 {
+        self.shared.change_mark.load(Ordering::Acquire)
+    }
+
+    /// How far the change feed is behind: O(1).
+    pub async fn change_feed_lag(&self) -> Result<FeedLag> {
+        self.read(feed::lag).await
+    }
+
+    /// Sets a text setting, durably.
+    pub async fn set_text(&self, name: &'static str, value: String) -> Result<()> {
+        self.call(|reply| Command::SetText { name, value, reply }).await
+    }
+
     /// Number of events in the outbox.
     pub async fn pending(&self) -> Result<u64> {
         self.read(query::pending).await
@@ -417,6 +479,12 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Completes when a commit adds change-feed rows (or at once if one did since the last
+    /// call).
+    pub async fn fed(&self) {
+        self.shared.fed.notified().await
     }
 
     /// Completes when a commit appends events (or at once if one did since the last call).

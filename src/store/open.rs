@@ -8,7 +8,7 @@ use redb::{Database, ReadableTable};
 
 use super::{
     DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DUE_V1, EVENTS, FORMAT_VERSION, LANES, META,
-    Medium, Result, StoreError, codec,
+    META_TEXT, Medium, Result, StoreError, codec,
 };
 use crate::delivery::Lane;
 
@@ -68,6 +68,7 @@ pub(super) fn open_database(medium: &Medium, tuning: Tuning) -> Result<Database>
     txn.open_table(DLQ_IDS)?;
     txn.open_table(DEDUP)?;
     txn.open_table(DEDUP_EXPIRY)?;
+    txn.open_table(META_TEXT)?;
     txn.open_table(META)?.insert("format_version", FORMAT_VERSION)?;
     txn.commit()?;
     Ok(db)
@@ -93,6 +94,7 @@ fn is_current(db: &Database) -> Result<bool> {
         txn.open_table(DLQ_IDS).map(drop),
         txn.open_table(DEDUP).map(drop),
         txn.open_table(DEDUP_EXPIRY).map(drop),
+        txn.open_table(META_TEXT).map(drop),
     ];
     for table in tables {
         match table {
@@ -134,6 +136,9 @@ fn migrate_v1(txn: &redb::WriteTransaction) -> Result<()> {
 pub(super) struct Counters {
     pub next_seq: u64,
     pub next_dlq_seq: u64,
+    /// The change feed is kept ([`super::feed`]), and its next change number.
+    pub feed_on: bool,
+    pub next_change: u64,
 }
 
 pub(super) fn read_counters(db: &Database) -> Result<Counters> {
@@ -145,8 +150,8 @@ pub(super) fn read_counters(db: &Database) -> Result<Counters> {
     // max guards against a file whose meta row was lost in some other way.
     let after_last_event = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
     let after_last_dlq = txn.open_table(DLQ)?.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
-    Ok(Counters {
-        next_seq: get("next_seq")?.max(after_last_event),
-        next_dlq_seq: get("next_dlq_seq")?.max(after_last_dlq),
-    })
+    let next_seq = get("next_seq")?.max(after_last_event);
+    let next_dlq_seq = get("next_dlq_seq")?.max(after_last_dlq);
+    let (feed_on, next_change) = super::feed::state(&txn)?;
+    Ok(Counters { next_seq, next_dlq_seq, feed_on, next_change })
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::codec;
-use super::{DELIVERY, DLQ, DLQ_IDS, EVENTS, LANES, Result, StoreError};
+use super::{DELIVERY, DLQ, DLQ_IDS, EVENTS, LANES, META_TEXT, Result, StoreError};
 use crate::delivery::{Delivery, DlqRecord, Lane, Reason};
 use crate::event::{EventId, ValidatedEvent};
 
@@ -109,6 +109,16 @@ pub(super) fn claim(
         }
     }
     Ok(claim)
+}
+
+pub(super) fn text(db: &impl ReadableDatabase, name: &str) -> Result<Option<String>> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(META_TEXT) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(table.get(name)?.map(|v| v.value().to_owned()))
 }
 
 pub(super) fn pending(db: &impl ReadableDatabase) -> Result<u64> {

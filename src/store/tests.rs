@@ -369,3 +369,97 @@ async fn expired_keys_admit_again_and_are_collected() {
     assert!(matches!(third, Appended::Duplicate(_)));
     closer.close().await;
 }
+
+/// The kinds and seqs a feed batch names, with whether each entry still exists.
+fn named(batch: &FeedBatch) -> Vec<(&'static str, u64, bool)> {
+    batch
+        .changes
+        .iter()
+        .map(|c| match c {
+            Change::Reset => ("reset", 0, true),
+            Change::Outbox { seq, now } => ("outbox", *seq, now.is_some()),
+            Change::Dlq { seq, now } => ("dlq", *seq, now.is_some()),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_change_feed_names_every_entry_changed_and_starts_from_the_whole_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    // Off by default: appends write no feed rows (a file of before the feed reads as empty).
+    store.append(event(r#"{"a":0}"#, 1)).await.unwrap();
+    store.append(event(r#"{"a":1}"#, 2)).await.unwrap();
+    assert_eq!(store.change_feed(10).await.unwrap().rows, 0);
+    assert_eq!(store.change_feed_lag().await.unwrap(), FeedLag::default());
+
+    // Started, it feeds what the store already holds, after a reset.
+    store.start_change_feed().await.unwrap();
+    let batch = store.change_feed(10).await.unwrap();
+    assert_eq!(named(&batch), [("reset", 0, true), ("outbox", 0, true), ("outbox", 1, true)]);
+    assert_eq!(batch.through, Some(2));
+    store.start_change_feed().await.unwrap();
+    assert_eq!(store.change_feed(10).await.unwrap().rows, 3, "a second start adds nothing");
+    store.trim_change_feed(2).await.unwrap();
+    let lag = store.change_feed_lag().await.unwrap();
+    assert_eq!((lag.rows, lag.next_change, lag.oldest_change), (0, 3, None));
+
+    // An append, a settlement that routes it, one that dead-letters an event, a delete.
+    store.append(event(r#"{"a":2}"#, 3)).await.unwrap();
+    let mark = store.change_mark();
+    assert_eq!(mark, 4, "the mark passes the append's change once it returned");
+    let claim = store.claim_due(u64::MAX, 10, ALL.to_vec()).await.unwrap();
+    let settle = |e: &OutboxEntry, outcome: Outcome, dead_letter: Option<DlqRecord>| Settlement {
+        seq: e.seq,
+        remove_due: e.claimed.clone(),
+        add_due: Vec::new(),
+        outcome,
+        dead_letter,
+    };
+    let [first, second, third] = &claim.entries[..] else { panic!("{claim:?}") };
+    let routed =
+        Delivery { destinations: vec![DestinationState::new(rabbit(), Default::default())] };
+    store
+        .settle(vec![
+            settle(first, Outcome::Store(routed), None),
+            settle(second, Outcome::Delete, Some(dead(second, Reason::Rejected, rabbit()))),
+            settle(third, Outcome::Delete, None),
+        ])
+        .await
+        .unwrap();
+    let batch = store.change_feed(10).await.unwrap();
+    assert_eq!(
+        named(&batch),
+        [("outbox", 2, false), ("outbox", 0, true), ("outbox", 1, false), ("dlq", 0, true)],
+        "each entry once, as it is now"
+    );
+    let Change::Outbox { now: Some(now), .. } = &batch.changes[1] else { panic!() };
+    assert_eq!(now.delivery.as_ref().unwrap().destinations.len(), 1);
+    assert_eq!(now.event.body().as_ref(), br#"{"a":0}"#);
+    assert!(now.delivery_record.is_some());
+    let lag = store.change_feed_lag().await.unwrap();
+    assert_eq!((lag.rows, lag.oldest_change), (5, Some(3)));
+    assert!(lag.oldest_ms.is_some());
+
+    // Replaying the dead letter removes it and adds an outbox entry.
+    store.trim_change_feed(batch.through.unwrap()).await.unwrap();
+    let dlq_id = second.event.id();
+    assert_eq!(store.dlq_replay(DlqSelector::Id(dlq_id), 10).await.unwrap(), 1);
+    let batch = store.change_feed(10).await.unwrap();
+    assert_eq!(named(&batch), [("outbox", 3, true), ("dlq", 0, false)]);
+
+    // Kept across a restart; stopped, it is dropped and a later start bootstraps again.
+    closer.close().await;
+    drop(store);
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    assert_eq!(store.change_feed(10).await.unwrap().rows, 2);
+    store.append(event(r#"{"a":3}"#, 4)).await.unwrap();
+    assert_eq!(store.change_feed(10).await.unwrap().rows, 3, "still on after the restart");
+    store.stop_change_feed().await.unwrap();
+    store.append(event(r#"{"a":4}"#, 5)).await.unwrap();
+    assert_eq!(store.change_feed(10).await.unwrap().rows, 0);
+    store.start_change_feed().await.unwrap();
+    let batch = store.change_feed(10).await.unwrap();
+    assert_eq!(batch.changes.len(), 1 + 4, "a reset and the four events in the outbox");
+    closer.close().await;
+}

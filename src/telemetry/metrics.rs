@@ -29,6 +29,16 @@ pub struct Metrics {
     /// Registered on first use: absent (not 0) on a daemon without TLS.
     tls_cert_expiry: IntGauge,
     tls_cert_expiry_registered: std::sync::Once,
+    /// Fleet sync metrics: registered by [`Metrics::enable_sync`], absent without `sync`.
+    pub sync_up: IntGauge,
+    pub sync_lease_lapsed: IntGauge,
+    pub sync_heartbeats: IntCounterVec,
+    pub fleet_live_peers: IntGauge,
+    pub sync_lag_events: IntGauge,
+    pub sync_lag_seconds: Gauge,
+    pub sync_replicated: IntCounterVec,
+    pub sync_batches: IntCounterVec,
+    sync_registered: std::sync::Once,
     pub store_batch_events: Histogram,
     pub store_commit_seconds: Histogram,
     pub store_commit_failures: IntCounter,
@@ -82,6 +92,25 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Records the serving certificate's expiry (and from then on exports the gauge).
+    /// Exports the fleet sync metrics (once `sync` is configured).
+    pub fn enable_sync(&self) {
+        self.sync_registered.call_once(|| {
+            let metrics: [Box<dyn prometheus::core::Collector>; 8] = [
+                Box::new(self.sync_up.clone()),
+                Box::new(self.sync_lease_lapsed.clone()),
+                Box::new(self.sync_heartbeats.clone()),
+                Box::new(self.fleet_live_peers.clone()),
+                Box::new(self.sync_lag_events.clone()),
+                Box::new(self.sync_lag_seconds.clone()),
+                Box::new(self.sync_replicated.clone()),
+                Box::new(self.sync_batches.clone()),
+            ];
+            for metric in metrics {
+                self.registry.register(metric).expect("metric names are unique");
+            }
+        });
+    }
+
     pub fn set_tls_cert_expiry(&self, unix_seconds: i64) {
         self.tls_cert_expiry_registered.call_once(|| {
             let gauge = Box::new(self.tls_cert_expiry.clone());
@@ -114,7 +143,7 @@ impl Metrics {
             ingest_rejected: reg!(IntCounterVec::new(
                 opts(
                     "ingest_rejected_total",
-                    "Requests refused, by reason: auth, signature, client_certificate, unknown_source, rate_limited, timeout, media_type, invalid, size, schema, unroutable, store_full, disk_full, unavailable."
+                    "Requests refused, by reason: auth, signature, client_certificate, unknown_source, rate_limited, timeout, media_type, invalid, size, schema, unroutable, store_full, disk_full, unavailable, sync_unavailable."
                 ),
                 &["source", "reason"]
             )),
@@ -169,6 +198,51 @@ impl Metrics {
             ))
             .expect("metric definitions are valid"),
             tls_cert_expiry_registered: std::sync::Once::new(),
+            sync_up: IntGauge::with_opts(opts(
+                "sync_up",
+                "1 while this instance's fleet heartbeat commits in PostgreSQL (within the lease)."
+            ))
+            .expect("metric definitions are valid"),
+            sync_lease_lapsed: IntGauge::with_opts(opts(
+                "sync_lease_lapsed",
+                "1 when no heartbeat committed within sync.lease (by this instance's clock)."
+            ))
+            .expect("metric definitions are valid"),
+            sync_heartbeats: IntCounterVec::new(
+                opts("sync_heartbeats_total", "Fleet heartbeats, by result: ok, failed."),
+                &["result"],
+            )
+            .expect("metric definitions are valid"),
+            fleet_live_peers: IntGauge::with_opts(opts(
+                "fleet_live_peers",
+                "Other instances of the fleet whose lease has not expired (at the last heartbeat)."
+            ))
+            .expect("metric definitions are valid"),
+            sync_lag_events: IntGauge::with_opts(opts(
+                "sync_lag_events",
+                "Changes to outbox and DLQ entries not yet committed in PostgreSQL."
+            ))
+            .expect("metric definitions are valid"),
+            sync_lag_seconds: Gauge::with_opts(opts(
+                "sync_lag_seconds",
+                "Age of the oldest change not yet committed in PostgreSQL (0 when none waits)."
+            ))
+            .expect("metric definitions are valid"),
+            sync_replicated: IntCounterVec::new(
+                opts(
+                    "sync_replicated_total",
+                    "Entries written to PostgreSQL by the replicator, by table (events, dlq) and \
+                     operation (upsert, delete)."
+                ),
+                &["table", "op"],
+            )
+            .expect("metric definitions are valid"),
+            sync_batches: IntCounterVec::new(
+                opts("sync_batches_total", "Replication batches, by result: ok, failed."),
+                &["result"],
+            )
+            .expect("metric definitions are valid"),
+            sync_registered: std::sync::Once::new(),
             store_batch_events: reg!(Histogram::with_opts(hopts(
                 "store_append_batch_events",
                 "Events per durable group commit (events per fsync).",

@@ -536,14 +536,16 @@ async fn brokers_that_stay_down_log_one_line_each() {
     )
     .unwrap();
     let log = dir.path().join("daemon.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestron"))
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = crate::helpers::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_orchestron"))
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     tokio::time::sleep(Duration::from_secs(12)).await;
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let _ = child.wait();

@@ -7,23 +7,24 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::helpers::{AMQP_URL, API_KEY, RabbitQueue, free_port, unique, write_binary_config};
 
-fn start(config: &Path, log: &Path) -> Child {
+fn start(config: &Path, log: &Path) -> crate::helpers::Reaped {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_orchestron"))
+    let child = Command::new(env!("CARGO_BIN_EXE_orchestron"))
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("start the daemon")
+        .expect("start the daemon");
+    crate::helpers::Reaped(child)
 }
 
 async fn wait_ready(client: &reqwest::Client, base: &str) -> Duration {

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::helpers::{API_KEY, Proxy, RabbitQueue, free_port, unique, write_binary_config};
@@ -76,7 +76,7 @@ fn fill(path: &Path) -> u64 {
 }
 
 struct Daemon {
-    child: Child,
+    child: crate::helpers::Reaped,
     base: String,
     log: PathBuf,
 }
@@ -91,6 +91,7 @@ impl Daemon {
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
             .spawn()
             .unwrap();
+        let child = crate::helpers::Reaped(child);
         let daemon = Daemon { child, base: format!("http://127.0.0.1:{port}"), log: log.into() };
         let started = Instant::now();
         let client = reqwest::Client::new();

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::helpers::{AMQP_URL, API_KEY, RabbitQueue, free_port, unique, write_binary_config};
@@ -79,8 +79,8 @@ async fn post_all(client: &reqwest::Client, base: &str, numbers: std::ops::Range
     result
 }
 
-fn start(config: &Path, pipes: &Path, log: &Path) -> Child {
-    Command::new("fiu-run")
+fn start(config: &Path, pipes: &Path, log: &Path) -> crate::helpers::Reaped {
+    let child = Command::new("fiu-run")
         .arg("-x")
         .arg("-f")
         .arg(pipes)
@@ -91,7 +91,8 @@ fn start(config: &Path, pipes: &Path, log: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
-        .expect("fiu-run (Debian package fiu-utils; bash .ci/run installs it)")
+        .expect("fiu-run (Debian package fiu-utils; bash .ci/run installs it)");
+    crate::helpers::Reaped(child)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

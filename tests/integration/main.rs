@@ -12,6 +12,7 @@ mod crash;
 mod disk;
 mod dlq;
 mod faults;
+mod fleet;
 mod helpers;
 mod ingest;
 mod kafka;

@@ -289,6 +289,31 @@ async fn every_documented_operation_answers_as_documented() {
     for c in &last {
         call(&app, &spec, c, &mut seen).await;
     }
+    // The fleet view: 404 without `sync`; from a daemon with it (on its own database), the
+    // fleet and `/ready`'s sync state as documented.
+    let fleet = [
+        case(Method::GET, "/admin/fleet", "/admin/fleet", Auth::Admin),
+        case(Method::GET, "/admin/fleet", "/admin/fleet", Auth::None),
+    ];
+    for c in &fleet {
+        call(&app, &spec, c, &mut seen).await;
+    }
+    let db = crate::fleet::FreshDb::create();
+    let url = db.url(crate::fleet::POSTGRES);
+    let synced =
+        TestApp::spawn(&format!("sync:\n  postgres:\n    url: \"{url}\"\n  lease: 3s\n")).await;
+    let started = Instant::now();
+    loop {
+        let view = call(&synced, &spec, &fleet[0], &mut seen).await;
+        if view["instances"].as_array().is_some_and(|i| !i.is_empty()) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "no fleet view: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready = case(Method::GET, "/ready", "/ready", Auth::None);
+    assert_eq!(call(&synced, &spec, &ready, &mut seen).await["sync"]["connected"], true);
+    synced.stop().await;
 
     // Every documented operation was called, and every documented success was seen.
     for (path, item) in spec["paths"].as_object().unwrap() {

@@ -44,7 +44,7 @@ async fn metric(client: &reqwest::Client, base: &str, series: &str) -> f64 {
 
 /// The real binary on a config file in a temp directory, ingest on `port`, admin on `port + 1`.
 struct Daemon {
-    child: Child,
+    child: crate::helpers::Reaped,
     dir: tempfile::TempDir,
     path: std::path::PathBuf,
     store: std::path::PathBuf,
@@ -85,7 +85,7 @@ impl Daemon {
             assert!(started.elapsed() < Duration::from_secs(20), "daemon did not start");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Daemon { child, dir, path, store, port, base, admin, client }
+        Daemon { child: crate::helpers::Reaped(child), dir, path, store, port, base, admin, client }
     }
 
     /// The config text routing every event to `exchange`.

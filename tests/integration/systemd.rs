@@ -42,14 +42,16 @@ fn ready_is_sent_after_the_listener_accepts_and_stopping_on_sigterm() {
     let port = free_port();
     let config = write_binary_config(dir.path(), port, AMQP_URL, "amq.topic", "");
     let log = dir.path().join("daemon.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_orchestron"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &socket_path)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = crate::helpers::Reaped(
+        Command::new(env!("CARGO_BIN_EXE_orchestron"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("NOTIFY_SOCKET", &socket_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let message = receive(&socket, &mut child, &log);
     assert!(message.lines().any(|l| l == "READY=1"), "{message:?}");
     // At READY the listener is there: a connection succeeds at once.

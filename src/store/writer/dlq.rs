@@ -6,6 +6,7 @@ use redb::{ReadableTable, ReadableTableMetadata, StorageError};
 use super::{Tables, Writer};
 use crate::delivery::{Delivery, DestinationState, DlqRecord, Lane};
 use crate::store::codec;
+use crate::store::feed::FeedKind;
 use crate::store::{DlqSelector, Result, StoreError};
 
 impl Writer {
@@ -31,6 +32,7 @@ impl Writer {
             }
         };
         t.dlq.insert(dlq_seq, codec::encode_dlq(&dead).as_slice())?;
+        t.touched(FeedKind::Dlq, dlq_seq);
         Ok(())
     }
 
@@ -64,6 +66,7 @@ impl Writer {
                 }
                 t.delivery.insert(seq, codec::encode_delivery(&delivery).as_slice())?;
             }
+            t.touched(FeedKind::Outbox, seq);
             remove_dlq(t, dlq_seq, &record)?;
         }
         Ok(n)
@@ -103,6 +106,7 @@ pub(super) fn remove_dlq(
 ) -> Result<(), StorageError> {
     t.dlq.remove(dlq_seq)?;
     t.dlq_ids.remove(record.event.id().as_u128())?;
+    t.touched(FeedKind::Dlq, dlq_seq);
     Ok(())
 }
 

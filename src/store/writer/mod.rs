@@ -21,14 +21,15 @@ mod dlq;
 mod room;
 
 use super::codec;
+use super::feed::{self, FeedKind, Recorder};
 use super::open::{Counters, Tuning, file_len, open_database, read_counters};
 use super::space::Admission;
 use super::{
     Appended, DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS, IdempotencyKey,
-    LANES, META, Outcome, Result, Settlement, Shared, StoreError,
+    LANES, META, META_TEXT, Outcome, Result, Settlement, Shared, StoreError,
 };
 use crate::delivery::{DestinationState, Lane};
-use crate::event::ValidatedEvent;
+use crate::event::{ValidatedEvent, now_ms};
 use dedup::{expire_dedup, first_use};
 use dlq::{expire, remove_dlq, select};
 
@@ -61,6 +62,25 @@ pub(in crate::store) enum Command {
         older_than_ms: Option<u64>,
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// Start the change feed (bootstrapping it from the whole store the first time). Durable.
+    StartFeed {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Stop the change feed and drop its rows. Durable.
+    StopFeed {
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Drop the feed rows through this change number: they are replicated.
+    TrimFeed {
+        through: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Set a text setting of the store (durable).
+    SetText {
+        name: &'static str,
+        value: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Make earlier non-durable commits durable, if there are any.
     FlushIfDirty,
     /// The disk is low: measure the free pages inside the file, and give them back to the
@@ -83,6 +103,7 @@ impl Command {
         !matches!(
             self,
             Command::Settle { .. }
+                | Command::TrimFeed { .. }
                 | Command::FlushIfDirty
                 | Command::TendSpace
                 | Command::ExpireDedup { .. }
@@ -151,6 +172,17 @@ pub(super) struct Tables<'t> {
     dlq_ids: Table<'t, u128, u64>,
     dedup: Table<'t, (&'static str, &'static str), (u128, u64)>,
     dedup_expiry: Table<'t, (u64, &'static str, &'static str), ()>,
+    /// The entries this transaction touched, while the change feed is on.
+    feed: Option<Recorder>,
+}
+
+impl Tables<'_> {
+    /// Notes a change to an outbox or DLQ entry for the change feed (if it is on).
+    fn touched(&mut self, kind: FeedKind, seq: u64) {
+        if let Some(feed) = &mut self.feed {
+            feed.note(kind, seq);
+        }
+    }
 }
 
 impl Writer {
@@ -238,6 +270,12 @@ impl Writer {
                     self.shared.durable_commits.fetch_add(1, Ordering::Relaxed);
                 }
                 self.shared.file_bytes.store(file_len(&self.shared.path), Ordering::Relaxed);
+                if self.counters.next_change > counters_before.next_change {
+                    // Before the replies: a caller that reads the mark after its reply gets
+                    // one past its own change.
+                    self.shared.change_mark.store(self.counters.next_change, Ordering::Release);
+                    self.shared.fed.notify_one();
+                }
                 let appended =
                     pending.into_iter().map(Pending::succeed).filter(|&a| a).count() as u64;
                 if appended > 0 {
@@ -289,7 +327,7 @@ impl Writer {
         batch: Vec<Command>,
         pending: &mut Vec<Pending>,
     ) -> Result<()> {
-        let mut tables = match open_tables(txn) {
+        let mut tables = match open_tables(txn, self.counters.feed_on) {
             Ok(tables) => tables,
             Err(error) => {
                 batch.into_iter().for_each(|c| unapplied(c, pending));
@@ -378,6 +416,31 @@ impl Writer {
                     pending.push(Pending::Count(reply, *expired.as_ref().unwrap_or(&0)));
                     expired.map(drop)
                 }
+                Command::SetText { name, value, reply } => {
+                    pending.push(Pending::Unit(reply));
+                    set_text(txn, name, &value)
+                }
+                Command::StartFeed { reply } => {
+                    pending.push(Pending::Unit(reply));
+                    let next = self.counters.next_change;
+                    let started = feed::start(txn, &tables.events, &tables.dlq, next, now_ms());
+                    started.map(|next| {
+                        self.counters.next_change = next;
+                        self.counters.feed_on = true;
+                        tables.feed.get_or_insert_with(Recorder::new);
+                    })
+                }
+                Command::StopFeed { reply } => {
+                    pending.push(Pending::Unit(reply));
+                    // The feed table is dropped: nothing of this transaction goes into it.
+                    tables.feed = None;
+                    self.counters.feed_on = false;
+                    feed::stop(txn).map(drop)
+                }
+                Command::TrimFeed { through, reply } => {
+                    pending.push(Pending::Unit(reply));
+                    feed::trim(txn, through)
+                }
                 Command::FlushIfDirty | Command::TendSpace => Ok(()),
                 Command::Close { reply } => {
                     pending.push(Pending::Unit(reply));
@@ -392,7 +455,11 @@ impl Writer {
         if let Some(error) = failure {
             return Err(error);
         }
+        let recorder = tables.feed.take();
         drop(tables);
+        if let Some(recorder) = recorder {
+            self.counters.next_change = recorder.write(txn, self.counters.next_change, now_ms())?;
+        }
         let mut meta = txn.open_table(META)?;
         meta.insert("next_seq", self.counters.next_seq)?;
         meta.insert("next_dlq_seq", self.counters.next_dlq_seq)?;
@@ -423,6 +490,9 @@ impl Writer {
             }
             Outcome::Update(updates) => merge_update(t, s.seq, updates)?,
         }
+        if !matches!(s.outcome, Outcome::Keep) {
+            t.touched(FeedKind::Outbox, s.seq);
+        }
         if let Some(dead) = s.dead_letter {
             self.dead_letter(t, dead)?;
         }
@@ -448,6 +518,8 @@ impl Writer {
                     Ok(c) => {
                         self.counters.next_seq = self.counters.next_seq.max(c.next_seq);
                         self.counters.next_dlq_seq = self.counters.next_dlq_seq.max(c.next_dlq_seq);
+                        self.counters.next_change = self.counters.next_change.max(c.next_change);
+                        self.counters.feed_on = c.feed_on;
                     }
                     Err(error) => {
                         tracing::error!(%error, "reopened store is unreadable");
@@ -499,7 +571,7 @@ fn merge_update(t: &mut Tables<'_>, seq: u64, updates: &[(usize, DestinationStat
     Ok(())
 }
 
-fn open_tables(txn: &WriteTransaction) -> Result<Tables<'_>> {
+fn open_tables(txn: &WriteTransaction, feed_on: bool) -> Result<Tables<'_>> {
     Ok(Tables {
         events: txn.open_table(EVENTS)?,
         delivery: txn.open_table(DELIVERY)?,
@@ -508,6 +580,7 @@ fn open_tables(txn: &WriteTransaction) -> Result<Tables<'_>> {
         dlq_ids: txn.open_table(DLQ_IDS)?,
         dedup: txn.open_table(DEDUP)?,
         dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+        feed: feed_on.then(Recorder::new),
     })
 }
 
@@ -517,15 +590,23 @@ fn unapplied(command: Command, pending: &mut Vec<Pending>) {
         Command::Append { reply, event, .. } => {
             pending.push(Pending::Append(reply, Ok(Appended::Accepted(event.id()))))
         }
-        Command::Settle { reply, .. } | Command::Close { reply } => {
-            pending.push(Pending::Unit(reply))
-        }
+        Command::Settle { reply, .. }
+        | Command::Close { reply }
+        | Command::SetText { reply, .. }
+        | Command::StartFeed { reply }
+        | Command::StopFeed { reply }
+        | Command::TrimFeed { reply, .. } => pending.push(Pending::Unit(reply)),
         Command::Replay { reply, .. }
         | Command::DeleteDlq { reply, .. }
         | Command::ExpireDlq { reply, .. }
         | Command::ExpireDedup { reply, .. } => pending.push(Pending::Count(reply, 0)),
         Command::FlushIfDirty | Command::TendSpace => {}
     }
+}
+
+fn set_text(txn: &WriteTransaction, name: &str, value: &str) -> Result<()> {
+    txn.open_table(META_TEXT)?.insert(name, value)?;
+    Ok(())
 }
 
 /// The bytes an event brings to the store: its body and kept headers.
@@ -537,5 +618,6 @@ fn event_bytes(event: &ValidatedEvent) -> u64 {
 fn append(t: &mut Tables<'_>, seq: u64, event: &ValidatedEvent) -> Result<()> {
     t.events.insert(seq, codec::encode_event(event).as_slice())?;
     t.lanes.insert((Lane::UNROUTED.number(), event.received_at_ms(), seq), ())?;
+    t.touched(FeedKind::Outbox, seq);
     Ok(())
 }

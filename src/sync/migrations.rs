@@ -1,0 +1,61 @@
+//! The fleet's tables, as versioned SQL migrations embedded in the binary.
+//!
+//! They are applied in one transaction under a PostgreSQL advisory lock, so instances that
+//! start at once apply each migration once; `{schema}` in the SQL is the configured schema
+//! (checked to be a plain identifier). `orchestron sync migrate` applies them explicitly;
+//! the daemon applies them when it first reaches PostgreSQL.
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+use super::SyncError;
+
+/// Every migration, in order. Never edit one that has shipped: add the next.
+const MIGRATIONS: &[(i32, &str)] =
+    &[(1, include_str!("sql/001_instances.sql")), (2, include_str!("sql/002_outbox.sql"))];
+
+/// The advisory lock of `schema`'s migrations (a stable 64-bit hash of its name).
+fn lock_key(schema: &str) -> i64 {
+    let digest = Sha256::digest(format!("orchestron migrations {schema}").as_bytes());
+    i64::from_le_bytes(digest[..8].try_into().expect("8 bytes of a 32-byte digest"))
+}
+
+/// Applies the migrations `schema` lacks; returns the versions applied now (empty when the
+/// schema was current).
+pub async fn migrate(client: &mut Client, schema: &str) -> Result<Vec<i32>, SyncError> {
+    let txn = client.transaction().await?;
+    // Taken first, so that even the schema is created by one instance only.
+    txn.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)]).await?;
+    // `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the database even when the schema
+    // exists; a role granted rights on its schema only must get past this.
+    let exists = txn.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema]).await?;
+    if exists.is_none() {
+        txn.batch_execute(&format!("CREATE SCHEMA {schema}")).await?;
+    }
+    txn.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {schema}.migrations (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );"
+    ))
+    .await?;
+    let rows = txn.query(&format!("SELECT version FROM {schema}.migrations"), &[]).await?;
+    let done: Vec<i32> = rows.iter().map(|row| row.get(0)).collect();
+    let mut applied = Vec::new();
+    for (version, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        txn.batch_execute(&sql.replace("{schema}", schema)).await?;
+        let record = format!("INSERT INTO {schema}.migrations (version) VALUES ($1)");
+        txn.execute(&record, &[version]).await?;
+        applied.push(*version);
+    }
+    txn.commit().await?;
+    Ok(applied)
+}
+
+/// The newest migration this build knows.
+pub fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}

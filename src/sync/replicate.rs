@@ -1,0 +1,327 @@
+//! The replicator: copies the store's change feed to PostgreSQL, in batches.
+//!
+//! Each batch is up to [`BATCH`] feed rows, read in one snapshot with the entries they name
+//! ([`crate::store::FeedBatch`]). It becomes one PostgreSQL transaction of at most four
+//! multi-row statements (`UNNEST` arrays: upsert and delete of events, upsert and delete of
+//! DLQ entries), never one round trip per event. After the commit the feed is trimmed
+//! through the batch's last change. An entry that changed several times in a batch costs one
+//! row; one that is gone is deleted. Upserts touch only rows this instance still owns
+//! (`owner = origin`): a row a peer has taken over is the peer's to change.
+//!
+//! While PostgreSQL is unreachable the feed waits in the store (bounded by
+//! `store.max_bytes`, like everything else) and the replicator retries with a backoff,
+//! logging once when it starts failing and once when it recovers.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{Fleet, SyncError};
+use crate::delivery::{DestinationState, Status};
+use crate::event::now_ms;
+use crate::store::{Change, DlqNow, OutboxNow, Store};
+
+/// Feed rows per batch (and so per PostgreSQL transaction).
+const BATCH: usize = 2000;
+/// Waiting for nothing to happen: the longest sleep between two looks at the feed.
+const IDLE: Duration = Duration::from_secs(1);
+/// The longest a batch may take in PostgreSQL before it counts as failed.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Replicates until `stop`.
+pub(super) async fn run(fleet: Fleet, store: Store, stop: CancellationToken) {
+    let mut backoff = BACKOFF_MIN;
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        let result = match tokio::time::timeout(STATEMENT_TIMEOUT, once(&fleet, &store)).await {
+            Ok(result) => result,
+            Err(_) => Err(SyncError::Unanswered("PostgreSQL did not answer within 15 s".into())),
+        };
+        fleet.note_lag(&store).await;
+        let metrics = &fleet.inner.metrics;
+        let wait = match result {
+            Ok(more) => {
+                metrics.sync_batches.with_label_values(&["ok"]).inc();
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(
+                        outage_s = since.elapsed().as_secs(),
+                        "replication to PostgreSQL resumed"
+                    );
+                }
+                backoff = BACKOFF_MIN;
+                if more {
+                    continue;
+                }
+                None
+            }
+            Err(error) => {
+                metrics.sync_batches.with_label_values(&["failed"]).inc();
+                if failing_since.is_none() {
+                    tracing::error!(
+                        %error,
+                        "replication to PostgreSQL failed; changes wait in the store"
+                    );
+                    failing_since = Some(Instant::now());
+                }
+                let wait = backoff;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                Some(wait)
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = store.fed(), if wait.is_none() => {}
+            _ = tokio::time::sleep(wait.unwrap_or(IDLE)) => {}
+        }
+    }
+}
+
+/// Replicates one batch; returns whether more rows wait.
+async fn once(fleet: &Fleet, store: &Store) -> Result<bool, SyncError> {
+    let batch = store.change_feed(BATCH).await?;
+    let Some(through) = batch.through else { return Ok(false) };
+    let rows = Rows::of(&batch.changes);
+    let inner = &fleet.inner;
+    let mut client = inner.pool.get().await?;
+    fleet.ensure_migrated(&mut client).await?;
+    let schema = &inner.schema;
+    let me = &inner.instance_id;
+    let txn = client.transaction().await?;
+    if rows.reset {
+        txn.execute(
+            &format!("DELETE FROM {schema}.events WHERE origin = $1 AND owner = $1"),
+            &[me],
+        )
+        .await?;
+        txn.execute(&format!("DELETE FROM {schema}.dlq WHERE origin = $1 AND owner = $1"), &[me])
+            .await?;
+    }
+    let e = &rows.events;
+    if !e.seq.is_empty() {
+        txn.execute(
+            &format!(
+                "INSERT INTO {schema}.events AS t (origin, seq, event_id, source, event_type,
+                     received_at, headers, body, destinations, delivery, owner)
+                 SELECT $1, u.seq, u.id::uuid, u.source, u.event_type,
+                        to_timestamp(u.ms / 1000.0), u.headers::jsonb, u.body,
+                        u.destinations::jsonb, u.delivery, $1
+                 FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                             $7::text[], $8::bytea[], $9::text[], $10::bytea[])
+                      AS u(seq, id, source, event_type, ms, headers, body, destinations, delivery)
+                 ON CONFLICT (origin, seq) DO UPDATE SET
+                     destinations = EXCLUDED.destinations,
+                     delivery = EXCLUDED.delivery,
+                     updated_at = now()
+                 WHERE t.owner = t.origin"
+            ),
+            &[
+                me,
+                &e.seq,
+                &e.id,
+                &e.source,
+                &e.event_type,
+                &e.received_ms,
+                &e.headers,
+                &e.body,
+                &e.destinations,
+                &e.delivery,
+            ],
+        )
+        .await?;
+    }
+    if !rows.events_gone.is_empty() {
+        txn.execute(
+            &format!(
+                "DELETE FROM {schema}.events
+                 WHERE origin = $1 AND owner = $1 AND seq = ANY($2::bigint[])"
+            ),
+            &[me, &rows.events_gone],
+        )
+        .await?;
+    }
+    let d = &rows.dlq;
+    if !d.seq.is_empty() {
+        txn.execute(
+            &format!(
+                "INSERT INTO {schema}.dlq AS t (origin, dlq_seq, event_id, source, event_type,
+                     received_at, dead_lettered_at, reason, destinations, record, owner)
+                 SELECT $1, u.seq, u.id::uuid, u.source, u.event_type,
+                        to_timestamp(u.ms / 1000.0), to_timestamp(u.dead_ms / 1000.0),
+                        u.reason, u.destinations::jsonb, u.record, $1
+                 FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                             $7::bigint[], $8::text[], $9::text[], $10::bytea[])
+                      AS u(seq, id, source, event_type, ms, dead_ms, reason, destinations, record)
+                 ON CONFLICT (origin, dlq_seq) DO UPDATE SET
+                     reason = EXCLUDED.reason,
+                     destinations = EXCLUDED.destinations,
+                     record = EXCLUDED.record,
+                     updated_at = now()
+                 WHERE t.owner = t.origin"
+            ),
+            &[
+                me,
+                &d.seq,
+                &d.id,
+                &d.source,
+                &d.event_type,
+                &d.received_ms,
+                &d.dead_ms,
+                &d.reason,
+                &d.destinations,
+                &d.record,
+            ],
+        )
+        .await?;
+    }
+    if !rows.dlq_gone.is_empty() {
+        txn.execute(
+            &format!(
+                "DELETE FROM {schema}.dlq
+                 WHERE origin = $1 AND owner = $1 AND dlq_seq = ANY($2::bigint[])"
+            ),
+            &[me, &rows.dlq_gone],
+        )
+        .await?;
+    }
+    txn.commit().await?;
+    store.trim_change_feed(through).await?;
+    let count = |table: &str, op: &str, n: usize| {
+        inner.metrics.sync_replicated.with_label_values(&[table, op]).inc_by(n as u64);
+    };
+    count("events", "upsert", e.seq.len());
+    count("events", "delete", rows.events_gone.len());
+    count("dlq", "upsert", d.seq.len());
+    count("dlq", "delete", rows.dlq_gone.len());
+    Ok(batch.rows > BATCH as u64)
+}
+
+/// One batch as the column arrays of its statements.
+#[derive(Default)]
+struct Rows {
+    reset: bool,
+    events: EventColumns,
+    events_gone: Vec<i64>,
+    dlq: DlqColumns,
+    dlq_gone: Vec<i64>,
+}
+
+#[derive(Default)]
+struct EventColumns {
+    seq: Vec<i64>,
+    id: Vec<String>,
+    source: Vec<String>,
+    event_type: Vec<String>,
+    received_ms: Vec<i64>,
+    headers: Vec<String>,
+    body: Vec<Vec<u8>>,
+    destinations: Vec<Option<String>>,
+    delivery: Vec<Option<Vec<u8>>>,
+}
+
+#[derive(Default)]
+struct DlqColumns {
+    seq: Vec<i64>,
+    id: Vec<String>,
+    source: Vec<String>,
+    event_type: Vec<String>,
+    received_ms: Vec<i64>,
+    dead_ms: Vec<i64>,
+    reason: Vec<String>,
+    destinations: Vec<String>,
+    record: Vec<Vec<u8>>,
+}
+
+impl Rows {
+    fn of(changes: &[Change]) -> Rows {
+        let mut rows = Rows::default();
+        for change in changes {
+            match change {
+                Change::Reset => rows.reset = true,
+                Change::Outbox { seq, now: None } => rows.events_gone.push(*seq as i64),
+                Change::Outbox { seq, now: Some(now) } => rows.events.push(*seq, now),
+                Change::Dlq { seq, now: None } => rows.dlq_gone.push(*seq as i64),
+                Change::Dlq { seq, now: Some(now) } => rows.dlq.push(*seq, now),
+            }
+        }
+        rows
+    }
+}
+
+impl EventColumns {
+    fn push(&mut self, seq: u64, now: &OutboxNow) {
+        let event = &now.event;
+        self.seq.push(seq as i64);
+        self.id.push(event.id().to_string());
+        self.source.push(event.source().as_str().to_owned());
+        self.event_type.push(event.event_type().as_str().to_owned());
+        self.received_ms.push(event.received_at_ms() as i64);
+        self.headers.push(json!(event.headers()).to_string());
+        self.body.push(event.body().to_vec());
+        self.destinations.push(now.delivery.as_ref().map(|d| {
+            serde_json::Value::Array(d.destinations.iter().map(destination).collect()).to_string()
+        }));
+        self.delivery.push(now.delivery_record.clone());
+    }
+}
+
+impl DlqColumns {
+    fn push(&mut self, seq: u64, now: &DlqNow) {
+        let entry = &now.entry;
+        let event = &entry.event;
+        self.seq.push(seq as i64);
+        self.id.push(event.id().to_string());
+        self.source.push(event.source().as_str().to_owned());
+        self.event_type.push(event.event_type().as_str().to_owned());
+        self.received_ms.push(event.received_at_ms() as i64);
+        self.dead_ms.push(entry.dead_lettered_at_ms as i64);
+        self.reason.push(entry.reason.as_str().to_owned());
+        let destinations = entry.destinations.iter().map(|dead| {
+            let mut value = destination(&dead.state);
+            value["reason"] = json!(dead.reason.as_str());
+            value
+        });
+        self.destinations.push(serde_json::Value::Array(destinations.collect()).to_string());
+        self.record.push(now.record.clone());
+    }
+}
+
+/// One destination's state, as the `destinations` column shows it.
+fn destination(state: &DestinationState) -> serde_json::Value {
+    let status = match state.status {
+        Status::Pending => "pending",
+        Status::Done => "done",
+        Status::Dead => "dead",
+    };
+    json!({
+        "name": state.name,
+        "target": state.target.label(),
+        "status": status,
+        "attempts": state.attempts,
+        "last_error": state.last_error,
+    })
+}
+
+impl Fleet {
+    /// Exports how far behind replication is.
+    pub(super) async fn note_lag(&self, store: &Store) {
+        let Ok(lag) = store.change_feed_lag().await else { return };
+        let seconds = lag.oldest_ms.map_or(0.0, |at| now_ms().saturating_sub(at) as f64 / 1000.0);
+        let metrics = &self.inner.metrics;
+        metrics.sync_lag_events.set(lag.rows as i64);
+        metrics.sync_lag_seconds.set(seconds);
+        // Every change below the oldest row still waiting (or below the next change, when
+        // none waits) is in PostgreSQL; read in one snapshot, so no change slips between.
+        let replicated = lag.oldest_change.unwrap_or(lag.next_change);
+        self.inner.replicated.send_if_modified(|mark| {
+            let moved = replicated > *mark;
+            *mark = (*mark).max(replicated);
+            moved
+        });
+        let mut state = self.inner.state.lock().expect("sync state lock");
+        state.lag_events = lag.rows;
+        state.lag_seconds = seconds;
+    }
+}

@@ -1,0 +1,434 @@
+//! Fleet sync against the real PostgreSQL on 127.0.0.1:5432, a fresh database per test:
+//! migrations applied once by instances starting together, heartbeats and leases seen from a
+//! peer, an instance id kept across restarts, the outbox and DLQ replicated (and settled
+//! events removed), and ingest untouched while PostgreSQL is cut off (a TCP proxy the test
+//! controls), with replication catching up when it returns.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::helpers::{Proxy, RabbitQueue, TestApp, good_and_unroutable_config, unique, wait_dlq};
+
+pub const POSTGRES: &str = "127.0.0.1:5432";
+
+/// A database of this test's own, dropped at the end.
+pub struct FreshDb {
+    name: String,
+    /// Roles made for this test (cluster-wide), dropped after the database.
+    roles: Vec<String>,
+}
+
+impl FreshDb {
+    pub fn create() -> FreshDb {
+        let name = format!("orchestron_test_{}", uuid::Uuid::now_v7().simple());
+        psql("postgres", &format!("CREATE DATABASE {name}"));
+        FreshDb { name, roles: Vec::new() }
+    }
+
+    /// A login role with no rights beyond connecting (PostgreSQL 15 and later grant PUBLIC
+    /// no CREATE on databases or on the `public` schema).
+    fn role(&mut self) -> String {
+        let role = format!("{}_role{}", self.name, self.roles.len());
+        psql("postgres", &format!("CREATE ROLE {role} LOGIN"));
+        self.roles.push(role.clone());
+        role
+    }
+
+    pub fn url(&self, addr: &str) -> String {
+        format!("postgres://postgres@{addr}/{}", self.name)
+    }
+
+    /// One value from a query in this database.
+    fn value(&self, sql: &str) -> String {
+        psql(&self.name, sql).trim().to_owned()
+    }
+}
+
+impl Drop for FreshDb {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qAtc"])
+            .arg(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .output();
+        for role in &self.roles {
+            let _ = Command::new("psql")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qAtc"])
+                .arg(format!("DROP ROLE IF EXISTS {role}"))
+                .output();
+        }
+    }
+}
+
+/// Runs `sql` with psql (the PostgreSQL client) and returns what it printed.
+fn psql(database: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", database, "-qAtc", sql])
+        .output()
+        .expect("psql (PostgreSQL on 127.0.0.1:5432; scripts/test starts it)");
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A RabbitMQ broker nobody listens for: events wait in the outbox.
+const UNREACHABLE_BROKER: &str = "brokers:\n  rabbitmq:\n    url: \"amqp://guest:guest@127.0.0.1:1/%2f\"\n\
+     default_route:\n  to: [ { rabbitmq: { exchange: nowhere, routing_key: k } } ]\n";
+
+/// Polls `sql` in `db` until it prints `want`.
+async fn wait_value(db: &FreshDb, sql: &str, want: &str) {
+    let started = Instant::now();
+    loop {
+        let got = db.value(sql);
+        if got == want {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{sql}: {got}, not {want}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn metrics(app: &TestApp) -> String {
+    reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap()
+}
+
+fn sync_config(url: &str, instance: Option<&str>, lease: &str) -> String {
+    let id = instance.map(|i| format!("  instance_id: {i}\n")).unwrap_or_default();
+    format!("sync:\n  postgres:\n    url: \"{url}\"\n{id}  lease: {lease}\n")
+}
+
+/// Waits until the fleet view of `app` satisfies `check`.
+async fn wait_fleet(
+    app: &TestApp,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let started = Instant::now();
+    loop {
+        let response = app.admin(reqwest::Method::GET, "/admin/fleet").send().await.unwrap();
+        if response.status() == 200 {
+            let view: serde_json::Value = response.json().await.unwrap();
+            if check(&view) {
+                return view;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "fleet view: {view}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no fleet view");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn live(view: &serde_json::Value) -> Vec<String> {
+    view["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["live"] == true)
+        .map(|m| m["instance_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_starting_at_once_apply_the_migrations_once_and_see_each_other() {
+    let db = FreshDb::create();
+    let url = db.url(POSTGRES);
+    let configs = ["edge-a", "edge-b", "edge-c"]
+        .map(|id| format!("{UNREACHABLE_BROKER}{}", sync_config(&url, Some(id), "3s")));
+    let (a, b, c) = tokio::join!(
+        TestApp::spawn(&configs[0]),
+        TestApp::spawn(&configs[1]),
+        TestApp::spawn(&configs[2]),
+    );
+    let view = wait_fleet(&a, |v| live(v).len() == 3).await;
+    assert_eq!(live(&view), ["edge-a", "edge-b", "edge-c"]);
+    assert_eq!(view["instance_id"], "edge-a");
+    assert_eq!(view["sync"]["connected"], true, "{view}");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "2", "applied once");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.instances"), "3");
+    // Each heartbeat carries the outbox size: an event waiting on an unconfigured broker...
+    a.accept("fleet.test", "{}".into()).await;
+    wait_fleet(&b, |v| {
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["instance_id"] == "edge-a" && m["pending_events"] == 1)
+    })
+    .await;
+    let metrics = reqwest::get(a.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("orchestron_fleet_live_peers 2"), "{metrics}");
+    assert!(metrics.contains("orchestron_sync_up 1"), "{metrics}");
+
+    // `orchestron fleet status`, as an operator runs it against the admin API.
+    let out = Command::new(env!("CARGO_BIN_EXE_orchestron"))
+        .args(["fleet", "status", "--admin-url", &format!("http://{}", a.admin_addr)])
+        .args(["--token", crate::helpers::ADMIN_TOKEN])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(status.starts_with("this instance: edge-a (epoch 0, connected;"), "{status}");
+    for id in ["edge-a", "edge-b", "edge-c"] {
+        assert!(status.lines().any(|l| l.starts_with(id) && l.contains(" live ")), "{status}");
+    }
+
+    // A stopped instance's lease runs out; its peers see it expired.
+    c.stop().await;
+    let view = wait_fleet(&a, |v| live(v).len() == 2).await;
+    assert_eq!(live(&view), ["edge-a", "edge-b"]);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_instance_id_is_kept_in_the_store_across_restarts() {
+    let db = FreshDb::create();
+    let app = TestApp::spawn(&sync_config(&db.url(POSTGRES), None, "3s")).await;
+    let first = wait_fleet(&app, |v| live(v).len() == 1).await["instance_id"].clone();
+    let dir = app.stop().await;
+    let app = TestApp::spawn_in(dir, &sync_config(&db.url(POSTGRES), None, "3s")).await;
+    let again = wait_fleet(&app, |v| live(v).len() == 1).await["instance_id"].clone();
+    assert_eq!(first, again, "the same instance after a restart");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.instances"), "1");
+    app.stop().await;
+}
+
+/// PostgreSQL cut off: senders see only 202, `/ready` stays 200 and reports the sync state,
+/// and the heartbeat resumes by itself when the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_leaves_ingest_alone_and_heartbeats_resume() {
+    let db = FreshDb::create();
+    let proxy = Proxy::start(POSTGRES, true).await;
+    let sync = sync_config(&db.url(&proxy.addr.to_string()), Some("edge-x"), "3s");
+    let app = TestApp::spawn(&format!("{UNREACHABLE_BROKER}{sync}")).await;
+    wait_fleet(&app, |v| live(v).len() == 1).await;
+    proxy.set_up(false);
+    let started = Instant::now();
+    loop {
+        let ready: serde_json::Value =
+            reqwest::get(app.url("/ready")).await.unwrap().json().await.unwrap();
+        if ready["sync"]["connected"] == false {
+            assert_eq!(ready["sync"]["instance_id"], "edge-x");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for i in 0..20 {
+        let response = app.post("fleet.down", format!("{{\"i\":{i}}}")).await;
+        assert_eq!(response.status(), 202, "ingest does not wait for PostgreSQL");
+    }
+    // Not ready only for the broker this test leaves unreachable: PostgreSQL being down is
+    // not a readiness failure with `ack: local`.
+    let body: serde_json::Value =
+        reqwest::get(app.url("/ready")).await.unwrap().json().await.unwrap();
+    assert_eq!(body["failing"], serde_json::json!(["rabbitmq"]), "{body}");
+    assert_eq!(body["sync"]["connected"], false, "{body}");
+    let text = metrics(&app).await;
+    assert!(text.contains("orchestron_sync_up 0"), "{text}");
+    assert!(!text.contains("orchestron_sync_lag_events 0\n"), "the changes wait: {text}");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.events"), "0");
+    proxy.set_up(true);
+    wait_fleet(&app, |v| v["sync"]["connected"] == true).await;
+    // Replication catches up by itself: every event accepted meanwhile is in PostgreSQL.
+    wait_value(&db, "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-x'", "20").await;
+    let started = Instant::now();
+    while !metrics(&app).await.contains("orchestron_sync_lag_events 0\n") {
+        assert!(started.elapsed() < Duration::from_secs(10), "lag stays above 0");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.stop().await;
+}
+
+/// Runs `orchestron sync migrate` on a config with `sync` as given.
+fn sync_migrate(sync: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, crate::helpers::config_text(dir.path(), sync)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_orchestron"))
+        .args(["sync", "migrate", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn sync_migrate_applies_the_schema_once() {
+    let db = FreshDb::create();
+    let run = || {
+        let out = sync_migrate(&sync_config(&db.url(POSTGRES), None, "30s"));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(run().contains("applied [1, 2]"));
+    assert!(run().contains("is current"));
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "2");
+}
+
+/// The role needs rights on its own schema only: a DBA creates the schema and hands it over,
+/// and the role may not create anything in the database itself.
+#[test]
+fn a_role_with_rights_on_its_schema_only_applies_the_migrations() {
+    let mut db = FreshDb::create();
+    let role = db.role();
+    psql(&db.name, &format!("CREATE SCHEMA fleet AUTHORIZATION {role}"));
+    let url = format!("postgres://{role}@{POSTGRES}/{}", db.name);
+    let sync = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: fleet\n");
+    let out = sync_migrate(&sync);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "2");
+    assert_eq!(db.value("SELECT tableowner FROM pg_tables WHERE tablename = 'instances'"), role);
+    // Without its schema, the same role is refused, and says why.
+    let other = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: elsewhere\n");
+    let out = sync_migrate(&other);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("permission denied"), "{stderr}");
+}
+
+/// Events waiting for a broker are in PostgreSQL byte for byte; turning sync on for a store
+/// that already holds events replicates those too (the feed's bootstrap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_events_are_replicated_byte_for_byte_including_those_from_before_sync() {
+    let db = FreshDb::create();
+    let alone = TestApp::spawn(UNREACHABLE_BROKER).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(alone.accept("fleet.before", format!("{{ \"i\" : {i}, \"é\": true }}")).await);
+    }
+    let dir = alone.stop().await;
+    let sync = sync_config(&db.url(POSTGRES), Some("edge-p"), "3s");
+    let app = TestApp::spawn_in(dir, &format!("{UNREACHABLE_BROKER}{sync}")).await;
+    wait_value(&db, "SELECT count(*) FROM orchestron.events", "10").await;
+    for i in 10..15 {
+        ids.push(app.accept("fleet.after", format!("{{ \"i\" : {i}, \"é\": true }}")).await);
+    }
+    wait_value(&db, "SELECT count(*) FROM orchestron.events WHERE owner = 'edge-p'", "15").await;
+    let in_pg =
+        db.value("SELECT string_agg(event_id::text, ',' ORDER BY seq) FROM orchestron.events");
+    assert_eq!(in_pg, ids.join(","), "the same ids, in order of acceptance");
+    assert_eq!(
+        db.value("SELECT convert_from(body, 'UTF8') FROM orchestron.events ORDER BY seq LIMIT 1"),
+        "{ \"i\" : 0, \"é\": true }",
+        "the body as sent"
+    );
+    assert_eq!(
+        db.value(
+            "SELECT string_agg(DISTINCT source || '/' || event_type, ',') FROM orchestron.events"
+        ),
+        "default/fleet.after,default/fleet.before"
+    );
+    // The relay routed them (to a broker that is down): their destinations are pending.
+    wait_value(
+        &db,
+        "SELECT count(*) FROM orchestron.events WHERE destinations->0->>'status' = 'pending'",
+        "15",
+    )
+    .await;
+    app.stop().await;
+}
+
+/// Published events leave PostgreSQL; dead-lettered ones move to its `dlq` table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_events_leave_postgres_and_dead_letters_are_replicated() {
+    let db = FreshDb::create();
+    let good = unique("fleet_good");
+    let bad = unique("fleet_bad");
+    let mut queue = RabbitQueue::bind(&good, "#").await;
+    let relay = "  backoff: { initial: 50ms, max: 200ms }\n  max_attempts: 2\n";
+    let sync = sync_config(&db.url(POSTGRES), Some("edge-s"), "3s");
+    let app =
+        TestApp::spawn(&format!("{}{sync}", good_and_unroutable_config(&good, &bad, relay))).await;
+    for i in 0..30 {
+        app.accept("fleet.good", format!("{{\"i\":{i}}}")).await;
+    }
+    let mut dead = Vec::new();
+    for i in 0..3 {
+        dead.push(app.accept("bad.one", format!("{{\"dead\":{i}}}")).await);
+    }
+    assert_eq!(queue.collect(30, Duration::from_secs(20)).await.len(), 30);
+    wait_dlq(&app, 3).await;
+    wait_value(&db, "SELECT count(*) FROM orchestron.events", "0").await;
+    wait_value(&db, "SELECT count(*) FROM orchestron.dlq WHERE origin = 'edge-s'", "3").await;
+    dead.sort();
+    assert_eq!(
+        db.value("SELECT string_agg(event_id::text, ',' ORDER BY event_id) FROM orchestron.dlq"),
+        dead.join(",")
+    );
+    assert_eq!(db.value("SELECT DISTINCT reason FROM orchestron.dlq"), "unroutable");
+    // Deleting the entries here deletes them there.
+    let response =
+        app.admin(reqwest::Method::DELETE, "/admin/dlq?type=bad.one").send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    wait_value(&db, "SELECT count(*) FROM orchestron.dlq", "0").await;
+    let text = metrics(&app).await;
+    assert!(text.contains("orchestron_sync_lag_events 0\n"), "{text}");
+    assert!(
+        text.contains("orchestron_sync_replicated_total{op=\"delete\",table=\"dlq\"} 3"),
+        "{text}"
+    );
+    app.stop().await;
+}
+
+/// `ack: fleet`: a 202 means PostgreSQL has the event; while it cannot be reached the
+/// answer is 503 with Retry-After (and `/ready` says so), and 202s resume by themselves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ack_fleet_answers_202_only_once_postgres_has_the_event() {
+    let db = FreshDb::create();
+    let proxy = Proxy::start(POSTGRES, true).await;
+    let url = db.url(&proxy.addr.to_string());
+    let sync = format!(
+        "sync:\n  postgres:\n    url: \"{url}\"\n  instance_id: edge-f\n  lease: 3s\n  ack: fleet\n  ack_timeout: 500ms\n"
+    );
+    let app = TestApp::spawn(&format!("{UNREACHABLE_BROKER}{sync}")).await;
+    wait_fleet(&app, |v| v["sync"]["connected"] == true).await;
+    for i in 0..10 {
+        let id = app.accept("fleet.acked", format!("{{\"i\":{i}}}")).await;
+        let sql = format!("SELECT count(*) FROM orchestron.events WHERE event_id = '{id}'");
+        assert_eq!(db.value(&sql), "1", "answered 202 before PostgreSQL had {id}");
+    }
+    // Concurrent requests share PostgreSQL transactions, and all get their 202.
+    let posts = (0..50).map(|i| app.post("fleet.burst", format!("{{\"i\":{i}}}")));
+    for response in futures_util::future::join_all(posts).await {
+        assert_eq!(response.status(), 202);
+    }
+    proxy.set_up(false);
+    let started = Instant::now();
+    let refused = loop {
+        let response = app.post("fleet.cut", "{}".to_owned()).await;
+        if response.status() == 503 {
+            break response;
+        }
+        assert_eq!(response.status(), 202);
+        assert!(started.elapsed() < Duration::from_secs(10), "still 202 with PostgreSQL cut");
+    };
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "sync_unavailable", "{body}");
+    for _ in 0..3 {
+        assert_eq!(app.post("fleet.cut", "{}".to_owned()).await.status(), 503);
+    }
+    let started = Instant::now();
+    loop {
+        let ready = reqwest::get(app.url("/ready")).await.unwrap();
+        if ready.status() == 503 {
+            let body: serde_json::Value = ready.json().await.unwrap();
+            assert!(body["failing"].as_array().unwrap().iter().any(|f| f == "sync"), "{body}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "/ready stays 200");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    proxy.set_up(true);
+    let started = Instant::now();
+    while app.post("fleet.back", "{}".to_owned()).await.status() != 202 {
+        assert!(started.elapsed() < Duration::from_secs(20), "no 202 after PostgreSQL returned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The 503'd events were kept locally all the same, and reach PostgreSQL too.
+    let total = metrics(&app).await;
+    assert!(
+        total.contains("orchestron_ingest_rejected_total{reason=\"sync_unavailable\""),
+        "{total}"
+    );
+    wait_value(&db, "SELECT count(*) FROM orchestron.events WHERE event_type = 'fleet.cut'", "4")
+        .await;
+    app.stop().await;
+}
