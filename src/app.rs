@@ -130,15 +130,8 @@ impl App {
         let brokers_stop = CancellationToken::new();
         let publishers = start_publishers(&config.brokers, &tasks, &brokers_stop, &metrics)?;
         let relay_stop = CancellationToken::new();
-        let relay = Relay::new(
-            store.clone(),
-            Arc::clone(&live),
-            publishers.clone(),
-            Arc::clone(&metrics),
-            tasks.clone(),
-        );
-        let relay = tasks.spawn("relay", relay.run(relay_stop.clone()));
-        // Heartbeats end with the relay, before the store closes (they read its size).
+        // Heartbeats end with the relay, before the store closes (they read its size). The
+        // fleet starts first: the relay asks it which events it may publish.
         let fleet = match &config.sync {
             Some(sync) => {
                 let stop = relay_stop.clone();
@@ -150,6 +143,15 @@ impl App {
                 None
             }
         };
+        let relay = Relay::new(
+            store.clone(),
+            Arc::clone(&live),
+            publishers.clone(),
+            Arc::clone(&metrics),
+            tasks.clone(),
+        )
+        .with_fleet(fleet.clone());
+        let relay = tasks.spawn("relay", relay.run(relay_stop.clone()));
         let core = Core { store, live, metrics, publishers: publishers.clone(), tls, fleet };
         let background = CancellationToken::new();
         let http = CancellationToken::new();

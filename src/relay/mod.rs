@@ -31,6 +31,7 @@ use crate::live::LiveConfig;
 use crate::publish::{Outgoing, PublishError, Publishers};
 use crate::routing::RelayPolicy;
 use crate::store::{Claim, Outcome, Settlement, Store, StoreError};
+use crate::sync::Fleet;
 use crate::tasks::Tasks;
 use crate::telemetry::metrics::Metrics;
 use plan::Plan;
@@ -41,6 +42,9 @@ const DEFER_DELAY: Duration = Duration::from_secs(2);
 /// Longest idle sleep; a safety net, since appends and reconnects wake the relay anyway.
 const MAX_IDLE: Duration = Duration::from_secs(5);
 const ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// How long an event that this instance may not publish yet (fleet sync: lease lapsed or not
+/// reconciled) waits before it is looked at again.
+const FENCED_DELAY: Duration = Duration::from_millis(500);
 /// Passes a broker's worker keeps in flight at once (see [`Relay::publish_loop`]).
 const PASSES_IN_FLIGHT: usize = 2;
 
@@ -66,6 +70,9 @@ pub struct Relay {
     tasks: Tasks,
     /// Per lane: woken when the routing worker filed events into it.
     routed: [Notify; Lane::COUNT],
+    /// With fleet sync: events that may be in PostgreSQL wait while this instance may not
+    /// publish them (its lease lapsed, or a peer may have taken them over).
+    fleet: Option<Fleet>,
 }
 
 impl Relay {
@@ -76,7 +83,13 @@ impl Relay {
         metrics: Arc<Metrics>,
         tasks: Tasks,
     ) -> Self {
-        Self { store, live, publishers, metrics, tasks, routed: Default::default() }
+        Self { store, live, publishers, metrics, tasks, routed: Default::default(), fleet: None }
+    }
+
+    /// Publishes only what [`Fleet::may_publish`] allows.
+    pub fn with_fleet(mut self, fleet: Option<Fleet>) -> Self {
+        self.fleet = fleet;
+        self
     }
 
     /// Runs the routing worker and one worker per configured broker (each a task of its own)
@@ -118,7 +131,8 @@ impl Relay {
         let (mut events, mut rerouted) = (0, 0);
         loop {
             let batch_size = self.live.load().relay.batch_size;
-            let claim = self.store.claim_due(u64::MAX, batch_size, lanes.clone()).await?;
+            // Not `u64::MAX`: entries held for a takeover are never due.
+            let claim = self.store.claim_due(u64::MAX - 1, batch_size, lanes.clone()).await?;
             if claim.entries.is_empty() {
                 break;
             }
@@ -283,8 +297,23 @@ impl Relay {
             ..Pass::default()
         };
         let mut settlements = set_aside(policy, &claim, now);
+        let mut entries = claim.entries;
+        if let Some(fleet) = self.fleet.as_ref().filter(|_| lane != Lane::UNROUTED) {
+            let (free, fenced): (Vec<_>, Vec<_>) =
+                entries.into_iter().partition(|e| fleet.may_publish(e.seq));
+            entries = free;
+            pass.deferred += fenced.len();
+            let later = now + FENCED_DELAY.as_millis() as u64;
+            settlements.extend(fenced.into_iter().map(|e| Settlement {
+                seq: e.seq,
+                remove_due: e.claimed.clone(),
+                add_due: e.claimed.iter().map(|&(lane, _)| (lane, later)).collect(),
+                outcome: Outcome::Keep,
+                dead_letter: None,
+            }));
+        }
         let mut plans: Vec<Plan> =
-            claim.entries.into_iter().map(|entry| Plan::new(entry, &live, now, lane)).collect();
+            entries.into_iter().map(|entry| Plan::new(entry, &live, now, lane)).collect();
 
         let jobs: Vec<(usize, usize)> = plans
             .iter()

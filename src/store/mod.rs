@@ -50,7 +50,7 @@ use crate::delivery::{Delivery, DestinationState, DlqRecord, Lane};
 use crate::event::{EventId, ValidatedEvent};
 use crate::telemetry::metrics::Metrics;
 
-pub use codec::DecodeError;
+pub use codec::{DecodeError, decode_delivery};
 pub use error::{Result, StoreError};
 pub use feed::{Change, DlqNow, FeedBatch, FeedLag, OutboxNow};
 use open::{Tuning, file_len, open_database, read_counters};
@@ -74,6 +74,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Text settings of the store itself (the fleet instance id). Added without a format change:
 /// older builds do not read it, and lose nothing by not reading it.
 const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
+
+/// The due time of an event taken over from a peer while the takeover is not final: never
+/// due, until released.
+const HELD: u64 = u64::MAX;
 
 /// Version of the table layout; a file written by a newer layout is refused, not misread.
 const FORMAT_VERSION: u64 = 2;
@@ -361,6 +365,36 @@ impl Store {
         skip: HashSet<u64>,
     ) -> Result<Claim> {
         self.read(move |db| query::claim(db, now_ms, limit, &[lane], &skip)).await
+    }
+
+    /// Adds events taken over from a dead peer, with their delivery state, held (never due)
+    /// until [`Store::release`]. Durable. Returns their new seqs, in order.
+    pub async fn import(
+        &self,
+        entries: Vec<(ValidatedEvent, Option<Delivery>)>,
+    ) -> Result<Vec<u64>> {
+        self.call(|reply| Command::Import { entries, reply }).await
+    }
+
+    /// Makes held events due now. Returns how many due entries moved.
+    pub async fn release(&self, seqs: Vec<u64>, now_ms: u64) -> Result<u64> {
+        self.call(|reply| Command::Release { seqs, now_ms, reply }).await
+    }
+
+    /// Removes events from the outbox without publishing them: a peer has taken them over.
+    /// Durable. Returns how many were still there.
+    pub async fn forget(&self, seqs: Vec<u64>) -> Result<u64> {
+        self.call(|reply| Command::Forget { seqs, reply }).await
+    }
+
+    /// Held events (imported, not released): (seq, event id).
+    pub async fn held(&self) -> Result<Vec<(u64, EventId)>> {
+        self.read(query::held).await
+    }
+
+    /// The next seq the store will give: every event accepted so far has a smaller one.
+    pub async fn next_seq(&self) -> Result<u64> {
+        self.read(query::next_seq).await
     }
 
     /// A text setting of the store (`meta_text`), if it is set.

@@ -74,6 +74,10 @@ pub(super) fn claim(
         let number = lane.number();
         for entry in due.range((number, 0, 0)..=(number, u64::MAX, u64::MAX))? {
             let (_, due_ms, seq) = entry?.0.value();
+            if due_ms == super::HELD {
+                // Held entries sort last in their lane, and are never due.
+                break;
+            }
             if due_ms > now_ms || taken == limit {
                 note_next(due_ms, &mut claim);
                 break;
@@ -119,6 +123,37 @@ pub(super) fn text(db: &impl ReadableDatabase, name: &str) -> Result<Option<Stri
         Err(e) => return Err(e.into()),
     };
     Ok(table.get(name)?.map(|v| v.value().to_owned()))
+}
+
+/// Events imported from a peer and not released yet (due at `HELD`).
+pub(super) fn held(db: &impl ReadableDatabase) -> Result<Vec<(u64, EventId)>> {
+    let txn = db.begin_read()?;
+    let lanes = txn.open_table(LANES)?;
+    let events = txn.open_table(EVENTS)?;
+    let mut seqs = std::collections::BTreeSet::new();
+    for lane in Lane::ALL {
+        let n = lane.number();
+        for entry in lanes.range((n, super::HELD, 0)..=(n, super::HELD, u64::MAX))? {
+            seqs.insert(entry?.0.value().2);
+        }
+    }
+    let mut held = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        if let Some(bytes) = events.get(seq)? {
+            let event = codec::decode_event(bytes.value())
+                .map_err(|source| StoreError::Corrupt { seq, source })?;
+            held.push((seq, event.id()));
+        }
+    }
+    Ok(held)
+}
+
+/// The next seq to be given: above every event's, in the file as in the counter.
+pub(super) fn next_seq(db: &impl ReadableDatabase) -> Result<u64> {
+    let txn = db.begin_read()?;
+    let counter = txn.open_table(super::META)?.get("next_seq")?.map(|v| v.value()).unwrap_or(0);
+    let last = txn.open_table(EVENTS)?.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+    Ok(counter.max(last))
 }
 
 pub(super) fn pending(db: &impl ReadableDatabase) -> Result<u64> {

@@ -11,8 +11,11 @@ use tokio_postgres::Client;
 use super::SyncError;
 
 /// Every migration, in order. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("sql/001_instances.sql")), (2, include_str!("sql/002_outbox.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("sql/001_instances.sql")),
+    (2, include_str!("sql/002_outbox.sql")),
+    (3, include_str!("sql/003_takeovers.sql")),
+];
 
 /// The advisory lock of `schema`'s migrations (a stable 64-bit hash of its name).
 fn lock_key(schema: &str) -> i64 {

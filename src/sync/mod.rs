@@ -19,6 +19,7 @@
 pub mod migrations;
 mod pg;
 mod replicate;
+mod takeover;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,6 +70,9 @@ struct Inner {
     ack: AckMode,
     ack_timeout: Duration,
     store: Store,
+    /// Outbox seqs below this may be in PostgreSQL (and so taken over by a peer): they are
+    /// published only while this instance's lease is live and it has reconciled.
+    held_below: std::sync::atomic::AtomicU64,
     /// Every change below this number is committed in PostgreSQL.
     replicated: tokio::sync::watch::Sender<u64>,
     // std Mutex: short updates, never held across an await.
@@ -87,6 +91,8 @@ struct State {
     /// Changes not yet replicated, and the age of the oldest.
     lag_events: u64,
     lag_seconds: f64,
+    /// The epoch at which this instance last reconciled (dropped what peers took over).
+    reconciled: Option<i64>,
 }
 
 /// What `/ready` and `/admin/fleet` say about this instance's sync.
@@ -157,6 +163,8 @@ impl Fleet {
                 ack: config.ack,
                 ack_timeout: config.ack_timeout.get(),
                 store: store.clone(),
+                // Everything in the store at start may have been replicated before.
+                held_below: std::sync::atomic::AtomicU64::new(store.next_seq().await?),
                 replicated: tokio::sync::watch::Sender::new(0),
                 state: Mutex::default(),
             }),
@@ -165,7 +173,8 @@ impl Fleet {
         store.start_change_feed().await?;
         tracing::info!(instance_id = %fleet.inner.instance_id, "fleet sync on");
         tasks.spawn("sync: heartbeat", fleet.clone().heartbeat(store.clone(), stop.clone()));
-        tasks.spawn("sync: replicator", replicate::run(fleet.clone(), store.clone(), stop));
+        tasks.spawn("sync: replicator", replicate::run(fleet.clone(), store.clone(), stop.clone()));
+        tasks.spawn("sync: takeover", takeover::run(fleet.clone(), store.clone(), stop));
         Ok(fleet)
     }
 
@@ -259,7 +268,16 @@ impl Fleet {
                     every.as_millis()
                 ))),
             };
+            let epoch = result.as_ref().ok().copied();
             self.record(sent, result);
+            let reconciled = self.inner.state.lock().expect("sync state lock").reconciled;
+            if let Some(epoch) = epoch.filter(|&e| reconciled != Some(e)) {
+                let done = tokio::time::timeout(every, self.reconcile(&store, epoch)).await;
+                match done.unwrap_or_else(|_| Err(SyncError::Unanswered("timed out".into()))) {
+                    Ok(()) => {}
+                    Err(error) => tracing::error!(%error, "reconciling with the fleet failed"),
+                }
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}

@@ -187,6 +187,10 @@ async fn once(fleet: &Fleet, store: &Store) -> Result<bool, SyncError> {
         .await?;
     }
     txn.commit().await?;
+    if let Some(&last) = e.seq.iter().max() {
+        // These may be taken over by a peer from now on: see `Fleet::may_publish`.
+        inner.held_below.fetch_max(last as u64 + 1, std::sync::atomic::Ordering::AcqRel);
+    }
     store.trim_change_feed(through).await?;
     let count = |table: &str, op: &str, n: usize| {
         inner.metrics.sync_replicated.with_label_values(&[table, op]).inc_by(n as u64);

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub sync_lag_seconds: Gauge,
     pub sync_replicated: IntCounterVec,
     pub sync_batches: IntCounterVec,
+    pub fleet_taken_over: IntCounter,
+    pub fleet_reconciled: IntCounter,
+    pub fleet_claims_lost: IntCounter,
     sync_registered: std::sync::Once,
     pub store_batch_events: Histogram,
     pub store_commit_seconds: Histogram,
@@ -95,7 +98,10 @@ impl Metrics {
     /// Exports the fleet sync metrics (once `sync` is configured).
     pub fn enable_sync(&self) {
         self.sync_registered.call_once(|| {
-            let metrics: [Box<dyn prometheus::core::Collector>; 8] = [
+            let metrics: [Box<dyn prometheus::core::Collector>; 11] = [
+                Box::new(self.fleet_taken_over.clone()),
+                Box::new(self.fleet_reconciled.clone()),
+                Box::new(self.fleet_claims_lost.clone()),
                 Box::new(self.sync_up.clone()),
                 Box::new(self.sync_lease_lapsed.clone()),
                 Box::new(self.sync_heartbeats.clone()),
@@ -241,6 +247,22 @@ impl Metrics {
                 opts("sync_batches_total", "Replication batches, by result: ok, failed."),
                 &["result"],
             )
+            .expect("metric definitions are valid"),
+            fleet_taken_over: IntCounter::with_opts(opts(
+                "fleet_taken_over_events_total",
+                "Events this instance took over from dead peers and published as its own."
+            ))
+            .expect("metric definitions are valid"),
+            fleet_reconciled: IntCounter::with_opts(opts(
+                "fleet_reconciled_events_total",
+                "Events of this instance that peers took over while it was away, dropped here \
+                 without publishing."
+            ))
+            .expect("metric definitions are valid"),
+            fleet_claims_lost: IntCounter::with_opts(opts(
+                "fleet_claims_lost_total",
+                "Takeover claims that another instance took first (this one stalled)."
+            ))
             .expect("metric definitions are valid"),
             sync_registered: std::sync::Once::new(),
             store_batch_events: reg!(Histogram::with_opts(hopts(

@@ -39,7 +39,7 @@ impl FreshDb {
     }
 
     /// One value from a query in this database.
-    fn value(&self, sql: &str) -> String {
+    pub fn value(&self, sql: &str) -> String {
         psql(&self.name, sql).trim().to_owned()
     }
 }
@@ -140,7 +140,7 @@ async fn three_instances_starting_at_once_apply_the_migrations_once_and_see_each
     assert_eq!(live(&view), ["edge-a", "edge-b", "edge-c"]);
     assert_eq!(view["instance_id"], "edge-a");
     assert_eq!(view["sync"]["connected"], true, "{view}");
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "2", "applied once");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "3", "applied once");
     assert_eq!(db.value("SELECT count(*) FROM orchestron.instances"), "3");
     // Each heartbeat carries the outbox size: an event waiting on an unconfigured broker...
     a.accept("fleet.test", "{}".into()).await;
@@ -257,9 +257,9 @@ fn sync_migrate_applies_the_schema_once() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    assert!(run().contains("applied [1, 2]"));
+    assert!(run().contains("applied [1, 2, 3]"));
     assert!(run().contains("is current"));
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "2");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "3");
 }
 
 /// The role needs rights on its own schema only: a DBA creates the schema and hands it over,
@@ -273,7 +273,7 @@ fn a_role_with_rights_on_its_schema_only_applies_the_migrations() {
     let sync = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: fleet\n");
     let out = sync_migrate(&sync);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "2");
+    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "3");
     assert_eq!(db.value("SELECT tableowner FROM pg_tables WHERE tablename = 'instances'"), role);
     // Without its schema, the same role is refused, and says why.
     let other = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: elsewhere\n");

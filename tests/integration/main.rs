@@ -25,4 +25,5 @@ mod reload;
 mod routing;
 mod sources;
 mod systemd;
+mod takeover;
 mod tls;

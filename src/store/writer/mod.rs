@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 mod dedup;
 mod dlq;
+mod fleet;
 mod room;
 
 use super::codec;
@@ -28,7 +29,7 @@ use super::{
     Appended, DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS, IdempotencyKey,
     LANES, META, META_TEXT, Outcome, Result, Settlement, Shared, StoreError,
 };
-use crate::delivery::{DestinationState, Lane};
+use crate::delivery::{Delivery, DestinationState, Lane};
 use crate::event::{ValidatedEvent, now_ms};
 use dedup::{expire_dedup, first_use};
 use dlq::{expire, remove_dlq, select};
@@ -75,6 +76,22 @@ pub(in crate::store) enum Command {
         through: u64,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Add events taken over from a peer, held until released. Durable.
+    Import {
+        entries: Vec<(ValidatedEvent, Option<Delivery>)>,
+        reply: oneshot::Sender<Result<Vec<u64>>>,
+    },
+    /// Make held events due now.
+    Release {
+        seqs: Vec<u64>,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    /// Remove events a peer took over, without publishing them. Durable.
+    Forget {
+        seqs: Vec<u64>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     /// Set a text setting of the store (durable).
     SetText {
         name: &'static str,
@@ -104,6 +121,7 @@ impl Command {
             self,
             Command::Settle { .. }
                 | Command::TrimFeed { .. }
+                | Command::Release { .. }
                 | Command::FlushIfDirty
                 | Command::TendSpace
                 | Command::ExpireDedup { .. }
@@ -134,6 +152,7 @@ enum Pending {
     Append(oneshot::Sender<Result<Appended>>, Result<Appended>),
     Unit(oneshot::Sender<Result<()>>),
     Count(oneshot::Sender<Result<u64>>, u64),
+    Seqs(oneshot::Sender<Result<Vec<u64>>>, Vec<u64>),
 }
 
 impl Pending {
@@ -150,6 +169,9 @@ impl Pending {
             Pending::Count(reply, n) => {
                 let _ = reply.send(Ok(n));
             }
+            Pending::Seqs(reply, seqs) => {
+                let _ = reply.send(Ok(seqs));
+            }
         }
         false
     }
@@ -159,6 +181,7 @@ impl Pending {
             Pending::Append(reply, _) => drop(reply.send(Err(error.clone()))),
             Pending::Unit(reply) => drop(reply.send(Err(error.clone()))),
             Pending::Count(reply, _) => drop(reply.send(Err(error.clone()))),
+            Pending::Seqs(reply, _) => drop(reply.send(Err(error.clone()))),
         }
     }
 }
@@ -437,6 +460,26 @@ impl Writer {
                     self.counters.feed_on = false;
                     feed::stop(txn).map(drop)
                 }
+                Command::Import { entries, reply } => match self.import(&mut tables, entries) {
+                    Ok(seqs) => {
+                        pending.push(Pending::Seqs(reply, seqs));
+                        Ok(())
+                    }
+                    Err(e) => {
+                        pending.push(Pending::Seqs(reply, Vec::new()));
+                        Err(e)
+                    }
+                },
+                Command::Release { seqs, now_ms, reply } => {
+                    let released = fleet::release(&mut tables, &seqs, now_ms);
+                    pending.push(Pending::Count(reply, *released.as_ref().unwrap_or(&0)));
+                    released.map(drop)
+                }
+                Command::Forget { seqs, reply } => {
+                    let forgotten = fleet::forget(&mut tables, &seqs);
+                    pending.push(Pending::Count(reply, *forgotten.as_ref().unwrap_or(&0)));
+                    forgotten.map(drop)
+                }
                 Command::TrimFeed { through, reply } => {
                     pending.push(Pending::Unit(reply));
                     feed::trim(txn, through)
@@ -599,7 +642,10 @@ fn unapplied(command: Command, pending: &mut Vec<Pending>) {
         Command::Replay { reply, .. }
         | Command::DeleteDlq { reply, .. }
         | Command::ExpireDlq { reply, .. }
-        | Command::ExpireDedup { reply, .. } => pending.push(Pending::Count(reply, 0)),
+        | Command::ExpireDedup { reply, .. }
+        | Command::Release { reply, .. }
+        | Command::Forget { reply, .. } => pending.push(Pending::Count(reply, 0)),
+        Command::Import { reply, .. } => pending.push(Pending::Seqs(reply, Vec::new())),
         Command::FlushIfDirty | Command::TendSpace => {}
     }
 }

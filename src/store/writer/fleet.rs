@@ -1,0 +1,88 @@
+//! The writer's fleet operations: importing events taken over from a dead peer (held until
+//! the takeover is final in PostgreSQL), releasing them to the relay, and forgetting events
+//! a peer has taken over from this instance.
+
+use std::collections::HashSet;
+
+use redb::ReadableTable;
+
+use super::{Tables, Writer};
+use crate::delivery::{Delivery, Lane};
+use crate::event::ValidatedEvent;
+use crate::store::feed::FeedKind;
+use crate::store::{HELD, Result, codec};
+
+impl Writer {
+    /// Adds the events to the outbox under new seqs, with their delivery state, due at
+    /// [`HELD`] in the lane of each destination still pending (lane 0 if not routed yet).
+    pub(super) fn import(
+        &mut self,
+        t: &mut Tables<'_>,
+        entries: Vec<(ValidatedEvent, Option<Delivery>)>,
+    ) -> Result<Vec<u64>> {
+        let mut seqs = Vec::with_capacity(entries.len());
+        for (event, delivery) in entries {
+            let seq = self.next_seq();
+            t.events.insert(seq, codec::encode_event(&event).as_slice())?;
+            let lanes = match &delivery {
+                Some(d) => {
+                    t.delivery.insert(seq, codec::encode_delivery(d).as_slice())?;
+                    d.pending_lanes()
+                }
+                None => vec![Lane::UNROUTED],
+            };
+            for lane in lanes {
+                t.lanes.insert((lane.number(), HELD, seq), ())?;
+            }
+            t.touched(FeedKind::Outbox, seq);
+            seqs.push(seq);
+        }
+        Ok(seqs)
+    }
+}
+
+/// Removes the events (taken over by a peer) without publishing them, with their due
+/// entries. Returns how many were in the outbox.
+pub(super) fn forget(t: &mut Tables<'_>, seqs: &[u64]) -> Result<u64> {
+    let doomed: HashSet<u64> = seqs.iter().copied().collect();
+    let mut forgotten = 0;
+    for &seq in &doomed {
+        if t.events.remove(seq)?.is_some() {
+            forgotten += 1;
+        }
+        t.delivery.remove(seq)?;
+        t.touched(FeedKind::Outbox, seq);
+    }
+    // The due index is keyed by time: one walk over it finds the entries of these events.
+    let mut keys = Vec::new();
+    for entry in t.lanes.iter()? {
+        let key = entry?.0.value();
+        if doomed.contains(&key.2) {
+            keys.push(key);
+        }
+    }
+    for key in keys {
+        t.lanes.remove(key)?;
+    }
+    Ok(forgotten)
+}
+
+/// Makes held events due now.
+pub(super) fn release(t: &mut Tables<'_>, seqs: &[u64], now_ms: u64) -> Result<u64> {
+    let wanted: HashSet<u64> = seqs.iter().copied().collect();
+    let mut keys = Vec::new();
+    for lane in Lane::ALL {
+        let n = lane.number();
+        for entry in t.lanes.range((n, HELD, 0)..=(n, HELD, u64::MAX))? {
+            let key = entry?.0.value();
+            if wanted.contains(&key.2) {
+                keys.push(key);
+            }
+        }
+    }
+    for (lane, _, seq) in &keys {
+        t.lanes.remove((*lane, HELD, *seq))?;
+        t.lanes.insert((*lane, now_ms, *seq), ())?;
+    }
+    Ok(keys.len() as u64)
+}

@@ -1,0 +1,329 @@
+//! Takeover of a dead peer's events, with fencing, and reconciliation when the old owner
+//! returns.
+//!
+//! **Taking over.** A live instance (its own lease renewed, reconciled) looks every
+//! [`CHECK`] for peers whose lease has expired and who still own rows in `events`. For each,
+//! in one transaction: it locks the peer's `instances` row (`FOR UPDATE SKIP LOCKED`, so one
+//! instance takes a given peer over at a time) and checks the lease is still expired, bumps
+//! the peer's epoch (the fencing token: the peer learns of it at its next heartbeat), and
+//! sets itself as owner of a batch of the peer's rows (`FOR UPDATE SKIP LOCKED`). Then it
+//! finishes its claims:
+//!
+//! 1. the claimed events go into its own store, durable, with the delivery state the peer had
+//!    replicated (destinations confirmed stay confirmed), *held*: the relay does not see them;
+//! 2. in PostgreSQL, each claimed row is deleted and a tombstone in `takeovers` written,
+//!    only `WHERE owner = me AND owner_epoch = <as read>`; a row that no longer matches was
+//!    claimed away (this instance stalled past its own lease) and its local copy is dropped;
+//! 3. the events whose claim held are released to the relay, which publishes them to the
+//!    destinations not yet confirmed, with their original event ids. From then on they are
+//!    this instance's own events, replicated under its id.
+//!
+//! A crash between the steps leaves rows owned by this instance with another origin, and
+//! held events in its store: the next round finishes them the same way (importing what is not
+//! held yet, dropping held events whose rows are gone).
+//!
+//! **Fencing the old owner.** An instance publishes an event that may be in PostgreSQL (any
+//! seq below its replicated mark, and everything that was in its store when it started) only
+//! while its own lease is live by its own clock and it has reconciled at its current epoch.
+//! Events accepted later and not replicated yet are its alone and publish as usual.
+//!
+//! **Reconciliation.** At its first heartbeat, and whenever its epoch has moved, an instance
+//! reads its events that peers took over (`takeovers`, and its rows now owned by a peer),
+//! drops them from its store without publishing, and deletes the tombstones.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_postgres::Row;
+use tokio_util::sync::CancellationToken;
+
+use super::{Fleet, SyncError};
+use crate::delivery::Delivery;
+use crate::event::{EventId, EventType, SourceName, ValidatedEvent, clock_ms};
+use crate::store::{Store, decode_delivery};
+
+/// Rows claimed per transaction.
+const BATCH: i64 = 1000;
+/// The longest time between two looks for dead peers.
+const CHECK: Duration = Duration::from_secs(2);
+/// The longest a takeover round may run before it counts as failed.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Looks for dead peers and takes their events over, until `stop`.
+pub(super) async fn run(fleet: Fleet, store: Store, stop: CancellationToken) {
+    let every = (fleet.inner.lease / 3).min(CHECK);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if !fleet.may_act() {
+            continue;
+        }
+        let round = tokio::time::timeout(ROUND_TIMEOUT, fleet.take_over(&store)).await;
+        match round
+            .unwrap_or_else(|_| Err(SyncError::Unanswered("takeover round timed out".into())))
+        {
+            Ok(_) => failing = false,
+            Err(error) if !failing => {
+                tracing::error!(%error, "taking over a dead peer's events failed; will retry");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+impl Fleet {
+    /// Whether the relay may publish the outbox entry `seq` now (see the module docs).
+    pub fn may_publish(&self, seq: u64) -> bool {
+        seq >= self.inner.held_below.load(std::sync::atomic::Ordering::Acquire) || self.may_act()
+    }
+
+    /// This instance's lease is live by its own clock, and it has reconciled at its epoch.
+    fn may_act(&self) -> bool {
+        let status = self.status();
+        let state = self.inner.state.lock().expect("sync state lock");
+        !status.lease_lapsed && state.reconciled == Some(state.epoch)
+    }
+
+    /// One round: finish claims left from before, then claim the dead peers' rows batch by
+    /// batch. Returns how many events were taken over.
+    async fn take_over(&self, store: &Store) -> Result<u64, SyncError> {
+        let mut taken = self.finish_claims(store).await?;
+        let client = self.inner.pool.get().await?;
+        let schema = &self.inner.schema;
+        let me = &self.inner.instance_id;
+        let peers = client
+            .query(
+                &format!(
+                    "SELECT i.instance_id FROM {schema}.instances i
+                     WHERE i.lease_expires_at < now() AND i.instance_id <> $1
+                       AND EXISTS (SELECT 1 FROM {schema}.events e WHERE e.owner = i.instance_id)"
+                ),
+                &[me],
+            )
+            .await?;
+        drop(client);
+        for peer in peers.iter().map(|row| row.get::<_, String>(0)) {
+            while self.may_act() && self.claim(&peer).await? > 0 {
+                taken += self.finish_claims(store).await?;
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Claims a batch of `peer`'s rows if its lease is still expired and no one else is
+    /// taking it over; bumps its epoch. Returns how many rows were claimed.
+    async fn claim(&self, peer: &str) -> Result<u64, SyncError> {
+        let inner = &self.inner;
+        let schema = &inner.schema;
+        let my_epoch = inner.state.lock().expect("sync state lock").epoch;
+        let mut client = inner.pool.get().await?;
+        let txn = client.transaction().await?;
+        let locked = txn
+            .query_opt(
+                &format!(
+                    "SELECT epoch FROM {schema}.instances
+                     WHERE instance_id = $1 AND lease_expires_at < now()
+                     FOR UPDATE SKIP LOCKED"
+                ),
+                &[&peer],
+            )
+            .await?;
+        if locked.is_none() {
+            return Ok(0);
+        }
+        txn.execute(
+            &format!("UPDATE {schema}.instances SET epoch = epoch + 1 WHERE instance_id = $1"),
+            &[&peer],
+        )
+        .await?;
+        let claimed = txn
+            .execute(
+                &format!(
+                    "UPDATE {schema}.events e SET owner = $2, owner_epoch = $3, updated_at = now()
+                     FROM (SELECT origin, seq FROM {schema}.events WHERE owner = $1
+                           ORDER BY origin, seq LIMIT $4 FOR UPDATE SKIP LOCKED) c
+                     WHERE e.origin = c.origin AND e.seq = c.seq"
+                ),
+                &[&peer, &inner.instance_id, &my_epoch, &BATCH],
+            )
+            .await?;
+        txn.commit().await?;
+        if claimed > 0 {
+            tracing::warn!(peer, events = claimed, "taking over a dead peer's events");
+        }
+        Ok(claimed)
+    }
+
+    /// Brings the rows this instance claimed into its store and makes the claims final (see
+    /// the module docs). Returns how many events were released to the relay.
+    async fn finish_claims(&self, store: &Store) -> Result<u64, SyncError> {
+        let inner = &self.inner;
+        let schema = &inner.schema;
+        let me = &inner.instance_id;
+        let metrics = &inner.metrics;
+        let mut released = 0;
+        loop {
+            let mut client = inner.pool.get().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT origin, seq, event_id::text, source, event_type,
+                                round(extract(epoch from received_at) * 1000)::bigint,
+                                headers::text, body, delivery, owner_epoch
+                         FROM {schema}.events WHERE owner = $1 AND origin <> $1
+                         ORDER BY origin, seq LIMIT $2"
+                    ),
+                    &[me, &BATCH],
+                )
+                .await?;
+            let held: HashMap<EventId, u64> =
+                store.held().await?.into_iter().map(|(seq, id)| (id, seq)).collect();
+            // Held events whose rows this instance no longer owns were claimed away.
+            let held_ids: Vec<String> = held.keys().map(EventId::to_string).collect();
+            let still_ours = client
+                .query(
+                    &format!(
+                        "SELECT event_id::text FROM {schema}.events
+                         WHERE owner = $1 AND origin <> $1 AND event_id::text = ANY($2)"
+                    ),
+                    &[me, &held_ids],
+                )
+                .await?;
+            let ours: std::collections::HashSet<String> =
+                still_ours.iter().map(|row| row.get(0)).collect();
+            let lost: Vec<u64> = held
+                .iter()
+                .filter(|(id, _)| !ours.contains(&id.to_string()))
+                .map(|(_, &seq)| seq)
+                .collect();
+            if !lost.is_empty() {
+                tracing::warn!(events = lost.len(), "claims lost to another instance; dropped");
+                metrics.fleet_claims_lost.inc_by(lost.len() as u64);
+                store.forget(lost).await?;
+            }
+            if rows.is_empty() {
+                return Ok(released);
+            }
+            // Import what is not held yet (a crash may have come after the import).
+            let mut local: Vec<Option<u64>> = Vec::with_capacity(rows.len());
+            let mut fresh = Vec::new();
+            for row in &rows {
+                let (event, delivery) = decode_row(row)?;
+                match held.get(&event.id()) {
+                    Some(&seq) => local.push(Some(seq)),
+                    None => {
+                        local.push(None);
+                        fresh.push((event, delivery));
+                    }
+                }
+            }
+            let mut imported = store.import(fresh).await?.into_iter();
+            let local: Vec<u64> = local
+                .into_iter()
+                .map(|seq| seq.or_else(|| imported.next()).expect("one each"))
+                .collect();
+            // Final only for rows still claimed as read.
+            let origins: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            let seqs: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+            let epochs: Vec<i64> = rows.iter().map(|r| r.get(9)).collect();
+            let txn = client.transaction().await?;
+            let finished = txn
+                .query(
+                    &format!(
+                        "WITH gone AS (
+                             DELETE FROM {schema}.events e
+                             USING UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS c(origin, seq, epoch)
+                             WHERE e.origin = c.origin AND e.seq = c.seq
+                               AND e.owner = $1 AND e.owner_epoch = c.epoch
+                             RETURNING e.origin, e.seq, e.event_id)
+                         INSERT INTO {schema}.takeovers (origin, seq, event_id, taken_by)
+                         SELECT origin, seq, event_id, $1 FROM gone
+                         ON CONFLICT (origin, seq) DO UPDATE SET taken_by = EXCLUDED.taken_by,
+                             taken_at = now()
+                         RETURNING origin, seq"
+                    ),
+                    &[me, &origins, &seqs, &epochs],
+                )
+                .await?;
+            txn.commit().await?;
+            let done: std::collections::HashSet<(String, i64)> =
+                finished.iter().map(|row| (row.get(0), row.get(1))).collect();
+            let (mut keep, mut drop_) = (Vec::new(), Vec::new());
+            for (i, seq) in local.into_iter().enumerate() {
+                if done.contains(&(origins[i].clone(), seqs[i])) {
+                    keep.push(seq);
+                } else {
+                    drop_.push(seq);
+                }
+            }
+            if !drop_.is_empty() {
+                metrics.fleet_claims_lost.inc_by(drop_.len() as u64);
+                store.forget(drop_).await?;
+            }
+            released += keep.len() as u64;
+            metrics.fleet_taken_over.inc_by(keep.len() as u64);
+            store.release(keep, clock_ms()).await?;
+        }
+    }
+
+    /// Drops the events peers took over from this instance, then counts it reconciled at
+    /// `epoch` (read by the heartbeat before this runs).
+    pub(super) async fn reconcile(&self, store: &Store, epoch: i64) -> Result<(), SyncError> {
+        let inner = &self.inner;
+        let schema = &inner.schema;
+        let me = &inner.instance_id;
+        let client = inner.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT seq FROM {schema}.takeovers WHERE origin = $1
+                     UNION SELECT seq FROM {schema}.events WHERE origin = $1 AND owner <> $1"
+                ),
+                &[me],
+            )
+            .await?;
+        let seqs: Vec<i64> = rows.iter().map(|row| row.get(0)).collect();
+        if !seqs.is_empty() {
+            let forgotten = store.forget(seqs.iter().map(|&s| s as u64).collect()).await?;
+            client
+                .execute(
+                    &format!("DELETE FROM {schema}.takeovers WHERE origin = $1 AND seq = ANY($2)"),
+                    &[me, &seqs],
+                )
+                .await?;
+            inner.metrics.fleet_reconciled.inc_by(forgotten);
+            tracing::warn!(
+                events = forgotten,
+                epoch,
+                "peers took over events of this instance while it was away; dropped here \
+                 without publishing"
+            );
+        }
+        inner.state.lock().expect("sync state lock").reconciled = Some(epoch);
+        Ok(())
+    }
+}
+
+/// A claimed row as the event and delivery state it was on its origin.
+fn decode_row(row: &Row) -> Result<(ValidatedEvent, Option<Delivery>), SyncError> {
+    let bad = |what: &str| SyncError::Unanswered(format!("a replicated row has a bad {what}"));
+    let id = EventId::parse(row.get::<_, &str>(2)).ok_or_else(|| bad("event id"))?;
+    let source = SourceName::parse(row.get::<_, &str>(3)).map_err(|_| bad("source"))?;
+    let event_type = EventType::parse(row.get::<_, &str>(4)).map_err(|_| bad("event type"))?;
+    let received_ms: i64 = row.get(5);
+    let headers: Vec<(String, String)> =
+        serde_json::from_str(row.get::<_, &str>(6)).map_err(|_| bad("headers"))?;
+    let body: Vec<u8> = row.get(7);
+    let delivery = match row.get::<_, Option<Vec<u8>>>(8) {
+        Some(bytes) => Some(decode_delivery(&bytes).map_err(|_| bad("delivery state"))?),
+        None => None,
+    };
+    let event = ValidatedEvent::new(id, source, event_type, received_ms as u64, Bytes::from(body))
+        .with_headers(headers);
+    Ok((event, delivery))
+}

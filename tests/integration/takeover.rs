@@ -1,0 +1,324 @@
+//! Takeover of a dead peer's events, with fencing, between real daemon processes sharing the
+//! real PostgreSQL (a fresh database per test) and publishing to the real RabbitMQ. Instance
+//! A reaches RabbitMQ only through a TCP proxy the test keeps closed, so its events wait in
+//! its outbox (and in PostgreSQL); instance B reaches RabbitMQ directly.
+//!
+//! - kill -9 A: B publishes every event A held, once each, with A's event ids, within
+//!   `lease` + 10 s;
+//! - SIGSTOP A until B has taken over, then open A's path to RabbitMQ and SIGCONT it: A
+//!   publishes none of them (it reconciles first);
+//! - `ack: fleet`, kill -9 A and delete its store: B publishes every event A answered 202 for.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::fleet::{FreshDb, POSTGRES};
+use crate::helpers::{
+    AMQP_URL, API_KEY, Proxy, RabbitQueue, Reaped, Received, free_port, unique, write_binary_config,
+};
+
+const LEASE_S: u64 = 3;
+
+struct Daemon {
+    child: Reaped,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(db: &FreshDb, id: &str, amqp: &str, exchange: &str, ack: &str) -> Daemon {
+        Self::start_via(db, POSTGRES, id, amqp, exchange, ack)
+    }
+
+    /// As [`Daemon::start`], reaching PostgreSQL at `postgres` (a proxy, say).
+    fn start_via(
+        db: &FreshDb,
+        postgres: &str,
+        id: &str,
+        amqp: &str,
+        exchange: &str,
+        ack: &str,
+    ) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let extra = format!(
+            "relay: {{ backoff: {{ initial: 100ms, max: 500ms }} }}\n\
+             sync:\n  postgres:\n    url: \"{}\"\n  instance_id: {id}\n  lease: {LEASE_S}s\n  ack: {ack}\n",
+            db.url(postgres)
+        );
+        let config = write_binary_config(dir.path(), port, amqp, exchange, &extra);
+        let child = spawn(&config, &dir.path().join("daemon.log"));
+        Daemon { child, base: format!("http://127.0.0.1:{port}"), dir }
+    }
+
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    async fn ready(&self, client: &reqwest::Client) {
+        let started = Instant::now();
+        while !client
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            assert!(started.elapsed() < Duration::from_secs(30), "{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
+        let text = client.get(format!("{}/metrics", self.base)).send().await.unwrap();
+        let text = text.text().await.unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+}
+
+fn spawn(config: &Path, log: &Path) -> Reaped {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Reaped(
+        Command::new(env!("CARGO_BIN_EXE_orchestron"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info,lapin=off")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon"),
+    )
+}
+
+fn signal(pid: &str, sig: &str) {
+    let status = Command::new("kill").args([sig, pid]).status().unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// Posts `n` events (`{"n": i}`) with 16 concurrent senders; returns event id by number for
+/// those answered 202, and how many were answered 503.
+async fn post_many(
+    client: &reqwest::Client,
+    base: &str,
+    n: usize,
+) -> (BTreeMap<usize, String>, usize) {
+    let mut accepted = BTreeMap::new();
+    let mut refused = 0;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(16) {
+        let posts = chunk.iter().map(|&i| {
+            let request = client
+                .post(format!("{base}/api/events/fleet.takeover"))
+                .header("x-api-key", API_KEY)
+                .header("content-type", "application/json")
+                .body(format!("{{\"n\":{i}}}"));
+            async move { (i, request.send().await.unwrap()) }
+        });
+        for (i, response) in futures_util::future::join_all(posts).await {
+            match response.status().as_u16() {
+                202 => {
+                    let answer: serde_json::Value = response.json().await.unwrap();
+                    accepted.insert(i, answer["event_id"].as_str().unwrap().to_owned());
+                }
+                503 => refused += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    (accepted, refused)
+}
+
+/// Bodies' numbers and message ids of what arrived, and how many arrived more than once.
+fn tally(received: &[Received]) -> (BTreeMap<usize, String>, usize) {
+    let mut seen = BTreeMap::new();
+    let mut duplicates = 0;
+    for m in received {
+        let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+        let n = body["n"].as_u64().unwrap() as usize;
+        if seen.insert(n, m.message_id.clone().unwrap_or_default()).is_some() {
+            duplicates += 1;
+        }
+    }
+    (seen, duplicates)
+}
+
+async fn wait_value(db: &FreshDb, sql: &str, want: &str, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let got = db.value(sql);
+        if got == want {
+            return;
+        }
+        assert!(started.elapsed() < within, "{sql}: {got}, not {want}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instances_events_are_published_by_a_peer_once_with_their_ids() {
+    let db = FreshDb::create();
+    let exchange = unique("takeover");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let closed = Proxy::start("127.0.0.1:5672", false).await;
+    let client = client();
+    let a = Daemon::start(
+        &db,
+        "edge-a",
+        &format!("amqp://guest:guest@{}/%2f", closed.addr),
+        &exchange,
+        "local",
+    );
+    let b = Daemon::start(&db, "edge-b", AMQP_URL, &exchange, "local");
+    a.ready(&client).await;
+    b.ready(&client).await;
+    let (accepted, refused) = post_many(&client, &a.base, 1000).await;
+    assert_eq!((accepted.len(), refused), (1000, 0));
+    // `ack: local`: what A accepted reaches PostgreSQL asynchronously; the takeover covers
+    // what is there when A dies.
+    let sql = "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-a'";
+    wait_value(&db, sql, "1000", Duration::from_secs(20)).await;
+    assert!(collect_quiet(&mut queue, Duration::from_millis(500)).await.is_empty(), "A is cut off");
+
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let killed = Instant::now();
+    let received = queue.collect(1000, Duration::from_secs(LEASE_S + 10)).await;
+    let took = killed.elapsed();
+    let extra = collect_quiet(&mut queue, Duration::from_secs(2)).await;
+    let (seen, duplicates) = tally(&[received, extra].concat());
+    let lost: Vec<_> = accepted.keys().filter(|n| !seen.contains_key(n)).collect();
+    println!(
+        "takeover: {} of 1000 published by B in {took:?}, duplicates {duplicates}",
+        seen.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "lost {} (first {:?}); B's log:\n{}",
+        lost.len(),
+        lost.first(),
+        b.log()
+    );
+    assert_eq!(duplicates, 0);
+    assert!(took < Duration::from_secs(LEASE_S + 10));
+    for (n, id) in &accepted {
+        assert_eq!(&seen[n], id, "published with the event id A gave it");
+    }
+    assert_eq!(b.metric(&client, "orchestron_fleet_taken_over_events_total").await, 1000.0);
+    wait_value(&db, "SELECT count(*) FROM orchestron.events", "0", Duration::from_secs(10)).await;
+    assert_eq!(
+        db.value("SELECT epoch > 0 FROM orchestron.instances WHERE instance_id = 'edge-a'"),
+        "t"
+    );
+}
+
+/// Messages that arrive within `quiet`.
+async fn collect_quiet(queue: &mut RabbitQueue, quiet: Duration) -> Vec<Received> {
+    queue.collect(usize::MAX, quiet).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_instance_that_was_taken_over_publishes_none_of_those_events() {
+    let db = FreshDb::create();
+    let exchange = unique("fencing");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let path = Proxy::start("127.0.0.1:5672", false).await;
+    let pg = Proxy::start(POSTGRES, true).await;
+    let client = client();
+    let amqp = format!("amqp://guest:guest@{}/%2f", path.addr);
+    let a = Daemon::start_via(&db, &pg.addr.to_string(), "edge-a", &amqp, &exchange, "local");
+    let b = Daemon::start(&db, "edge-b", AMQP_URL, &exchange, "local");
+    a.ready(&client).await;
+    b.ready(&client).await;
+    let (accepted, _) = post_many(&client, &a.base, 200).await;
+    assert_eq!(accepted.len(), 200);
+    let sql = "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-a'";
+    wait_value(&db, sql, "200", Duration::from_secs(20)).await;
+
+    signal(&a.pid(), "-STOP");
+    let received = queue.collect(200, Duration::from_secs(LEASE_S + 10)).await;
+    let (seen, duplicates) = tally(&received);
+    assert_eq!((seen.len(), duplicates), (200, 0), "B took over while A was paused");
+    wait_value(&db, "SELECT count(*) FROM orchestron.takeovers", "200", Duration::from_secs(10))
+        .await;
+
+    // A wakes with a working path to RabbitMQ and 200 events in its outbox, but cannot reach
+    // PostgreSQL yet: its lease has lapsed, so it publishes none of the replicated events.
+    pg.set_up(false);
+    path.set_up(true);
+    signal(&a.pid(), "-CONT");
+    let after = collect_quiet(&mut queue, Duration::from_secs(5)).await;
+    assert!(
+        after.is_empty(),
+        "A published {} events with its lease lapsed:\n{}",
+        after.len(),
+        a.log()
+    );
+    // Back in touch, it finds its epoch moved, reconciles and drops them.
+    pg.set_up(true);
+    let after = collect_quiet(&mut queue, Duration::from_secs(5)).await;
+    assert!(
+        after.is_empty(),
+        "A published {} taken-over events; its log:\n{}",
+        after.len(),
+        a.log()
+    );
+    let started = Instant::now();
+    while a.metric(&client, "orchestron_outbox_pending_events").await != 0.0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "A kept them: {}", a.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.metric(&client, "orchestron_fleet_reconciled_events_total").await, 200.0);
+    wait_value(&db, "SELECT count(*) FROM orchestron.takeovers", "0", Duration::from_secs(10))
+        .await;
+    // A publishes its new events as usual.
+    let (more, _) = post_many(&client, &a.base, 5).await;
+    assert_eq!(more.len(), 5);
+    assert_eq!(queue.collect(5, Duration::from_secs(10)).await.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ack_fleet_a_lost_host_loses_nothing_it_answered_202_for() {
+    let db = FreshDb::create();
+    let exchange = unique("hostloss");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let closed = Proxy::start("127.0.0.1:5672", false).await;
+    let client = client();
+    let a = Daemon::start(
+        &db,
+        "edge-a",
+        &format!("amqp://guest:guest@{}/%2f", closed.addr),
+        &exchange,
+        "fleet",
+    );
+    let b = Daemon::start(&db, "edge-b", AMQP_URL, &exchange, "local");
+    a.ready(&client).await;
+    b.ready(&client).await;
+    // Until A's first heartbeat it cannot confirm: wait for its 202s.
+    let started = Instant::now();
+    while post_many(&client, &a.base, 1).await.0.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no 202 from A: {}", a.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (accepted, _) = post_many(&client, &a.base, 300).await;
+    // No waiting for replication here: the 202 said it was done. The host and its disk go.
+    let Daemon { mut child, dir, .. } = a;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(dir);
+    let received = queue.collect(accepted.len(), Duration::from_secs(LEASE_S + 10)).await;
+    let extra = collect_quiet(&mut queue, Duration::from_secs(2)).await;
+    let (seen, _) = tally(&[received, extra].concat());
+    let lost: BTreeSet<_> = accepted.keys().filter(|n| !seen.contains_key(n)).collect();
+    assert!(lost.is_empty(), "lost {} of {} acknowledged: {lost:?}", lost.len(), accepted.len());
+}
