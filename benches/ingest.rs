@@ -172,7 +172,7 @@ async fn serve(
 ) -> (u16, tokio::sync::oneshot::Sender<()>) {
     let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(config).unwrap()));
     let metrics = Arc::new(orchestron::telemetry::metrics::Metrics::new());
-    let router = orchestron::ingest::router(IngestState { sink, live, metrics, fleet_ack: None });
+    let router = orchestron::ingest::router(IngestState { sink, live, metrics, fleet: None });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

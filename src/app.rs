@@ -281,7 +281,7 @@ fn serve(
         sink: Arc::new(core.store.clone()),
         live: Arc::clone(&core.live),
         metrics: Arc::clone(&core.metrics),
-        fleet_ack: core.fleet.clone().filter(Fleet::acks_with_fleet),
+        fleet: core.fleet.clone(),
     };
     let router = ingest::router(state).merge(probe::router(probe, !metrics_on_admin));
     let addr = ingest_listener.local_addr()?;

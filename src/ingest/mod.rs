@@ -34,7 +34,7 @@ use crate::routing::Body as EventBody;
 use crate::server::client_cert::ClientSubject;
 use crate::sources::Source;
 use crate::store::{Appended, IdempotencyKey, Store, StoreError};
-use crate::sync::Fleet;
+use crate::sync::{Fleet, KeyClaim, KeyOutcome};
 use crate::telemetry::metrics::{Metrics, status_class};
 
 /// Where accepted events go: the store in the daemon. The seam exists so that benchmarks can
@@ -65,8 +65,9 @@ pub struct IngestState {
     /// One snapshot is loaded per request and used from start to end.
     pub live: Arc<ArcSwap<LiveConfig>>,
     pub metrics: Arc<Metrics>,
-    /// With `sync.ack: fleet`: a 202 also waits for PostgreSQL's commit.
-    pub fleet_ack: Option<Fleet>,
+    /// With `sync`: idempotency keys are claimed fleet-wide, and with `ack: fleet` a 202
+    /// also waits for PostgreSQL's commit.
+    pub fleet: Option<Fleet>,
 }
 
 pub fn router(state: IngestState) -> Router {
@@ -259,9 +260,42 @@ async fn accept(
     let event =
         ValidatedEvent::new(EventId::new(), source.name.clone(), event_type, now_ms(), bytes)
             .with_headers(kept);
-    let appended = state.sink.append(event, key).await?;
+    // Fleet-wide idempotency: claim the key before storing (sync/dedup.rs).
+    let claimed = match (&state.fleet, &key) {
+        (Some(fleet), Some(k)) => {
+            let id = event.id();
+            let source = source.name.as_str();
+            match fleet.claim_key(source, &k.key, id, k.expires_at_ms).await {
+                KeyClaim::Duplicate(first) => {
+                    state.metrics.fleet_dedup.with_label_values(&["duplicate"]).inc();
+                    return Ok(Answer::Stored(Appended::Duplicate(first), size));
+                }
+                KeyClaim::Claimed => {
+                    state.metrics.fleet_dedup.with_label_values(&["claimed"]).inc();
+                    Some((fleet, k.key.clone(), id))
+                }
+                KeyClaim::Unknown => {
+                    state.metrics.fleet_dedup.with_label_values(&["unknown"]).inc();
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let appended = state.sink.append(event, key).await;
+    if let Some((fleet, key, id)) = claimed {
+        let source = source.name.as_str();
+        match &appended {
+            Ok(Appended::Accepted(_)) => fleet.settle_key(source, &key, id, KeyOutcome::Durable),
+            Ok(Appended::Duplicate(first)) => {
+                fleet.settle_key(source, &key, *first, KeyOutcome::Earlier)
+            }
+            Err(_) => fleet.settle_key(source, &key, id, KeyOutcome::Failed),
+        }
+    }
+    let appended = appended?;
     if let Appended::Accepted(id) = appended {
-        if let Some(fleet) = &state.fleet_ack {
+        if let Some(fleet) = state.fleet.as_ref().filter(|f| f.acks_with_fleet()) {
             // Durable here, not yet in PostgreSQL: the sender must not take it as fleet-safe.
             // The event stays in the outbox and is delivered all the same.
             fleet.replicated().await.map_err(|e| IngestError::NotReplicated(e.to_string()))?;

@@ -16,10 +16,13 @@
 //! Not here yet (docs/fleet.md): `ack: fleet`, fleet-wide idempotency, takeover of a dead
 //! peer's events with fencing, and the fleet DLQ's admin views.
 
+mod dedup;
 pub mod migrations;
 mod pg;
 mod replicate;
 mod takeover;
+
+pub use dedup::{KeyClaim, KeyOutcome};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,6 +73,8 @@ struct Inner {
     ack: AckMode,
     ack_timeout: Duration,
     store: Store,
+    /// Fleet dedup: claims to confirm, for the background task.
+    confirms: tokio::sync::mpsc::Sender<dedup::Confirm>,
     /// Outbox seqs below this may be in PostgreSQL (and so taken over by a peer): they are
     /// published only while this instance's lease is live and it has reconciled.
     held_below: std::sync::atomic::AtomicU64,
@@ -152,6 +157,7 @@ impl Fleet {
                 }
             },
         };
+        let (confirms, pending_confirms) = dedup::channel();
         let fleet = Fleet {
             inner: Arc::new(Inner {
                 instance_id,
@@ -163,6 +169,7 @@ impl Fleet {
                 ack: config.ack,
                 ack_timeout: config.ack_timeout.get(),
                 store: store.clone(),
+                confirms,
                 // Everything in the store at start may have been replicated before.
                 held_below: std::sync::atomic::AtomicU64::new(store.next_seq().await?),
                 replicated: tokio::sync::watch::Sender::new(0),
@@ -174,7 +181,8 @@ impl Fleet {
         tracing::info!(instance_id = %fleet.inner.instance_id, "fleet sync on");
         tasks.spawn("sync: heartbeat", fleet.clone().heartbeat(store.clone(), stop.clone()));
         tasks.spawn("sync: replicator", replicate::run(fleet.clone(), store.clone(), stop.clone()));
-        tasks.spawn("sync: takeover", takeover::run(fleet.clone(), store.clone(), stop));
+        tasks.spawn("sync: takeover", takeover::run(fleet.clone(), store.clone(), stop.clone()));
+        tasks.spawn("sync: idempotency keys", dedup::run(fleet.clone(), pending_confirms, stop));
         Ok(fleet)
     }
 

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub fleet_taken_over: IntCounter,
     pub fleet_reconciled: IntCounter,
     pub fleet_claims_lost: IntCounter,
+    pub fleet_dedup: IntCounterVec,
+    pub fleet_dedup_fallbacks: IntCounter,
     sync_registered: std::sync::Once,
     pub store_batch_events: Histogram,
     pub store_commit_seconds: Histogram,
@@ -98,7 +100,9 @@ impl Metrics {
     /// Exports the fleet sync metrics (once `sync` is configured).
     pub fn enable_sync(&self) {
         self.sync_registered.call_once(|| {
-            let metrics: [Box<dyn prometheus::core::Collector>; 11] = [
+            let metrics: [Box<dyn prometheus::core::Collector>; 13] = [
+                Box::new(self.fleet_dedup.clone()),
+                Box::new(self.fleet_dedup_fallbacks.clone()),
                 Box::new(self.fleet_taken_over.clone()),
                 Box::new(self.fleet_reconciled.clone()),
                 Box::new(self.fleet_claims_lost.clone()),
@@ -262,6 +266,19 @@ impl Metrics {
             fleet_claims_lost: IntCounter::with_opts(opts(
                 "fleet_claims_lost_total",
                 "Takeover claims that another instance took first (this one stalled)."
+            ))
+            .expect("metric definitions are valid"),
+            fleet_dedup: IntCounterVec::new(
+                opts(
+                    "fleet_dedup_claims_total",
+                    "Idempotency keys claimed in PostgreSQL, by result: claimed, duplicate, unknown."
+                ),
+                &["result"],
+            )
+            .expect("metric definitions are valid"),
+            fleet_dedup_fallbacks: IntCounter::with_opts(opts(
+                "fleet_dedup_fallbacks_total",
+                "Keyed events decided by local dedup alone: PostgreSQL did not answer within 250 ms."
             ))
             .expect("metric definitions are valid"),
             sync_registered: std::sync::Once::new(),

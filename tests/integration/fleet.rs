@@ -140,7 +140,7 @@ async fn three_instances_starting_at_once_apply_the_migrations_once_and_see_each
     assert_eq!(live(&view), ["edge-a", "edge-b", "edge-c"]);
     assert_eq!(view["instance_id"], "edge-a");
     assert_eq!(view["sync"]["connected"], true, "{view}");
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "3", "applied once");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "4", "applied once");
     assert_eq!(db.value("SELECT count(*) FROM orchestron.instances"), "3");
     // Each heartbeat carries the outbox size: an event waiting on an unconfigured broker...
     a.accept("fleet.test", "{}".into()).await;
@@ -257,9 +257,9 @@ fn sync_migrate_applies_the_schema_once() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    assert!(run().contains("applied [1, 2, 3]"));
+    assert!(run().contains("applied [1, 2, 3, 4]"));
     assert!(run().contains("is current"));
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "3");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "4");
 }
 
 /// The role needs rights on its own schema only: a DBA creates the schema and hands it over,
@@ -273,7 +273,7 @@ fn a_role_with_rights_on_its_schema_only_applies_the_migrations() {
     let sync = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: fleet\n");
     let out = sync_migrate(&sync);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "3");
+    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "4");
     assert_eq!(db.value("SELECT tableowner FROM pg_tables WHERE tablename = 'instances'"), role);
     // Without its schema, the same role is refused, and says why.
     let other = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: elsewhere\n");
@@ -431,4 +431,73 @@ async fn ack_fleet_answers_202_only_once_postgres_has_the_event() {
     wait_value(&db, "SELECT count(*) FROM orchestron.events WHERE event_type = 'fleet.cut'", "4")
         .await;
     app.stop().await;
+}
+
+/// Posts `body` to `app` with an idempotency key; returns the status and the answer.
+async fn post_keyed(app: &TestApp, key: &str, body: String) -> (u16, serde_json::Value) {
+    let response = app
+        .client
+        .post(app.url("/api/events/fleet.keyed"))
+        .header("X-API-Key", crate::helpers::API_KEY)
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// An idempotency key accepted by one instance is a duplicate on every other, and two first
+/// arrivals at the same moment on two instances are published once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_published_once_across_the_fleet() {
+    let db = FreshDb::create();
+    let exchange = unique("fleet_dedup");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let route = format!(
+        "brokers:\n  rabbitmq:\n    url: \"{}\"\n\
+         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ]\n",
+        crate::helpers::AMQP_URL
+    );
+    let url = db.url(POSTGRES);
+    let a_config = format!("{route}{}", sync_config(&url, Some("edge-a"), "3s"));
+    let b_config = format!("{route}{}", sync_config(&url, Some("edge-b"), "3s"));
+    let (a, b) = tokio::join!(TestApp::spawn(&a_config), TestApp::spawn(&b_config));
+    wait_fleet(&b, |v| live(v).len() == 2).await;
+
+    let mut first = Vec::new();
+    for i in 0..200 {
+        let (status, answer) = post_keyed(&a, &format!("k-{i}"), format!("{{\"n\":{i}}}")).await;
+        assert_eq!(status, 202, "{answer}");
+        first.push(answer["event_id"].as_str().unwrap().to_owned());
+    }
+    for (i, id) in first.iter().enumerate() {
+        let (status, answer) = post_keyed(&b, &format!("k-{i}"), format!("{{\"n\":{i}}}")).await;
+        assert_eq!((status, answer["status"].as_str()), (200, Some("duplicate")), "{answer}");
+        assert_eq!(answer["event_id"].as_str(), Some(id.as_str()), "the first event's id");
+    }
+
+    // The same 50 keys to both instances at once.
+    let both = (0..50).map(|i| {
+        let (a, b) = (&a, &b);
+        async move {
+            let body = format!("{{\"n\":{}}}", 1000 + i);
+            let key = format!("c-{i}");
+            tokio::join!(post_keyed(a, &key, body.clone()), post_keyed(b, &key, body))
+        }
+    });
+    for ((sa, _), (sb, _)) in futures_util::future::join_all(both).await {
+        assert!([sa, sb].iter().all(|s| [200, 202].contains(s)), "{sa} {sb}");
+    }
+    let received = queue.collect(usize::MAX, Duration::from_secs(10)).await;
+    let mut count = std::collections::BTreeMap::new();
+    for m in &received {
+        let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+        *count.entry(body["n"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(count.len(), 250, "every key published");
+    assert!(count.values().all(|&n| n == 1), "a key published twice: {count:?}");
+    a.stop().await;
+    b.stop().await;
 }
