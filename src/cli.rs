@@ -87,6 +87,10 @@ pub enum DlqCommand {
         /// Continue a listing (the `next_cursor` of the previous page).
         #[arg(long)]
         cursor: Option<u64>,
+        /// Every instance's entries, from the fleet's PostgreSQL (`sync:`), with the instance
+        /// that holds each.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Show one entry, with its body and every failed destination.
     Show { event_id: String },
@@ -98,6 +102,10 @@ pub enum DlqCommand {
         all: bool,
         #[command(flatten)]
         filter: FilterArgs,
+        /// The entry may be another instance's (`dlq list --fleet`): this one takes it over
+        /// and publishes it.
+        #[arg(long)]
+        fleet: bool,
     },
     /// Delete entries for good.
     Purge {
@@ -229,8 +237,11 @@ fn to_json(value: &impl serde::Serialize) -> String {
 pub async fn dlq(args: &ConnectionArgs, command: &DlqCommand) -> Result<String, CliError> {
     let backend = Backend::new(args)?;
     match command {
-        DlqCommand::List { filter, limit, cursor } => {
+        DlqCommand::List { filter, limit, cursor, fleet } => {
             let page: DlqPageView = match &backend {
+                Backend::Offline(_) if *fleet => {
+                    return Err(CliError("--fleet asks the daemon: drop --offline".into()));
+                }
                 Backend::Offline(store) => {
                     let page = store
                         .dlq_list(&filter.filter()?, *cursor, *limit)
@@ -245,6 +256,9 @@ pub async fn dlq(args: &ConnectionArgs, command: &DlqCommand) -> Result<String, 
                     query.push(("limit", limit.to_string()));
                     if let Some(c) = cursor {
                         query.push(("cursor", c.to_string()));
+                    }
+                    if *fleet {
+                        query.push(("scope", "fleet".into()));
                     }
                     backend.call(Method::GET, "/admin/dlq", &query).await?
                 }
@@ -266,10 +280,17 @@ pub async fn dlq(args: &ConnectionArgs, command: &DlqCommand) -> Result<String, 
             };
             Ok(if args.json { to_json(&entry) } else { dlq_detail(&entry) })
         }
-        DlqCommand::Replay { event_id: raw, all, filter } => {
+        DlqCommand::Replay { event_id: raw, all, filter, fleet } => {
             let path = bulk_path(raw.as_deref(), *all, filter, "replay")?;
+            let mut query = filter.query();
+            if *fleet {
+                if path.is_none() {
+                    return Err(CliError("--fleet replays one entry: give its event id".into()));
+                }
+                query.push(("scope", "fleet".into()));
+            }
             let path = path.map(|p| format!("{p}/replay")).unwrap_or("/admin/dlq/replay".into());
-            let count: CountView = backend.call(Method::POST, &path, &filter.query()).await?;
+            let count: CountView = backend.call(Method::POST, &path, &query).await?;
             let n = count.replayed.unwrap_or(0);
             Ok(if args.json { to_json(&count) } else { format!("replayed {n} event(s)") })
         }
@@ -411,23 +432,29 @@ pub async fn sync(config: &std::path::Path, command: &SyncCommand) -> Result<Str
 }
 
 fn dlq_table(page: &DlqPageView) -> String {
+    let fleet = page.entries.iter().any(|e| e.instance_id.is_some());
     let rows = page
         .entries
         .iter()
         .map(|e| {
             let dests: Vec<_> = e.destinations.iter().map(|d| d.destination.as_str()).collect();
-            vec![
-                e.event_id.clone(),
-                e.event_type.clone(),
-                e.source.clone(),
-                e.reason.clone(),
-                if dests.is_empty() { "-".into() } else { dests.join(",") },
-                e.dead_lettered_at.clone().unwrap_or_default(),
-            ]
+            let instance = fleet.then(|| e.instance_id.clone().unwrap_or_default());
+            instance
+                .into_iter()
+                .chain([
+                    e.event_id.clone(),
+                    e.event_type.clone(),
+                    e.source.clone(),
+                    e.reason.clone(),
+                    if dests.is_empty() { "-".into() } else { dests.join(",") },
+                    e.dead_lettered_at.clone().unwrap_or_default(),
+                ])
+                .collect()
         })
         .collect();
-    let mut out =
-        table(&["EVENT ID", "TYPE", "SOURCE", "REASON", "DESTINATIONS", "DEAD-LETTERED AT"], rows);
+    let headers =
+        ["INSTANCE", "EVENT ID", "TYPE", "SOURCE", "REASON", "DESTINATIONS", "DEAD-LETTERED AT"];
+    let mut out = table(&headers[usize::from(!fleet)..], rows);
     if let Some(cursor) = page.next_cursor {
         let _ = writeln!(out, "more: --cursor {cursor}");
     }

@@ -252,6 +252,25 @@ pub struct DlqRecord {
     pub destinations: Vec<DeadDestination>,
 }
 
+impl DlqRecord {
+    /// The delivery state a replay starts from: pending, afresh, for each destination that
+    /// had failed (`None` for a `no_route` entry, which is routed again).
+    pub fn replay_delivery(&self) -> Option<Delivery> {
+        if self.destinations.is_empty() {
+            return None;
+        }
+        let destinations = self
+            .destinations
+            .iter()
+            .map(|d| DestinationState {
+                name: d.state.name.clone(),
+                ..DestinationState::new(d.state.target.clone(), d.state.retry)
+            })
+            .collect();
+        Some(Delivery { destinations })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -139,6 +139,17 @@ struct FilterParams {
     cursor: Option<u64>,
     /// `DELETE /admin/dlq` without a filter needs `all=true`.
     all: Option<bool>,
+    /// `fleet`: every instance's entries (listing, and replaying one by id); `local` (the
+    /// default): this instance's.
+    scope: Option<Scope>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Scope {
+    #[default]
+    Local,
+    Fleet,
 }
 
 impl FilterParams {
@@ -162,6 +173,19 @@ async fn list(
     Query(params): Query<FilterParams>,
 ) -> Result<Json<DlqPageView>, AdminError> {
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    if params.scope == Some(Scope::Fleet) {
+        let fleet = state.fleet.as_ref().ok_or(AdminError::NoFleet)?;
+        let offset = params.cursor.unwrap_or(0);
+        let (entries, next_cursor) = fleet.dlq_list(&params.filter()?, offset, limit).await?;
+        let entries = entries
+            .iter()
+            .map(|e| DlqEntryView {
+                instance_id: Some(e.instance_id.clone()),
+                ..DlqEntryView::new(&e.entry, false)
+            })
+            .collect();
+        return Ok(Json(DlqPageView { entries, next_cursor }));
+    }
     let page = state.store.dlq_list(params.filter()?, params.cursor, limit).await?;
     Ok(Json(DlqPageView {
         entries: page.entries.iter().map(|e| DlqEntryView::new(e, false)).collect(),
@@ -180,9 +204,15 @@ async fn show(
 async fn replay_one(
     State(state): State<AdminState>,
     Path(id): Path<String>,
+    Query(params): Query<FilterParams>,
 ) -> Result<Json<CountView>, AdminError> {
     let id = event_id(&id)?;
-    let n = state.store.dlq_replay(DlqSelector::Id(id), clock_ms()).await?;
+    let n = if params.scope == Some(Scope::Fleet) {
+        let fleet = state.fleet.as_ref().ok_or(AdminError::NoFleet)?;
+        fleet.dlq_replay(&state.store, id).await?
+    } else {
+        state.store.dlq_replay(DlqSelector::Id(id), clock_ms()).await?
+    };
     if n == 0 {
         return Err(AdminError::NotFound);
     }

@@ -32,6 +32,9 @@ pub struct DlqEntryView {
     pub reason: String,
     pub destinations: Vec<DeadDestinationView>,
     pub body_bytes: usize,
+    /// With `scope=fleet`: the instance that holds the entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
     /// The body as JSON (bodies are validated JSON); only in single-entry answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<serde_json::Value>,
@@ -66,6 +69,7 @@ impl DlqEntryView {
                 })
                 .collect(),
             body_bytes: r.event.body().len(),
+            instance_id: None,
             body,
         }
     }

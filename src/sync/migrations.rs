@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("sql/002_outbox.sql")),
     (3, include_str!("sql/003_takeovers.sql")),
     (4, include_str!("sql/004_dedup_keys.sql")),
+    (5, include_str!("sql/005_dlq_replays.sql")),
 ];
 
 /// The advisory lock of `schema`'s migrations (a stable 64-bit hash of its name).

@@ -17,12 +17,14 @@
 //! peer's events with fencing, and the fleet DLQ's admin views.
 
 mod dedup;
+mod dlq;
 pub mod migrations;
 mod pg;
 mod replicate;
 mod takeover;
 
 pub use dedup::{KeyClaim, KeyOutcome};
+pub use dlq::FleetDlqEntry;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -285,6 +287,11 @@ impl Fleet {
                     Ok(()) => {}
                     Err(error) => tracing::error!(%error, "reconciling with the fleet failed"),
                 }
+            }
+            if epoch.is_some()
+                && let Err(error) = self.drop_replayed_elsewhere(&store).await
+            {
+                tracing::warn!(%error, "dropping DLQ entries replayed by peers failed; will retry");
             }
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -92,6 +92,7 @@ impl Fleet {
     /// One round: finish claims left from before, then claim the dead peers' rows batch by
     /// batch. Returns how many events were taken over.
     async fn take_over(&self, store: &Store) -> Result<u64, SyncError> {
+        self.finish_dlq_replays(store).await?;
         let mut taken = self.finish_claims(store).await?;
         let client = self.inner.pool.get().await?;
         let schema = &self.inner.schema;

@@ -140,7 +140,7 @@ async fn three_instances_starting_at_once_apply_the_migrations_once_and_see_each
     assert_eq!(live(&view), ["edge-a", "edge-b", "edge-c"]);
     assert_eq!(view["instance_id"], "edge-a");
     assert_eq!(view["sync"]["connected"], true, "{view}");
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "4", "applied once");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "5", "applied once");
     assert_eq!(db.value("SELECT count(*) FROM orchestron.instances"), "3");
     // Each heartbeat carries the outbox size: an event waiting on an unconfigured broker...
     a.accept("fleet.test", "{}".into()).await;
@@ -257,9 +257,9 @@ fn sync_migrate_applies_the_schema_once() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    assert!(run().contains("applied [1, 2, 3, 4]"));
+    assert!(run().contains("applied [1, 2, 3, 4, 5]"));
     assert!(run().contains("is current"));
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "4");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "5");
 }
 
 /// The role needs rights on its own schema only: a DBA creates the schema and hands it over,
@@ -273,7 +273,7 @@ fn a_role_with_rights_on_its_schema_only_applies_the_migrations() {
     let sync = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: fleet\n");
     let out = sync_migrate(&sync);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "4");
+    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "5");
     assert_eq!(db.value("SELECT tableowner FROM pg_tables WHERE tablename = 'instances'"), role);
     // Without its schema, the same role is refused, and says why.
     let other = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: elsewhere\n");
@@ -498,6 +498,78 @@ async fn an_idempotency_key_is_published_once_across_the_fleet() {
     }
     assert_eq!(count.len(), 250, "every key published");
     assert!(count.values().all(|&n| n == 1), "a key published twice: {count:?}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The fleet DLQ: an entry dead-lettered on A is listed from B (`dlq list --fleet`) and
+/// replayed from B (`dlq replay --fleet`): delivered once, with its id, and gone from A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_of_one_instance_is_listed_and_replayed_from_another() {
+    let db = FreshDb::create();
+    let good = unique("fleet_dlq_good");
+    let bad = unique("fleet_dlq_bad");
+    let relay = "  backoff: { initial: 50ms, max: 200ms }\n  max_attempts: 1\n";
+    let routes = good_and_unroutable_config(&good, &bad, relay);
+    let url = db.url(POSTGRES);
+    let a_config = format!("{routes}{}", sync_config(&url, Some("edge-a"), "3s"));
+    let b_config = format!("{routes}{}", sync_config(&url, Some("edge-b"), "3s"));
+    let (a, b) = tokio::join!(TestApp::spawn(&a_config), TestApp::spawn(&b_config));
+    let id = a.accept("bad.order", r#"{"dead": true}"#.into()).await;
+    wait_dlq(&a, 1).await;
+    wait_value(&db, "SELECT count(*) FROM orchestron.dlq", "1").await;
+
+    let cli = |app: &TestApp, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_orchestron"))
+            .args(args)
+            .args(["--admin-url", &format!("http://{}", app.admin_addr)])
+            .args(["--token", crate::helpers::ADMIN_TOKEN])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    };
+    let listed = cli(&b, &["dlq", "list", "--fleet"]);
+    assert!(listed.starts_with("INSTANCE"), "{listed}");
+    let line = listed.lines().find(|l| l.contains(&id)).unwrap_or_else(|| panic!("{listed}"));
+    assert!(line.starts_with("edge-a") && line.contains("unroutable"), "{listed}");
+    assert!(cli(&b, &["dlq", "list"]).lines().all(|l| !l.contains(&id)), "not in B's own DLQ");
+
+    // The destination works now; B replays A's entry.
+    let mut queue = RabbitQueue::bind(&bad, "#").await;
+    assert_eq!(cli(&b, &["dlq", "replay", &id, "--fleet"]).trim(), "replayed 1 event(s)");
+    let received = queue.collect(1, Duration::from_secs(10)).await;
+    assert_eq!(received.len(), 1, "delivered by B");
+    assert_eq!(received[0].message_id.as_deref(), Some(id.as_str()), "with its id");
+    assert_eq!(received[0].body, br#"{"dead": true}"#);
+    // A drops its copy at its next heartbeat; the fleet lists it no more.
+    let started = Instant::now();
+    while !a
+        .admin(reqwest::Method::GET, "/admin/dlq")
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["entries"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(started.elapsed() < Duration::from_secs(15), "A keeps the replayed entry");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_value(&db, "SELECT count(*) FROM orchestron.dlq", "0").await;
+    assert!(!cli(&b, &["dlq", "list", "--fleet"]).contains(&id));
+    // A second replay finds nothing, and nothing more arrives.
+    let again = b
+        .admin(reqwest::Method::POST, &format!("/admin/dlq/{id}/replay?scope=fleet"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
+    assert!(queue.collect(1, Duration::from_secs(3)).await.is_empty(), "published once");
     a.stop().await;
     b.stop().await;
 }

@@ -294,6 +294,13 @@ async fn every_documented_operation_answers_as_documented() {
     let fleet = [
         case(Method::GET, "/admin/fleet", "/admin/fleet", Auth::Admin),
         case(Method::GET, "/admin/fleet", "/admin/fleet", Auth::None),
+        case(Method::GET, "/admin/dlq", "/admin/dlq?scope=fleet", Auth::Admin),
+        case(
+            Method::POST,
+            REPLAY_ONE,
+            format!("/admin/dlq/{unknown}/replay?scope=fleet"),
+            Auth::Admin,
+        ),
     ];
     for c in &fleet {
         call(&app, &spec, c, &mut seen).await;
@@ -310,6 +317,9 @@ async fn every_documented_operation_answers_as_documented() {
         }
         assert!(started.elapsed() < Duration::from_secs(15), "no fleet view: {view}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in &fleet[2..] {
+        call(&synced, &spec, c, &mut seen).await;
     }
     let ready = case(Method::GET, "/ready", "/ready", Auth::None);
     assert_eq!(call(&synced, &spec, &ready, &mut seen).await["sync"]["connected"], true);

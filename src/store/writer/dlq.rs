@@ -4,7 +4,7 @@
 use redb::{ReadableTable, ReadableTableMetadata, StorageError};
 
 use super::{Tables, Writer};
-use crate::delivery::{Delivery, DestinationState, DlqRecord, Lane};
+use crate::delivery::{DlqRecord, Lane};
 use crate::store::codec;
 use crate::store::feed::FeedKind;
 use crate::store::{DlqSelector, Result, StoreError};
@@ -49,22 +49,16 @@ impl Writer {
         for (dlq_seq, record) in chosen {
             let seq = self.next_seq();
             t.events.insert(seq, codec::encode_event(&record.event).as_slice())?;
-            if record.destinations.is_empty() {
-                t.lanes.insert((Lane::UNROUTED.number(), now_ms, seq), ())?;
-            } else {
-                let destinations: Vec<DestinationState> = record
-                    .destinations
-                    .iter()
-                    .map(|d| DestinationState {
-                        name: d.state.name.clone(),
-                        ..DestinationState::new(d.state.target.clone(), d.state.retry)
-                    })
-                    .collect();
-                let delivery = Delivery { destinations };
-                for lane in delivery.pending_lanes() {
-                    t.lanes.insert((lane.number(), now_ms, seq), ())?;
+            match record.replay_delivery() {
+                None => {
+                    t.lanes.insert((Lane::UNROUTED.number(), now_ms, seq), ())?;
                 }
-                t.delivery.insert(seq, codec::encode_delivery(&delivery).as_slice())?;
+                Some(delivery) => {
+                    for lane in delivery.pending_lanes() {
+                        t.lanes.insert((lane.number(), now_ms, seq), ())?;
+                    }
+                    t.delivery.insert(seq, codec::encode_delivery(&delivery).as_slice())?;
+                }
             }
             t.touched(FeedKind::Outbox, seq);
             remove_dlq(t, dlq_seq, &record)?;
