@@ -20,7 +20,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,9 +33,12 @@ use orchestron::store::{Appended, IdempotencyKey, Store, StoreError};
 
 mod common;
 
-use common::{cpu_ticks, env_or, free_port, median, start_daemon, stop_daemon, wait_ready};
+use common::{
+    Sample, cpu_ticks, env_or, free_port, median, start_daemon, stop_daemon, wait_ready, wrk,
+    wrk_url,
+};
 
-const KEY: &str = "bench-key";
+use common::KEY;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -107,62 +109,6 @@ fn bench_config_with(
     std::fs::write(&path, &text).unwrap();
     let config = orchestron::config::load_str(&path, &text, &[]).unwrap();
     (path, config)
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    events_per_fsync: Option<f64>,
-    /// Daemon arms: CPU time (user + system) the daemon spent per accepted event, in µs. A
-    /// steadier comparison than events/s on a shared machine, where wrk competes for the cores.
-    cpu_us_per_event: Option<f64>,
-}
-
-fn wrk(port: u16, connections: usize, seconds: u64) -> Sample {
-    wrk_url(&format!("http://127.0.0.1:{port}/api/events/order.created"), connections, seconds)
-}
-
-fn wrk_url(url: &str, connections: usize, seconds: u64) -> Sample {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/post.lua");
-    let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
-        .arg(&script)
-        .arg(url)
-        .env("ORCHESTRON_BENCH_KEY", KEY)
-        .output()
-        .expect("wrk on PATH (apt-get install wrk)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!text.contains("Non-2xx"), "some requests were not accepted:\n{text}");
-    let field = |label: &str| -> f64 {
-        let line = text
-            .lines()
-            .find(|l| l.trim_start().starts_with(label))
-            .unwrap_or_else(|| panic!("no {label:?} in wrk output:\n{text}"));
-        parse_value(line.trim_start()[label.len()..].trim())
-    };
-    Sample {
-        rps: field("Requests/sec:"),
-        p50_ms: field("50%"),
-        p99_ms: field("99%"),
-        events_per_fsync: None,
-        cpu_us_per_event: None,
-    }
-}
-
-/// wrk values: `1.23ms`, `850.00us`, `1.02s`, or plain numbers.
-fn parse_value(v: &str) -> f64 {
-    let num = |s: &str| s.parse::<f64>().unwrap_or_else(|_| panic!("number in {v:?}"));
-    if let Some(x) = v.strip_suffix("us") {
-        num(x) / 1000.0
-    } else if let Some(x) = v.strip_suffix("ms") {
-        num(x)
-    } else if let Some(x) = v.strip_suffix('s') {
-        num(x) * 1000.0
-    } else {
-        num(v)
-    }
 }
 
 /// Serves the real ingest router on `sink` until the returned sender is dropped.

@@ -6,6 +6,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The API key of the bench configs (benches/post.lua sends it).
+pub const KEY: &str = "bench-key";
+
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -71,4 +74,60 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     let after_name = &stat[stat.rfind(')').unwrap() + 2..];
     let fields: Vec<&str> = after_name.split(' ').collect();
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub events_per_fsync: Option<f64>,
+    /// Daemon arms: CPU time (user + system) the daemon spent per accepted event, in µs. A
+    /// steadier comparison than events/s on a shared machine, where wrk competes for the cores.
+    pub cpu_us_per_event: Option<f64>,
+}
+
+pub fn wrk(port: u16, connections: usize, seconds: u64) -> Sample {
+    wrk_url(&format!("http://127.0.0.1:{port}/api/events/order.created"), connections, seconds)
+}
+
+pub fn wrk_url(url: &str, connections: usize, seconds: u64) -> Sample {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/post.lua");
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
+        .arg(&script)
+        .arg(url)
+        .env("ORCHESTRON_BENCH_KEY", KEY)
+        .output()
+        .expect("wrk on PATH (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("Non-2xx"), "some requests were not accepted:\n{text}");
+    let field = |label: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} in wrk output:\n{text}"));
+        parse_value(line.trim_start()[label.len()..].trim())
+    };
+    Sample {
+        rps: field("Requests/sec:"),
+        p50_ms: field("50%"),
+        p99_ms: field("99%"),
+        events_per_fsync: None,
+        cpu_us_per_event: None,
+    }
+}
+
+/// wrk values: `1.23ms`, `850.00us`, `1.02s`, or plain numbers.
+pub fn parse_value(v: &str) -> f64 {
+    let num = |s: &str| s.parse::<f64>().unwrap_or_else(|_| panic!("number in {v:?}"));
+    if let Some(x) = v.strip_suffix("us") {
+        num(x) / 1000.0
+    } else if let Some(x) = v.strip_suffix("ms") {
+        num(x)
+    } else if let Some(x) = v.strip_suffix('s') {
+        num(x) * 1000.0
+    } else {
+        num(v)
+    }
 }
