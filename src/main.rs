@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use orchestron::cli;
 use orchestron::telemetry::{self, LogFormat};
@@ -30,6 +31,11 @@ enum Command {
     CheckConfig {
         #[arg(long, short, default_value = "/etc/orchestron/config.yaml")]
         config: PathBuf,
+        /// Also connect to the fleet's PostgreSQL (`sync:`) and report its schema version.
+        /// Off by default: the unit runs check-config before every start, and the daemon
+        /// starts (and works alone) while PostgreSQL is down.
+        #[arg(long)]
+        postgres: bool,
     },
     /// Print the `sha256:` form of an API key read from stdin, for `sources.*.api_keys`, so
     /// the config file holds no plaintext key.
@@ -69,7 +75,7 @@ fn main() -> ExitCode {
     let args = Cli::parse();
     let result = match args.command {
         Command::Serve { config } => serve(&config, args.log_format),
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config, postgres } => check_config(&config, postgres),
         Command::HashKey => hash_key(),
         Command::Dlq { connection, command } => {
             operator(async move { cli::dlq(&connection, &command).await })
@@ -107,7 +113,7 @@ fn operator(
     }
 }
 
-fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+fn check_config(path: &std::path::Path, postgres: bool) -> anyhow::Result<()> {
     let config = orchestron::config::load(path)?;
     let live = orchestron::live::LiveConfig::build(&config)?;
     if let Some(tls) = &config.server.tls {
@@ -115,6 +121,15 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         orchestron::server::tls::TlsState::load(tls, metrics)?;
     }
     println!("{}: OK ({} schemas)", path.display(), live.schemas.len());
+    if postgres {
+        let sync = config.sync.as_ref().context("--postgres: the config has no sync: section")?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (current, latest) = runtime.block_on(orchestron::sync::schema_version(sync))?;
+        println!(
+            "PostgreSQL: reachable; schema {} at version {current} (this build: {latest})",
+            sync.postgres.schema
+        );
+    }
     Ok(())
 }
 

@@ -414,6 +414,27 @@ fn pg_message(error: &tokio_postgres::Error) -> String {
     }
 }
 
+/// Connects and reads the schema's migration version: (applied, this build's latest).
+pub async fn schema_version(config: &SyncConfig) -> Result<(i32, i32), SyncError> {
+    let pool = pg::pool(&config.postgres)?;
+    let client = pool.get().await?;
+    let schema = &config.postgres.schema;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'migrations'",
+            &[schema],
+        )
+        .await?;
+    let current = match exists {
+        Some(_) => {
+            let sql = format!("SELECT coalesce(max(version), 0) FROM {schema}.migrations");
+            client.query_one(&sql, &[]).await?.get(0)
+        }
+        None => 0,
+    };
+    Ok((current, migrations::latest()))
+}
+
 /// Applies the migrations now (`orchestron sync migrate`); returns the versions applied.
 pub async fn migrate_now(config: &SyncConfig) -> Result<Vec<i32>, SyncError> {
     let pool = pg::pool(&config.postgres)?;

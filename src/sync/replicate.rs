@@ -26,6 +26,8 @@ use crate::store::{Change, DlqNow, OutboxNow, Store};
 const BATCH: usize = 2000;
 /// Waiting for nothing to happen: the longest sleep between two looks at the feed.
 const IDLE: Duration = Duration::from_secs(1);
+/// With `ack: local`, how long the replicator lets changes gather after it is woken.
+const LINGER: Duration = Duration::from_millis(50);
 /// The longest a batch may take in PostgreSQL before it counts as failed.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -73,7 +75,13 @@ pub(super) async fn run(fleet: Fleet, store: Store, stop: CancellationToken) {
         };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = store.fed(), if wait.is_none() => {}
+            _ = store.fed(), if wait.is_none() => {
+                // With `ack: local` nobody waits: let an event's first changes (accepted,
+                // then routed a moment later) reach PostgreSQL as one row.
+                if !fleet.acks_with_fleet() {
+                    tokio::time::sleep(LINGER).await;
+                }
+            }
             _ = tokio::time::sleep(wait.unwrap_or(IDLE)) => {}
         }
     }
@@ -186,11 +194,16 @@ async fn once(fleet: &Fleet, store: &Store) -> Result<bool, SyncError> {
         )
         .await?;
     }
-    txn.commit().await?;
     if let Some(&last) = e.seq.iter().max() {
-        // These may be taken over by a peer from now on: see `Fleet::may_publish`.
+        // These may be taken over by a peer once committed: see `Fleet::may_publish`. Raised
+        // before the commit, so no publish can slip between the two.
         inner.held_below.fetch_max(last as u64 + 1, std::sync::atomic::Ordering::AcqRel);
     }
+    txn.commit().await?;
+    // Every change through `through` is in PostgreSQL now (the feed is read in order, and
+    // earlier rows were trimmed after their own commits): `ack: fleet` requests waiting on
+    // them are answered before the trim.
+    fleet.mark_replicated(through + 1);
     store.trim_change_feed(through).await?;
     let count = |table: &str, op: &str, n: usize| {
         inner.metrics.sync_replicated.with_label_values(&[table, op]).inc_by(n as u64);
@@ -309,6 +322,15 @@ fn destination(state: &DestinationState) -> serde_json::Value {
 }
 
 impl Fleet {
+    /// Every change below `mark` is in PostgreSQL.
+    fn mark_replicated(&self, mark: u64) {
+        self.inner.replicated.send_if_modified(|replicated| {
+            let moved = mark > *replicated;
+            *replicated = (*replicated).max(mark);
+            moved
+        });
+    }
+
     /// Exports how far behind replication is.
     pub(super) async fn note_lag(&self, store: &Store) {
         let Ok(lag) = store.change_feed_lag().await else { return };
@@ -318,12 +340,7 @@ impl Fleet {
         metrics.sync_lag_seconds.set(seconds);
         // Every change below the oldest row still waiting (or below the next change, when
         // none waits) is in PostgreSQL; read in one snapshot, so no change slips between.
-        let replicated = lag.oldest_change.unwrap_or(lag.next_change);
-        self.inner.replicated.send_if_modified(|mark| {
-            let moved = replicated > *mark;
-            *mark = (*mark).max(replicated);
-            moved
-        });
+        self.mark_replicated(lag.oldest_change.unwrap_or(lag.next_change));
         let mut state = self.inner.state.lock().expect("sync state lock");
         state.lag_events = lag.rows;
         state.lag_seconds = seconds;

@@ -249,9 +249,31 @@ fn sync_migrate(sync: &str) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `orchestron check-config --postgres` on a config with `sync` as given.
+fn check_postgres(sync: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, crate::helpers::config_text(dir.path(), sync)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_orchestron"))
+        .args(["check-config", "--postgres", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn sync_migrate_applies_the_schema_once() {
     let db = FreshDb::create();
+    let sync = sync_config(&db.url(POSTGRES), None, "30s");
+    let before = check_postgres(&sync);
+    let stdout = String::from_utf8_lossy(&before.stdout);
+    assert!(before.status.success(), "{stdout}{}", String::from_utf8_lossy(&before.stderr));
+    assert!(
+        stdout.contains("PostgreSQL: reachable; schema orchestron at version 0 (this build: 5)"),
+        "{stdout}"
+    );
+    let nowhere = check_postgres(&sync_config("postgres://postgres@127.0.0.1:1/x", None, "30s"));
+    assert!(!nowhere.status.success(), "an unreachable PostgreSQL fails --postgres");
     let run = || {
         let out = sync_migrate(&sync_config(&db.url(POSTGRES), None, "30s"));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -259,6 +281,8 @@ fn sync_migrate_applies_the_schema_once() {
     };
     assert!(run().contains("applied [1, 2, 3, 4, 5]"));
     assert!(run().contains("is current"));
+    let after = String::from_utf8(check_postgres(&sync).stdout).unwrap();
+    assert!(after.contains("at version 5 (this build: 5)"), "{after}");
     assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "5");
 }
 

@@ -24,7 +24,8 @@ CREATE TABLE {schema}.events (
     PRIMARY KEY (origin, seq)
 );
 CREATE INDEX events_event_id ON {schema}.events (event_id);
-CREATE INDEX events_owner ON {schema}.events (owner);
+-- Takeover walks a peer's rows in order: WHERE owner = $1 ORDER BY origin, seq.
+CREATE INDEX events_owner ON {schema}.events (owner, origin, seq);
 
 -- The replicated dead-letter queue.
 CREATE TABLE {schema}.dlq (
