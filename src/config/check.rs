@@ -93,6 +93,9 @@ impl Config {
             if sync.ack_timeout.get() < std::time::Duration::from_millis(100) {
                 problem("sync.ack_timeout", "must be at least 100ms");
             }
+            if sync.dedup_timeout.get() < std::time::Duration::from_millis(10) {
+                problem("sync.dedup_timeout", "must be at least 10ms");
+            }
             if sync.instance_id.as_deref().is_some_and(|id| SourceName::parse(id).is_err()) {
                 problem("sync.instance_id", "must be 1 to 128 of A-Z a-z 0-9 . _ - :");
             }

@@ -24,6 +24,10 @@ pub struct SyncConfig {
     /// With `ack: fleet`, how long a request waits for PostgreSQL before it is answered 503.
     #[serde(default = "default_ack_timeout")]
     pub ack_timeout: HumanDuration,
+    /// How long a keyed request waits for PostgreSQL's answer on its idempotency key before
+    /// local dedup decides alone.
+    #[serde(default = "default_dedup_timeout")]
+    pub dedup_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -87,6 +91,10 @@ fn default_lease() -> HumanDuration {
 
 fn default_ack_timeout() -> HumanDuration {
     HumanDuration::from_secs(2)
+}
+
+fn default_dedup_timeout() -> HumanDuration {
+    HumanDuration::from_millis(250)
 }
 
 fn default_schema() -> String {

@@ -3,7 +3,7 @@
 //!
 //! Before a keyed event is stored, ingest claims its key in `dedup_keys` with one statement
 //! (`INSERT ... ON CONFLICT DO UPDATE ... WHERE <the row is free> RETURNING`), under a short
-//! deadline ([`CLAIM_DEADLINE`]). Three answers:
+//! deadline (`sync.dedup_timeout`, 250 ms by default). Three answers:
 //!
 //! - the key is ours now: the event is stored locally as usual (local dedup still applies),
 //!   and the claim is confirmed in the background once it is durable;
@@ -25,8 +25,6 @@ use tokio_util::sync::CancellationToken;
 use super::{Fleet, SyncError};
 use crate::event::EventId;
 
-/// The longest a keyed request waits for PostgreSQL before local dedup decides alone.
-pub const CLAIM_DEADLINE: Duration = Duration::from_millis(250);
 /// An unconfirmed claim older than this belongs to no one.
 const UNCONFIRMED_FOR: &str = "10 seconds";
 /// Confirmations waiting for the background task; beyond this they are dropped (the claim
@@ -67,7 +65,7 @@ impl Fleet {
         expires_at_ms: u64,
     ) -> KeyClaim {
         let claim = self.try_claim(source, key, event_id, expires_at_ms);
-        match tokio::time::timeout(CLAIM_DEADLINE, claim).await {
+        match tokio::time::timeout(self.inner.dedup_timeout, claim).await {
             Ok(Ok(claim)) => claim,
             Ok(Err(error)) => {
                 tracing::debug!(%error, "fleet dedup: PostgreSQL failed; local dedup decides");

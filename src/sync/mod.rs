@@ -74,6 +74,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     ack: AckMode,
     ack_timeout: Duration,
+    dedup_timeout: Duration,
     store: Store,
     /// Fleet dedup: claims to confirm, for the background task.
     confirms: tokio::sync::mpsc::Sender<dedup::Confirm>,
@@ -170,6 +171,7 @@ impl Fleet {
                 metrics,
                 ack: config.ack,
                 ack_timeout: config.ack_timeout.get(),
+                dedup_timeout: config.dedup_timeout.get(),
                 store: store.clone(),
                 confirms,
                 // Everything in the store at start may have been replicated before.

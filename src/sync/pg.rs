@@ -16,7 +16,8 @@ use crate::publish::tls::TlsMaterial;
 
 /// How long taking a connection from the pool (connecting, if none is idle) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const POOL_SIZE: usize = 4;
+/// Keyed requests claim their keys concurrently: enough connections that they rarely queue.
+const POOL_SIZE: usize = 16;
 
 /// A pool of connections to `config`'s database; connects lazily.
 pub fn pool(config: &PostgresConfig) -> Result<Pool, SyncError> {

@@ -278,7 +278,7 @@ impl Metrics {
             .expect("metric definitions are valid"),
             fleet_dedup_fallbacks: IntCounter::with_opts(opts(
                 "fleet_dedup_fallbacks_total",
-                "Keyed events decided by local dedup alone: PostgreSQL did not answer within 250 ms."
+                "Keyed events decided by local dedup alone: PostgreSQL did not answer within sync.dedup_timeout."
             ))
             .expect("metric definitions are valid"),
             sync_registered: std::sync::Once::new(),
