@@ -7,8 +7,10 @@
 //!
 //! - the key is ours now: the event is stored locally as usual (local dedup still applies),
 //!   and the claim is confirmed in the background once it is durable;
-//! - the key belongs to another event: the request is answered `200 duplicate` with that
-//!   event's id, and nothing is stored, so two first arrivals at once on two instances give
+//! - the key belongs to another event that is durable (its claim confirmed): the request is
+//!   answered `200 duplicate` with that event's id, and nothing is stored (while the claim is
+//!   unconfirmed the request waits for it, within the deadline: that event's append may still
+//!   fail, and a duplicate of an event never stored would lose it), so two first arrivals at once on two instances give
 //!   one 202 and one duplicate, and the event is published once;
 //! - PostgreSQL did not answer in time: local dedup alone decides (counted in
 //!   `orchestron_fleet_dedup_fallbacks_total`).
@@ -27,6 +29,8 @@ use crate::event::EventId;
 
 /// An unconfirmed claim older than this belongs to no one.
 const UNCONFIRMED_FOR: &str = "10 seconds";
+/// How often a request whose key another instance holds unconfirmed looks again.
+const UNCONFIRMED_POLL: Duration = Duration::from_millis(10);
 /// Confirmations waiting for the background task; beyond this they are dropped (the claim
 /// then frees itself after `UNCONFIRMED_FOR`, which can only cause a duplicate, not a loss).
 const PENDING_CONFIRMS: usize = 16_384;
@@ -90,7 +94,10 @@ impl Fleet {
         let schema = &inner.schema;
         let client = inner.pool.get().await?;
         let id = event_id.to_string();
-        let claimed = client
+        // Until the holder's event is durable (its claim confirmed), this one is no
+        // duplicate of it: that append may still fail. Wait for it, within the deadline.
+        loop {
+            let claimed = client
             .query_opt(
                 &format!(
                     "INSERT INTO {schema}.dedup_keys AS d (source, key, event_id, origin, expires_at)
@@ -105,19 +112,28 @@ impl Fleet {
                 &[&source, &key, &id, &inner.instance_id, &(expires_at_ms as i64)],
             )
             .await?;
-        if claimed.is_some() {
-            return Ok(KeyClaim::Claimed);
+            if claimed.is_some() {
+                return Ok(KeyClaim::Claimed);
+            }
+            let holder = client
+                .query_opt(
+                    &format!(
+                        "SELECT event_id::text, confirmed FROM {schema}.dedup_keys
+                     WHERE source = $1 AND key = $2"
+                    ),
+                    &[&source, &key],
+                )
+                .await?;
+            match holder {
+                Some(row) if row.get::<_, bool>(1) => {
+                    let first = EventId::parse(row.get::<_, &str>(0));
+                    return Ok(first.map_or(KeyClaim::Unknown, KeyClaim::Duplicate));
+                }
+                // Unconfirmed: its event is being stored; gone: its append failed.
+                Some(_) => tokio::time::sleep(UNCONFIRMED_POLL).await,
+                None => {}
+            }
         }
-        let holder = client
-            .query_opt(
-                &format!(
-                    "SELECT event_id::text FROM {schema}.dedup_keys WHERE source = $1 AND key = $2"
-                ),
-                &[&source, &key],
-            )
-            .await?;
-        let first = holder.and_then(|row| EventId::parse(row.get::<_, &str>(0)));
-        Ok(first.map_or(KeyClaim::Unknown, KeyClaim::Duplicate))
     }
 
     /// Records what became of a claim (in the background, batched).

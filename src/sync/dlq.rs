@@ -13,6 +13,11 @@ use super::{Fleet, SyncError};
 use crate::event::{EventId, clock_ms};
 use crate::store::{DlqEntry, DlqFilter, DlqSelector, Store, decode_dlq};
 
+/// The entry in a row's third column (`record`), in the store's own encoding.
+fn dlq_record(row: &tokio_postgres::Row) -> Result<crate::delivery::DlqRecord, SyncError> {
+    decode_dlq(row.get::<_, &[u8]>(2)).map_err(|e| SyncError::Corrupt(format!("DLQ entry: {e}")))
+}
+
 /// An entry of the fleet DLQ: which instance holds it, and the entry.
 pub struct FleetDlqEntry {
     pub instance_id: String,
@@ -41,8 +46,7 @@ impl Fleet {
             .await?;
         let mut matching = Vec::new();
         for row in &rows {
-            let record = decode_dlq(row.get::<_, &[u8]>(2))
-                .map_err(|e| SyncError::Unanswered(format!("a replicated DLQ entry: {e}")))?;
+            let record = dlq_record(row)?;
             if filter.matches(&record) {
                 let entry = DlqEntry { dlq_seq: row.get::<_, i64>(1) as u64, record };
                 matching.push(FleetDlqEntry { instance_id: row.get(0), entry });
@@ -94,8 +98,7 @@ impl Fleet {
             .await?;
         let mut entries = Vec::with_capacity(rows.len());
         for row in &rows {
-            let record = decode_dlq(row.get::<_, &[u8]>(2))
-                .map_err(|e| SyncError::Unanswered(format!("a replicated DLQ entry: {e}")))?;
+            let record = dlq_record(row)?;
             let delivery = record.replay_delivery();
             entries.push((record.event, delivery));
         }

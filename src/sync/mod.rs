@@ -57,6 +57,9 @@ pub enum SyncError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Unanswered(String),
+    /// A row in PostgreSQL this build cannot read back.
+    #[error("PostgreSQL holds an unreadable {0}")]
+    Corrupt(String),
 }
 
 /// This instance in the fleet: a cheap clone.
@@ -85,6 +88,14 @@ struct Inner {
     replicated: tokio::sync::watch::Sender<u64>,
     // std Mutex: short updates, never held across an await.
     state: Mutex<State>,
+}
+
+impl State {
+    /// No heartbeat committed within `lease` less the margin, by this instance's clock.
+    fn lapsed(&self, lease: Duration) -> bool {
+        let lapse = lease.mul_f64(1.0 - LAPSE_MARGIN);
+        self.renewed.is_none_or(|t| t.elapsed() >= lapse)
+    }
 }
 
 #[derive(Default)]
@@ -220,12 +231,11 @@ impl Fleet {
     pub fn status(&self) -> SyncStatus {
         let state = self.inner.state.lock().expect("sync state lock");
         let age = state.renewed.map(|t| t.elapsed());
-        let lapse = self.inner.lease.mul_f64(1.0 - LAPSE_MARGIN);
         SyncStatus {
             instance_id: self.inner.instance_id.clone(),
             connected: age.is_some_and(|a| a < self.inner.lease) && state.error.is_none(),
             epoch: state.epoch,
-            lease_lapsed: age.is_none_or(|a| a >= lapse),
+            lease_lapsed: state.lapsed(self.inner.lease),
             last_heartbeat_age_seconds: age.map(|a| a.as_secs_f64()),
             error: state.error.clone(),
             lag_events: state.lag_events,

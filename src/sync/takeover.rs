@@ -83,10 +83,10 @@ impl Fleet {
     }
 
     /// This instance's lease is live by its own clock, and it has reconciled at its epoch.
+    /// The relay asks this for every claimed entry that may be replicated: one lock, no copy.
     fn may_act(&self) -> bool {
-        let status = self.status();
         let state = self.inner.state.lock().expect("sync state lock");
-        !status.lease_lapsed && state.reconciled == Some(state.epoch)
+        !state.lapsed(self.inner.lease) && state.reconciled == Some(state.epoch)
     }
 
     /// One round: finish claims left from before, then claim the dead peers' rows batch by
@@ -312,7 +312,7 @@ impl Fleet {
 
 /// A claimed row as the event and delivery state it was on its origin.
 fn decode_row(row: &Row) -> Result<(ValidatedEvent, Option<Delivery>), SyncError> {
-    let bad = |what: &str| SyncError::Unanswered(format!("a replicated row has a bad {what}"));
+    let bad = |what: &str| SyncError::Corrupt(format!("event row ({what})"));
     let id = EventId::parse(row.get::<_, &str>(2)).ok_or_else(|| bad("event id"))?;
     let source = SourceName::parse(row.get::<_, &str>(3)).map_err(|_| bad("source"))?;
     let event_type = EventType::parse(row.get::<_, &str>(4)).map_err(|_| bad("event type"))?;

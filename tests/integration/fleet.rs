@@ -611,3 +611,31 @@ async fn a_dead_letter_of_one_instance_is_listed_and_replayed_from_another() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A key another instance has claimed but not confirmed (its event is not durable yet, and
+/// its append may fail) is no reason to answer `duplicate`: the request waits for the claim
+/// within `dedup_timeout`, then local dedup decides and the event is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_claimed_but_not_confirmed_elsewhere_is_not_answered_duplicate() {
+    let db = FreshDb::create();
+    let sync =
+        format!("{}  dedup_timeout: 300ms\n", sync_config(&db.url(POSTGRES), Some("edge-u"), "3s"));
+    let app = TestApp::spawn(&format!("{UNREACHABLE_BROKER}{sync}")).await;
+    wait_fleet(&app, |v| live(v).len() == 1).await;
+    // A peer's claim, as it stands between its PostgreSQL statement and its local commit.
+    let other = uuid::Uuid::now_v7();
+    db.value(&format!(
+        "INSERT INTO orchestron.dedup_keys (source, key, event_id, origin, expires_at)
+         VALUES ('default', 'pending-key', '{other}', 'edge-gone', now() + interval '1 hour')"
+    ));
+    let (status, answer) = post_keyed(&app, "pending-key", "{}".into()).await;
+    assert_eq!((status, answer["status"].as_str()), (202, Some("accepted")), "{answer}");
+    // A confirmed claim is a duplicate at once.
+    db.value(&format!(
+        "INSERT INTO orchestron.dedup_keys (source, key, event_id, origin, expires_at, confirmed)
+         VALUES ('default', 'done-key', '{other}', 'edge-gone', now() + interval '1 hour', true)"
+    ));
+    let (status, answer) = post_keyed(&app, "done-key", "{}".into()).await;
+    assert_eq!((status, answer["event_id"].as_str()), (200, Some(other.to_string().as_str())));
+    app.stop().await;
+}
