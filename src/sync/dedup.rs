@@ -92,11 +92,12 @@ impl Fleet {
     ) -> Result<KeyClaim, SyncError> {
         let inner = &self.inner;
         let schema = &inner.schema;
-        let client = inner.pool.get().await?;
         let id = event_id.to_string();
         // Until the holder's event is durable (its claim confirmed), this one is no
-        // duplicate of it: that append may still fail. Wait for it, within the deadline.
+        // duplicate of it: that append may still fail. Wait for it, within the deadline,
+        // holding no connection while waiting (the confirmations need them).
         loop {
+            let client = inner.pool.get().await?;
             let claimed = client
             .query_opt(
                 &format!(
@@ -130,7 +131,10 @@ impl Fleet {
                     return Ok(first.map_or(KeyClaim::Unknown, KeyClaim::Duplicate));
                 }
                 // Unconfirmed: its event is being stored; gone: its append failed.
-                Some(_) => tokio::time::sleep(UNCONFIRMED_POLL).await,
+                Some(_) => {
+                    drop(client);
+                    tokio::time::sleep(UNCONFIRMED_POLL).await;
+                }
                 None => {}
             }
         }

@@ -232,14 +232,19 @@ async fn postgres_unreachable_leaves_ingest_alone_and_heartbeats_resume() {
         reqwest::get(app.url("/ready")).await.unwrap().json().await.unwrap();
     assert_eq!(body["failing"], serde_json::json!(["rabbitmq"]), "{body}");
     assert_eq!(body["sync"]["connected"], false, "{body}");
+    // A keyed event: PostgreSQL cannot say whose the key is, so local dedup decides.
+    let (status, answer) = post_keyed(&app, "while-cut", "{}".into()).await;
+    assert_eq!(status, 202, "{answer}");
     let text = metrics(&app).await;
+    assert!(text.contains("orchestron_fleet_dedup_fallbacks_total 1"), "{text}");
     assert!(text.contains("orchestron_sync_up 0"), "{text}");
     assert!(!text.contains("orchestron_sync_lag_events 0\n"), "the changes wait: {text}");
     assert_eq!(db.value("SELECT count(*) FROM orchestron.events"), "0");
     proxy.set_up(true);
     wait_fleet(&app, |v| v["sync"]["connected"] == true).await;
-    // Replication catches up by itself: every event accepted meanwhile is in PostgreSQL.
-    wait_value(&db, "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-x'", "20").await;
+    // Replication catches up by itself: every event accepted meanwhile (20, and the keyed
+    // one) is in PostgreSQL.
+    wait_value(&db, "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-x'", "21").await;
     let started = Instant::now();
     while !metrics(&app).await.contains("orchestron_sync_lag_events 0\n") {
         assert!(started.elapsed() < Duration::from_secs(10), "lag stays above 0");

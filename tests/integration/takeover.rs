@@ -164,23 +164,43 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
+/// The setting of every test here: A (acknowledging with `a_ack`) reaches RabbitMQ only
+/// through `a_broker`, closed at first, and PostgreSQL through `a_postgres`, open; B reaches
+/// both directly; both publish to one exchange, which `queue` consumes.
+struct Pair {
+    db: FreshDb,
+    queue: RabbitQueue,
+    a_broker: Proxy,
+    a_postgres: Proxy,
+    client: reqwest::Client,
+    a: Daemon,
+    b: Daemon,
+}
+
+impl Pair {
+    async fn start(name: &str, a_ack: &str) -> Pair {
+        let db = FreshDb::create();
+        let exchange = unique(name);
+        let queue = RabbitQueue::bind(&exchange, "#").await;
+        let a_broker = Proxy::start("127.0.0.1:5672", false).await;
+        let a_postgres = Proxy::start(POSTGRES, true).await;
+        let client = client();
+        let amqp = format!("amqp://guest:guest@{}/%2f", a_broker.addr);
+        let pg = a_postgres.addr.to_string();
+        let a = Daemon::start_via(&db, &pg, "edge-a", &amqp, &exchange, a_ack);
+        let b = Daemon::start(&db, "edge-b", AMQP_URL, &exchange, "local");
+        a.ready(&client).await;
+        b.ready(&client).await;
+        Pair { db, queue, a_broker, a_postgres, client, a, b }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_instances_events_are_published_by_a_peer_once_with_their_ids() {
-    let db = FreshDb::create();
-    let exchange = unique("takeover");
-    let mut queue = RabbitQueue::bind(&exchange, "#").await;
-    let closed = Proxy::start("127.0.0.1:5672", false).await;
-    let client = client();
-    let a = Daemon::start(
-        &db,
-        "edge-a",
-        &format!("amqp://guest:guest@{}/%2f", closed.addr),
-        &exchange,
-        "local",
-    );
-    let b = Daemon::start(&db, "edge-b", AMQP_URL, &exchange, "local");
-    a.ready(&client).await;
-    b.ready(&client).await;
+    // Every part is bound: one left out would be dropped here (its daemon killed, its
+    // database dropped, its proxy closed).
+    let fleet = Pair::start("takeover", "local").await;
+    let Pair { db, mut queue, a_broker: _closed, a_postgres: _pg, client, a, b } = fleet;
     let (accepted, refused) = post_many(&client, &a.base, 1000).await;
     assert_eq!((accepted.len(), refused), (1000, 0));
     // `ack: local`: what A accepted reaches PostgreSQL asynchronously; the takeover covers
@@ -229,17 +249,8 @@ async fn collect_quiet(queue: &mut RabbitQueue, quiet: Duration) -> Vec<Received
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_instance_that_was_taken_over_publishes_none_of_those_events() {
-    let db = FreshDb::create();
-    let exchange = unique("fencing");
-    let mut queue = RabbitQueue::bind(&exchange, "#").await;
-    let path = Proxy::start("127.0.0.1:5672", false).await;
-    let pg = Proxy::start(POSTGRES, true).await;
-    let client = client();
-    let amqp = format!("amqp://guest:guest@{}/%2f", path.addr);
-    let a = Daemon::start_via(&db, &pg.addr.to_string(), "edge-a", &amqp, &exchange, "local");
-    let b = Daemon::start(&db, "edge-b", AMQP_URL, &exchange, "local");
-    a.ready(&client).await;
-    b.ready(&client).await;
+    let fleet = Pair::start("fencing", "local").await;
+    let Pair { db, mut queue, a_broker: path, a_postgres: pg, client, a, b: _b } = fleet;
     let (accepted, _) = post_many(&client, &a.base, 200).await;
     assert_eq!(accepted.len(), 200);
     let sql = "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-a'";
@@ -289,21 +300,8 @@ async fn a_paused_instance_that_was_taken_over_publishes_none_of_those_events() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_ack_fleet_a_lost_host_loses_nothing_it_answered_202_for() {
-    let db = FreshDb::create();
-    let exchange = unique("hostloss");
-    let mut queue = RabbitQueue::bind(&exchange, "#").await;
-    let closed = Proxy::start("127.0.0.1:5672", false).await;
-    let client = client();
-    let a = Daemon::start(
-        &db,
-        "edge-a",
-        &format!("amqp://guest:guest@{}/%2f", closed.addr),
-        &exchange,
-        "fleet",
-    );
-    let b = Daemon::start(&db, "edge-b", AMQP_URL, &exchange, "local");
-    a.ready(&client).await;
-    b.ready(&client).await;
+    let fleet = Pair::start("hostloss", "fleet").await;
+    let Pair { db: _db, mut queue, a_broker: _closed, a_postgres: _pg, client, a, b: _b } = fleet;
     // Until A's first heartbeat it cannot confirm: wait for its 202s.
     let started = Instant::now();
     while post_many(&client, &a.base, 1).await.0.is_empty() {
