@@ -20,6 +20,8 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 #[path = "../../tests/support/ports.rs"]
 mod ports;
+#[path = "../../tests/support/proxy.rs"]
+pub mod proxy;
 #[path = "../../tests/support/stunnel.rs"]
 pub mod stunnel;
 pub use ports::free_port;
@@ -129,5 +131,78 @@ pub fn parse_value(v: &str) -> f64 {
         num(x) * 1000.0
     } else {
         num(v)
+    }
+}
+
+/// The ~1 KiB body `benches/post.lua` sends, valid for `config/schemas/order.created.json`.
+pub fn body() -> String {
+    let items: Vec<String> = (1..=12)
+        .map(|i| format!(r#"{{"sku":"SKU-{:04}","qty":{i},"price":{}.99}}"#, i * 37, i * 3))
+        .collect();
+    format!(
+        r#"{{"order_id":123456,"customer_id":"cust-4242","total":999.50,"items":[{}],"note":"{}"}}"#,
+        items.join(","),
+        "n".repeat(340)
+    )
+}
+
+/// Kafka helpers: a topic of the bench's own, and counting what it holds.
+pub mod kafka {
+    use std::time::{Duration, Instant};
+
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    pub async fn kafka_topic(bootstrap: &str, settings: &[(String, String)]) -> String {
+        let topic = format!("bench-relay-{}", uuid::Uuid::now_v7().simple());
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        for (k, v) in settings {
+            config.set(k, v);
+        }
+        let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let created = admin
+            .create_topics(&[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &options)
+            .await
+            .expect("a Kafka-protocol broker");
+        assert!(created.iter().all(Result::is_ok), "{created:?}");
+        topic
+    }
+
+    /// Records in the topic's only partition, read back from the start (tansu's high watermark
+    /// does not count every record of an idempotent producer's batches).
+    pub async fn kafka_count(
+        bootstrap: String,
+        settings: Vec<(String, String)>,
+        topic: String,
+        expected: usize,
+    ) -> usize {
+        tokio::task::spawn_blocking(move || {
+            let mut config = ClientConfig::new();
+            config
+                .set("bootstrap.servers", bootstrap)
+                .set("group.id", format!("{topic}-count"))
+                .set("enable.auto.commit", "false");
+            for (k, v) in &settings {
+                config.set(k, v);
+            }
+            let consumer: BaseConsumer = config.create().unwrap();
+            let mut partitions = TopicPartitionList::new();
+            partitions.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
+            consumer.assign(&partitions).unwrap();
+            let (mut count, deadline) = (0, Instant::now() + Duration::from_secs(30));
+            while count < expected && Instant::now() < deadline {
+                if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                    message.expect("a record");
+                    count += 1;
+                }
+            }
+            count
+        })
+        .await
+        .unwrap()
     }
 }

@@ -47,6 +47,11 @@ impl PublishError {
             message: format!("{} not connected", broker.as_str()),
         }
     }
+    /// Not attempted for a reason of the connection, not of the message (the same class as
+    /// [`PublishError::not_connected`]): the event waits, no attempt is counted.
+    pub fn deferred(message: impl Into<String>) -> Self {
+        Self { class: ErrorClass::NotConnected, message: message.into() }
+    }
     pub fn transient(message: impl Into<String>) -> Self {
         Self { class: ErrorClass::Transient, message: message.into() }
     }

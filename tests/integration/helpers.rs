@@ -44,9 +44,12 @@ pub fn write_binary_config(
 
 #[path = "../support/ports.rs"]
 mod ports;
+#[path = "../support/proxy.rs"]
+mod proxy;
 #[path = "../support/stunnel.rs"]
 pub mod stunnel;
 pub use ports::free_port;
+pub use proxy::{ProxiedTansu, Proxy};
 
 /// A daemon process killed and reaped when dropped, so a failing test leaves none behind.
 pub struct Reaped(pub std::process::Child);
@@ -314,47 +317,6 @@ fn amqp_text(value: &AMQPValue) -> String {
         AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         AMQPValue::ShortString(s) => s.to_string(),
         other => format!("{other:?}"),
-    }
-}
-
-/// A TCP proxy between the daemon and a broker, to cut and restore the network path while
-/// the broker itself keeps running (other tests share it).
-pub struct Proxy {
-    pub addr: SocketAddr,
-    up: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-impl Proxy {
-    pub async fn start(upstream: &'static str, up: bool) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, _) = tokio::sync::watch::channel(up);
-        let tx = std::sync::Arc::new(tx);
-        let state = std::sync::Arc::clone(&tx);
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { break };
-                let mut up_rx = state.subscribe();
-                if !*up_rx.borrow() {
-                    drop(inbound); // refused: the broker looks down
-                    continue;
-                }
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = up_rx.wait_for(|up| !*up) => {} // cut: both sockets drop
-                    }
-                });
-            }
-        });
-        Proxy { addr, up: tx }
-    }
-
-    pub fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
     }
 }
 

@@ -11,7 +11,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
-use crate::helpers::{KAFKA, Received, TestApp, unique};
+use crate::helpers::{KAFKA, ProxiedTansu, Received, TestApp, unique};
 
 fn kafka_config(bootstrap: &str, topic: &str, extra_props: &str) -> String {
     format!(
@@ -281,6 +281,43 @@ async fn tansu_broker_receives_every_event_with_its_key() {
     let sent = post_all(&app, 0..100).await;
     let got = consume(KAFKA, &topic, 3, 100, Duration::from_secs(30)).await;
     check_delivered(&sent, &got);
+    app.stop().await;
+}
+
+/// A real broker (tansu) cut off behind a proxy while events are in flight, for longer than
+/// the message timeout: librdkafka gives the in-flight records up and, when the broker is
+/// back, its idempotent producer must start over (tansu answers `ProducerFenced`). The daemon
+/// replaces the producer: every event is delivered, none is dead-lettered, and no attempt is
+/// burned on the outage (nothing counted as a transient failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kafka_outage_longer_than_the_message_timeout_everything_is_delivered() {
+    let tansu = ProxiedTansu::start().await;
+    let bootstrap = tansu.bootstrap();
+    let topic = unique("t");
+    create_topic(&bootstrap, &topic, 1, &[]).await;
+    let app = TestApp::spawn(&kafka_config(&bootstrap, &topic, "")).await;
+    let mut sent = post_all(&app, 0..1).await;
+    assert_eq!(consume(&bootstrap, &topic, 1, 1, Duration::from_secs(20)).await.len(), 1);
+
+    tansu.proxy.set_up(false);
+    sent.extend(post_all(&app, 1..40).await);
+    // Past `message_timeout` (10 s): what librdkafka held is given up.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    sent.extend(post_all(&app, 40..60).await);
+    tansu.proxy.set_up(true);
+
+    let got = consume(&bootstrap, &topic, 1, usize::MAX, Duration::from_secs(20)).await;
+    let ids: BTreeSet<_> = got.iter().map(|m| m.headers["ce_id"].clone()).collect();
+    let missing: Vec<_> = sent.keys().filter(|id| !ids.contains(*id)).collect();
+    assert!(missing.is_empty(), "{} of {} not delivered", missing.len(), sent.len());
+    let metrics = reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap();
+    let burned: Vec<_> = metrics
+        .lines()
+        .filter(|l| l.starts_with("orchestron_relay_publish_total") && !l.contains("result=\"ok\""))
+        .filter(|l| !l.ends_with(" 0"))
+        .collect();
+    assert!(burned.is_empty(), "attempts counted on the outage: {burned:?}");
+    assert!(metrics.contains("orchestron_dlq_entries 0"), "nothing dead-lettered");
     app.stop().await;
 }
 

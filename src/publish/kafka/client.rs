@@ -58,6 +58,10 @@ impl ClientSettings {
         c.set("bootstrap.servers", &config.bootstrap_servers);
         c.set("client.id", "orchestron");
         c.set("linger.ms", "5");
+        // librdkafka doubles its reconnect backoff up to 10 s by default, so a broker back
+        // after a long outage was found seconds late; capped (options may still override).
+        c.set("reconnect.backoff.ms", "100");
+        c.set("reconnect.backoff.max.ms", "500");
         let deadline_ms = config.message_timeout.get().as_millis() as u64;
         for (key, value) in &config.options {
             if let Some(message) = refusal(key, value, deadline_ms) {
@@ -169,6 +173,8 @@ const SPECIFIC_FOR: Duration = Duration::from_secs(30);
 /// What librdkafka tells the producer, kept for the reachability probe.
 pub(super) struct Context {
     pub last_trouble: LastTrouble,
+    /// Woken when librdkafka finds every broker down.
+    pub wake_probe: Arc<tokio::sync::Notify>,
 }
 
 impl ClientContext for Context {
@@ -197,6 +203,9 @@ impl ClientContext for Context {
             _ => Trouble::Network,
         };
         tracing::debug!(target: "librdkafka", %error, reason, "librdkafka error");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.wake_probe.notify_one();
+        }
         // std Mutex: a store, never held across an await.
         let mut last = self.last_trouble.lock().expect("trouble lock");
         let more_specific = matches!(

@@ -3,7 +3,9 @@
 //! The producer is idempotent, so librdkafka's own retries never duplicate or reorder within a
 //! partition. A send resolves with the delivery report; a timed-out message is "possibly
 //! persisted" and is retried by the relay (a duplicate that consumers drop by `ce_id`). After a
-//! fatal producer error the producer is replaced by a fresh one, and so it is after a reload
+//! fatal producer error, or one that says the broker no longer accepts the producer's id or
+//! epoch (`ProducerFenced` after an outage, say), the producer is replaced by a fresh one and
+//! the events wait without an attempt counted; so it is replaced, too, after a reload
 //! that changed the settings ([`client`]: addresses, TLS files, SASL credentials, options); the
 //! old one is flushed first, so what it holds is delivered. A background probe fetches cluster
 //! metadata to know whether the cluster is reachable (and if not, why), so that while it is
@@ -35,7 +37,10 @@ use client::{ClientSettings, Context, LastTrouble};
 /// How long a send may wait for room in librdkafka's local queue before failing (transient).
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
-const PROBE_WHILE_DOWN: Duration = Duration::from_secs(1);
+/// Between two failed probes (each waits up to PROBE_TIMEOUT for a broker): a broker back
+/// from an outage is seen within about half a second (librdkafka's own reconnect backoff is
+/// capped to match, see `client.rs`).
+const PROBE_WHILE_DOWN: Duration = Duration::from_millis(250);
 const PROBE_WHILE_UP: Duration = Duration::from_secs(10);
 /// How long a producer replaced by a reload gets to deliver what it holds.
 const RETIRE_FLUSH: Duration = Duration::from_secs(30);
@@ -52,8 +57,10 @@ pub struct KafkaPublisher {
     connectivity: Arc<Connectivity>,
     /// The last error librdkafka reported (shared with every producer's context).
     last_trouble: LastTrouble,
-    /// Wakes the probe at once after the producer was replaced.
-    replaced: Notify,
+    /// Wakes the probe at once: the producer was replaced, or librdkafka found every broker
+    /// down (so that the relay stops sending into a dead connection within moments, not at
+    /// the next 10 s probe).
+    wake_probe: Arc<Notify>,
     label: String,
 }
 
@@ -78,14 +85,15 @@ impl KafkaPublisher {
             all.join("; ")
         })?;
         let last_trouble = Arc::new(Mutex::new(None));
-        let producer = create(&settings, &last_trouble).map_err(|e| e.to_string())?;
+        let wake_probe = Arc::new(Notify::new());
+        let producer = create(&settings, &last_trouble, &wake_probe).map_err(|e| e.to_string())?;
         let publisher = Arc::new(Self {
             producer: ArcSwap::from_pointee(producer),
             settings: ArcSwap::from_pointee(settings),
             reachable: AtomicBool::new(false),
             connectivity: Connectivity::new(BrokerKind::Kafka, metrics),
             last_trouble,
-            replaced: Notify::new(),
+            wake_probe,
             label: config.bootstrap_servers.clone(),
         });
         tasks.spawn("kafka: reachability probe", Arc::clone(&publisher).probe(connected, cancel));
@@ -122,7 +130,7 @@ impl KafkaPublisher {
             let wait = if reached.is_ok() { PROBE_WHILE_UP } else { PROBE_WHILE_DOWN };
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.replaced.notified() => {}
+                _ = self.wake_probe.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -139,34 +147,63 @@ impl KafkaPublisher {
         if !self.reachable.load(Ordering::Relaxed) {
             return Err(PublishError::not_connected(BrokerKind::Kafka));
         }
-        let producer = self.producer.load_full();
-        let mut headers = OwnedHeaders::new_with_capacity(6);
-        for (name, value) in message.headers() {
-            headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
-        }
         let payload = message.payload();
-        let mut record = FutureRecord::<[u8], [u8]>::to(topic)
-            .payload(payload.as_ref())
-            .headers(headers)
-            .timestamp(event.received_at_ms() as i64);
-        if let Some(key) = key {
-            record = record.key(key);
-        }
-        if let Some(partition) = partition {
-            record = record.partition(partition);
-        }
-        match producer.send(record, Timeout::After(QUEUE_TIMEOUT)).await {
-            Ok(_) => Ok(()),
-            Err((error, _)) => {
-                if let Some((code, reason)) = producer.client().fatal_error() {
-                    self.recreate(&producer, code, &reason);
-                }
-                Err(classify(&error))
+        let record = || {
+            let mut headers = OwnedHeaders::new_with_capacity(6);
+            for (name, value) in message.headers() {
+                headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
             }
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+                .payload(payload.as_ref())
+                .headers(headers)
+                .timestamp(event.received_at_ms() as i64);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            if let Some(partition) = partition {
+                record = record.partition(partition);
+            }
+            record
+        };
+        let mut producer = self.producer.load_full();
+        let mut replaced = false;
+        loop {
+            let Err((error, _)) = producer.send(record(), Timeout::After(QUEUE_TIMEOUT)).await
+            else {
+                return Ok(());
+            };
+            let code = error.rdkafka_error_code();
+            // A fatal error, or the broker no longer accepts this producer's id or epoch (after
+            // an outage, say): nothing about the message is wrong, only a fresh producer (a new
+            // id) gets past it. The message goes once more on the fresh one; if that fails too
+            // the event waits without an attempt counted.
+            let lost = match producer.client().fatal_error() {
+                Some((code, reason)) => Some((code, reason)),
+                None => code
+                    .filter(|&c| producer_state_lost(c))
+                    .map(|c| (c, "the broker no longer accepts its producer id".to_owned())),
+            };
+            if let Some((code, reason)) = lost {
+                self.recreate(&producer, code, &reason);
+                let fresh = self.producer.load_full();
+                if !replaced && !Arc::ptr_eq(&fresh, &producer) {
+                    (producer, replaced) = (fresh, true);
+                    continue;
+                }
+                return Err(PublishError::deferred(format!("Kafka producer replaced: {error}")));
+            }
+            if code == Some(RDKafkaErrorCode::MessageTimedOut)
+                && !self.reachable.load(Ordering::Relaxed)
+            {
+                // Sent just before the cluster was found down: the outage, not the message.
+                return Err(PublishError::deferred(format!("Kafka unreachable: {error}")));
+            }
+            return Err(classify(&error));
         }
     }
 
-    /// Replaces a producer that hit a fatal error (only once, however many sends saw it).
+    /// Replaces a producer that hit a fatal error, or whose id the broker no longer accepts
+    /// (only once, however many sends saw it).
     fn recreate(&self, failed: &Arc<Producer_>, code: RDKafkaErrorCode, reason: &str) {
         if !Arc::ptr_eq(&self.producer.load(), failed) {
             return;
@@ -175,9 +212,9 @@ impl KafkaPublisher {
             destination = "kafka",
             ?code,
             reason,
-            "fatal Kafka producer error; recreating the producer"
+            "the Kafka producer cannot go on; recreating it (no attempt counted)"
         );
-        match create(&self.settings.load(), &self.last_trouble) {
+        match create(&self.settings.load(), &self.last_trouble, &self.wake_probe) {
             Ok(fresh) => {
                 self.producer.compare_and_swap(failed, Arc::new(fresh));
             }
@@ -189,8 +226,14 @@ impl KafkaPublisher {
 }
 
 /// A producer with these settings, reporting into `last_trouble`.
-fn create(settings: &ClientSettings, last_trouble: &LastTrouble) -> Result<Producer_, KafkaError> {
-    settings.config.create_with_context(Context { last_trouble: Arc::clone(last_trouble) })
+fn create(
+    settings: &ClientSettings,
+    last_trouble: &LastTrouble,
+    wake_probe: &Arc<Notify>,
+) -> Result<Producer_, KafkaError> {
+    let context =
+        Context { last_trouble: Arc::clone(last_trouble), wake_probe: Arc::clone(wake_probe) };
+    settings.config.create_with_context(context)
 }
 
 impl Publisher for KafkaPublisher {
@@ -232,7 +275,7 @@ impl Publisher for KafkaPublisher {
                 return;
             }
         };
-        let fresh = match create(&settings, &self.last_trouble) {
+        let fresh = match create(&settings, &self.last_trouble, &self.wake_probe) {
             Ok(fresh) => fresh,
             Err(error) => {
                 tracing::error!(destination = "kafka", %error, "cannot create the new producer");
@@ -242,7 +285,7 @@ impl Publisher for KafkaPublisher {
         self.settings.store(Arc::new(settings));
         let retired = self.producer.swap(Arc::new(fresh));
         self.reachable.store(false, Ordering::Relaxed);
-        self.replaced.notify_one();
+        self.wake_probe.notify_one();
         tracing::info!(destination = "kafka", "Kafka settings changed; a new producer took over");
         std::thread::spawn(move || {
             if retired.flush(RETIRE_FLUSH).is_err() {
@@ -266,6 +309,21 @@ impl Publisher for KafkaPublisher {
             }
         })
     }
+}
+
+/// Errors that say the producer's idempotence state (id, epoch, sequence) is no longer valid at
+/// the broker: only a new producer gets past them.
+fn producer_state_lost(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::ProducerFenced
+            | C::Fenced
+            | C::InvalidProducerEpoch
+            | C::InvalidProducerIdMapping
+            | C::UnknownProducerId
+            | C::OutOfOrderSequenceNumber
+    )
 }
 
 fn classify(error: &KafkaError) -> PublishError {
