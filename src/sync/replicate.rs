@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
 
 use super::{Fleet, SyncError};
@@ -99,17 +99,19 @@ async fn once(fleet: &Fleet, store: &Store) -> Result<bool, SyncError> {
     let me = &inner.instance_id;
     let txn = client.transaction().await?;
     if rows.reset {
-        txn.execute(
+        execute(
+            &txn,
             &format!("DELETE FROM {schema}.events WHERE origin = $1 AND owner = $1"),
             &[me],
         )
         .await?;
-        txn.execute(&format!("DELETE FROM {schema}.dlq WHERE origin = $1 AND owner = $1"), &[me])
+        execute(&txn, &format!("DELETE FROM {schema}.dlq WHERE origin = $1 AND owner = $1"), &[me])
             .await?;
     }
     let e = &rows.events;
     if !e.seq.is_empty() {
-        txn.execute(
+        execute(
+            &txn,
             &format!(
                 "INSERT INTO {schema}.events AS t (origin, seq, event_id, source, event_type,
                      received_at, headers, body, destinations, delivery, owner)
@@ -141,7 +143,8 @@ async fn once(fleet: &Fleet, store: &Store) -> Result<bool, SyncError> {
         .await?;
     }
     if !rows.events_gone.is_empty() {
-        txn.execute(
+        execute(
+            &txn,
             &format!(
                 "DELETE FROM {schema}.events
                  WHERE origin = $1 AND owner = $1 AND seq = ANY($2::bigint[])"
@@ -152,7 +155,8 @@ async fn once(fleet: &Fleet, store: &Store) -> Result<bool, SyncError> {
     }
     let d = &rows.dlq;
     if !d.seq.is_empty() {
-        txn.execute(
+        execute(
+            &txn,
             &format!(
                 "INSERT INTO {schema}.dlq AS t (origin, dlq_seq, event_id, source, event_type,
                      received_at, dead_lettered_at, reason, destinations, record, owner)
@@ -185,7 +189,8 @@ async fn once(fleet: &Fleet, store: &Store) -> Result<bool, SyncError> {
         .await?;
     }
     if !rows.dlq_gone.is_empty() {
-        txn.execute(
+        execute(
+            &txn,
             &format!(
                 "DELETE FROM {schema}.dlq
                  WHERE origin = $1 AND owner = $1 AND dlq_seq = ANY($2::bigint[])"
@@ -215,44 +220,55 @@ async fn once(fleet: &Fleet, store: &Store) -> Result<bool, SyncError> {
     Ok(batch.rows > BATCH as u64)
 }
 
-/// One batch as the column arrays of its statements.
+/// Runs one statement, parsed and planned once per connection (the pool's statement cache),
+/// not once per batch.
+async fn execute(
+    txn: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = txn.prepare_cached(sql).await?;
+    txn.execute(&statement, params).await
+}
+
+/// One batch as the column arrays of its statements, borrowing from the feed batch.
 #[derive(Default)]
-struct Rows {
+struct Rows<'a> {
     reset: bool,
-    events: EventColumns,
+    events: EventColumns<'a>,
     events_gone: Vec<i64>,
-    dlq: DlqColumns,
+    dlq: DlqColumns<'a>,
     dlq_gone: Vec<i64>,
 }
 
 #[derive(Default)]
-struct EventColumns {
+struct EventColumns<'a> {
     seq: Vec<i64>,
     id: Vec<String>,
-    source: Vec<String>,
-    event_type: Vec<String>,
+    source: Vec<&'a str>,
+    event_type: Vec<&'a str>,
     received_ms: Vec<i64>,
     headers: Vec<String>,
-    body: Vec<Vec<u8>>,
+    body: Vec<&'a [u8]>,
     destinations: Vec<Option<String>>,
-    delivery: Vec<Option<Vec<u8>>>,
+    delivery: Vec<Option<&'a [u8]>>,
 }
 
 #[derive(Default)]
-struct DlqColumns {
+struct DlqColumns<'a> {
     seq: Vec<i64>,
     id: Vec<String>,
-    source: Vec<String>,
-    event_type: Vec<String>,
+    source: Vec<&'a str>,
+    event_type: Vec<&'a str>,
     received_ms: Vec<i64>,
     dead_ms: Vec<i64>,
-    reason: Vec<String>,
+    reason: Vec<&'static str>,
     destinations: Vec<String>,
-    record: Vec<Vec<u8>>,
+    record: Vec<&'a [u8]>,
 }
 
-impl Rows {
-    fn of(changes: &[Change]) -> Rows {
+impl<'a> Rows<'a> {
+    fn of(changes: &'a [Change]) -> Rows<'a> {
         let mut rows = Rows::default();
         for change in changes {
             match change {
@@ -267,58 +283,74 @@ impl Rows {
     }
 }
 
-impl EventColumns {
-    fn push(&mut self, seq: u64, now: &OutboxNow) {
+impl<'a> EventColumns<'a> {
+    fn push(&mut self, seq: u64, now: &'a OutboxNow) {
         let event = &now.event;
         self.seq.push(seq as i64);
         self.id.push(event.id().to_string());
-        self.source.push(event.source().as_str().to_owned());
-        self.event_type.push(event.event_type().as_str().to_owned());
+        self.source.push(event.source().as_str());
+        self.event_type.push(event.event_type().as_str());
         self.received_ms.push(event.received_at_ms() as i64);
-        self.headers.push(json!(event.headers()).to_string());
-        self.body.push(event.body().to_vec());
+        self.headers.push(serde_json::to_string(event.headers()).expect("strings serialize"));
+        self.body.push(event.body());
         self.destinations.push(now.delivery.as_ref().map(|d| {
-            serde_json::Value::Array(d.destinations.iter().map(destination).collect()).to_string()
+            let states = d.destinations.iter().map(|state| Destination::of(state, None));
+            serde_json::to_string(&states.collect::<Vec<_>>()).expect("strings serialize")
         }));
-        self.delivery.push(now.delivery_record.clone());
+        self.delivery.push(now.delivery_record.as_deref());
     }
 }
 
-impl DlqColumns {
-    fn push(&mut self, seq: u64, now: &DlqNow) {
+impl<'a> DlqColumns<'a> {
+    fn push(&mut self, seq: u64, now: &'a DlqNow) {
         let entry = &now.entry;
         let event = &entry.event;
         self.seq.push(seq as i64);
         self.id.push(event.id().to_string());
-        self.source.push(event.source().as_str().to_owned());
-        self.event_type.push(event.event_type().as_str().to_owned());
+        self.source.push(event.source().as_str());
+        self.event_type.push(event.event_type().as_str());
         self.received_ms.push(event.received_at_ms() as i64);
         self.dead_ms.push(entry.dead_lettered_at_ms as i64);
-        self.reason.push(entry.reason.as_str().to_owned());
-        let destinations = entry.destinations.iter().map(|dead| {
-            let mut value = destination(&dead.state);
-            value["reason"] = json!(dead.reason.as_str());
-            value
-        });
-        self.destinations.push(serde_json::Value::Array(destinations.collect()).to_string());
-        self.record.push(now.record.clone());
+        self.reason.push(entry.reason.as_str());
+        let destinations = entry
+            .destinations
+            .iter()
+            .map(|dead| Destination::of(&dead.state, Some(dead.reason.as_str())));
+        self.destinations.push(
+            serde_json::to_string(&destinations.collect::<Vec<_>>()).expect("strings serialize"),
+        );
+        self.record.push(&now.record);
     }
 }
 
 /// One destination's state, as the `destinations` column shows it.
-fn destination(state: &DestinationState) -> serde_json::Value {
-    let status = match state.status {
-        Status::Pending => "pending",
-        Status::Done => "done",
-        Status::Dead => "dead",
-    };
-    json!({
-        "name": state.name,
-        "target": state.target.label(),
-        "status": status,
-        "attempts": state.attempts,
-        "last_error": state.last_error,
-    })
+#[derive(serde::Serialize)]
+struct Destination<'a> {
+    name: &'a str,
+    target: String,
+    status: &'static str,
+    attempts: u32,
+    last_error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+impl<'a> Destination<'a> {
+    fn of(state: &'a DestinationState, reason: Option<&'static str>) -> Self {
+        let status = match state.status {
+            Status::Pending => "pending",
+            Status::Done => "done",
+            Status::Dead => "dead",
+        };
+        Destination {
+            name: &state.name,
+            target: state.target.label(),
+            status,
+            attempts: state.attempts,
+            last_error: state.last_error.as_deref(),
+            reason,
+        }
+    }
 }
 
 impl Fleet {

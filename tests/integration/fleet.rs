@@ -253,6 +253,71 @@ async fn postgres_unreachable_leaves_ingest_alone_and_heartbeats_resume() {
     app.stop().await;
 }
 
+/// PostgreSQL cut off under a steady load, the broker reachable: every request is answered
+/// 202 (`ack: local`), every event is published exactly once (no takeover happens, so
+/// nothing may be published twice), and once PostgreSQL is back the lag returns to 0 and
+/// PostgreSQL holds nothing pending (every event settled, replicated and removed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_cut_under_load_loses_nothing_and_publishes_each_event_once() {
+    let db = FreshDb::create();
+    let proxy = Proxy::start(POSTGRES, true).await;
+    let exchange = unique("fleet_cut");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let route = format!(
+        "brokers:\n  rabbitmq:\n    url: \"{}\"\n\
+         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ]\n",
+        crate::helpers::AMQP_URL
+    );
+    let sync = sync_config(&db.url(&proxy.addr.to_string()), Some("edge-cut"), "3s");
+    let app = TestApp::spawn(&format!("{route}{sync}")).await;
+    wait_fleet(&app, |v| live(v).len() == 1).await;
+
+    // Eight senders post for the whole run; the cut lasts through its middle part.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let senders = futures_util::future::join_all((0..8).map(|_| async {
+        let mut statuses = Vec::new();
+        while !stop.is_cancelled() {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let response = app.post("fleet.cut", format!("{{\"n\":{n}}}")).await;
+            statuses.push((n, response.status().as_u16()));
+        }
+        statuses
+    }));
+    let script = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        proxy.set_up(false);
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        proxy.set_up(true);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.cancel();
+    };
+    let (statuses, ()) = tokio::join!(senders, script);
+    let statuses: Vec<(u64, u16)> = statuses.into_iter().flatten().collect();
+    assert!(statuses.iter().all(|&(_, s)| s == 202), "every answer 202 with ack: local");
+    let sent = statuses.len();
+    assert!(sent >= 100, "only {sent} requests in 6 s");
+
+    let received = queue.collect(sent, Duration::from_secs(30)).await;
+    let mut count = std::collections::BTreeMap::new();
+    for m in &received {
+        let body: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+        *count.entry(body["n"].as_u64().unwrap()).or_insert(0u32) += 1;
+    }
+    let lost = statuses.iter().filter(|(n, _)| !count.contains_key(n)).count();
+    let twice = count.values().filter(|&&c| c > 1).count();
+    assert_eq!((lost, twice), (0, 0), "lost, published twice (of {sent})");
+    // Replication caught up: no change waits, and PostgreSQL holds no pending event of this
+    // instance (all were settled; settled events are removed).
+    let started = Instant::now();
+    while !metrics(&app).await.contains("orchestron_sync_lag_events 0\n") {
+        assert!(started.elapsed() < Duration::from_secs(20), "lag stays above 0");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_value(&db, "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-cut'", "0").await;
+    app.stop().await;
+}
+
 /// Runs `orchestron sync migrate` on a config with `sync` as given.
 fn sync_migrate(sync: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
@@ -285,7 +350,7 @@ fn sync_migrate_applies_the_schema_once() {
     let stdout = String::from_utf8_lossy(&before.stdout);
     assert!(before.status.success(), "{stdout}{}", String::from_utf8_lossy(&before.stderr));
     assert!(
-        stdout.contains("PostgreSQL: reachable; schema orchestron at version 0 (this build: 5)"),
+        stdout.contains("PostgreSQL: reachable; schema orchestron at version 0 (this build: 6)"),
         "{stdout}"
     );
     let nowhere = check_postgres(&sync_config("postgres://postgres@127.0.0.1:1/x", None, "30s"));
@@ -295,10 +360,10 @@ fn sync_migrate_applies_the_schema_once() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    assert!(run().contains("applied [1, 2, 3, 4, 5]"));
+    assert!(run().contains("applied [1, 2, 3, 4, 5, 6]"));
     assert!(run().contains("is current"));
     let after = String::from_utf8(check_postgres(&sync).stdout).unwrap();
-    assert!(after.contains("at version 5 (this build: 5)"), "{after}");
+    assert!(after.contains("at version 6 (this build: 6)"), "{after}");
     assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "5");
 }
 
