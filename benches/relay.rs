@@ -37,9 +37,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::kafka::{kafka_count, kafka_topic};
 use common::stunnel::{Stunnel, TlsTansu};
 use common::{
-    cpu_ticks, env_or, free_port, median, start_daemon, stop_daemon, wait_ok, wait_ready,
+    body, cpu_ticks, env_or, free_port, median, start_daemon, stop_daemon, wait_ok, wait_ready,
 };
 use futures_util::future::join_all;
 use lapin::options::{
@@ -48,12 +49,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -91,18 +89,6 @@ impl RunCa {
         let cert = format!("{}{}", leaf.pem(), issuer.pem());
         RunCa { cert, key: key.serialize_pem(), ca, _dir: dir }
     }
-}
-
-/// The ~1 KiB body `benches/post.lua` sends, valid for `config/schemas/order.created.json`.
-fn body() -> String {
-    let items: Vec<String> = (1..=12)
-        .map(|i| format!(r#"{{"sku":"SKU-{:04}","qty":{i},"price":{}.99}}"#, i * 37, i * 3))
-        .collect();
-    format!(
-        r#"{{"order_id":123456,"customer_id":"cust-4242","total":999.50,"items":[{}],"note":"{}"}}"#,
-        items.join(","),
-        "n".repeat(340)
-    )
 }
 
 struct Broker {
@@ -244,6 +230,10 @@ fn daemon_config(dir: &Path, port: u16, brokers: &str, destination: &str) {
     std::fs::write(dir.join("config.yaml"), text).unwrap();
 }
 
+fn file_bytes(path: &Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
 async fn outbox_pending(client: &reqwest::Client, port: u16) -> Option<f64> {
     let text = client
         .get(format!("http://127.0.0.1:{port}/metrics"))
@@ -267,6 +257,8 @@ async fn relay(n: usize, down: &str, up: &str, destination: &str) -> (f64, f64) 
     daemon_config(dir.path(), port, down, destination);
     let mut child = start_daemon(&config);
     wait_ready(port).await;
+    let store_file = dir.path().join("relay.redb");
+    let empty_bytes = file_bytes(&store_file);
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/api/events/order.created");
     let next = std::sync::atomic::AtomicUsize::new(0);
@@ -285,6 +277,7 @@ async fn relay(n: usize, down: &str, up: &str, destination: &str) -> (f64, f64) 
     }))
     .await;
     stop_daemon(&mut child);
+    let full_bytes = file_bytes(&store_file);
 
     daemon_config(dir.path(), port, up, destination);
     // Timed from the moment the broker is connected, as the bare arms are: the store's open
@@ -317,6 +310,17 @@ async fn relay(n: usize, down: &str, up: &str, destination: &str) -> (f64, f64) 
         "relay: first events settled {first:?} after connecting; {steady:.0} msg/s from then"
     );
     let ticks = cpu_ticks(child.id());
+    // What the drained backlog leaves behind in the file, with the daemon still running (a
+    // few seconds for the last settles to be flushed and any shrinking done).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    eprintln!(
+        "relay: store file {:.1} MiB with the backlog, {:.1} MiB after the drain; \
+         {:.1} MiB empty ({:.2}x)",
+        full_bytes as f64 / 1048576.0,
+        file_bytes(&store_file) as f64 / 1048576.0,
+        empty_bytes as f64 / 1048576.0,
+        file_bytes(&store_file) as f64 / empty_bytes.max(1) as f64
+    );
     stop_daemon(&mut child);
     // Clock ticks are 10 ms (USER_HZ 100).
     eprintln!("relay: daemon CPU {:.1} µs per message", ticks as f64 * 10_000.0 / n as f64);
@@ -414,57 +418,6 @@ const KAFKA: &str = "127.0.0.1:9092";
 
 /// A new one-partition topic on the Kafka-protocol broker at `bootstrap`, reached with the
 /// client `settings` (TLS).
-async fn kafka_topic(bootstrap: &str, settings: &[(String, String)]) -> String {
-    let topic = format!("bench-relay-{}", uuid::Uuid::now_v7().simple());
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    for (k, v) in settings {
-        config.set(k, v);
-    }
-    let admin: AdminClient<DefaultClientContext> = config.create().unwrap();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let created = admin
-        .create_topics(&[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))], &options)
-        .await
-        .expect("a Kafka-protocol broker");
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
-    topic
-}
-
-/// Records in the topic's only partition, read back from the start (tansu's high watermark
-/// does not count every record of an idempotent producer's batches).
-async fn kafka_count(
-    bootstrap: String,
-    settings: Vec<(String, String)>,
-    topic: String,
-    expected: usize,
-) -> usize {
-    tokio::task::spawn_blocking(move || {
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", format!("{topic}-count"))
-            .set("enable.auto.commit", "false");
-        for (k, v) in &settings {
-            config.set(k, v);
-        }
-        let consumer: BaseConsumer = config.create().unwrap();
-        let mut partitions = TopicPartitionList::new();
-        partitions.add_partition_offset(&topic, 0, Offset::Beginning).unwrap();
-        consumer.assign(&partitions).unwrap();
-        let (mut count, deadline) = (0, Instant::now() + Duration::from_secs(30));
-        while count < expected && Instant::now() < deadline {
-            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
-                message.expect("a record");
-                count += 1;
-            }
-        }
-        count
-    })
-    .await
-    .unwrap()
-}
-
 /// Bare rdkafka with the daemon's producer settings: idempotent, `acks=all`, `linger.ms` 5.
 /// A bare producer with the daemon's settings; `window`: at most that many records awaiting
 /// their delivery report (None: all sent at once).

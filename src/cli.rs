@@ -1,5 +1,5 @@
 //! The operator commands `orchestron dlq ...`, `orchestron outbox stats`,
-//! `orchestron fleet status` and `orchestron sync migrate`.
+//! `orchestron fleet status`, `orchestron sync migrate` and `orchestron store compact`.
 //!
 //! They talk to the running daemon's admin API (address and token from the config file,
 //! overridable by flags). With the daemon stopped, `--offline` reads the store file directly,
@@ -133,6 +133,13 @@ pub enum FleetCommand {
 pub enum SyncCommand {
     /// Apply the fleet's schema migrations to the configured PostgreSQL now.
     Migrate,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum StoreCommand {
+    /// Give the free pages inside the store file back to the filesystem (the daemon stopped;
+    /// a running daemon does it by itself in a quiet moment).
+    Compact,
 }
 
 /// A message for the operator; the command exits 1 with it.
@@ -429,6 +436,24 @@ pub async fn sync(config: &std::path::Path, command: &SyncCommand) -> Result<Str
             sync.postgres.schema
         ),
     })
+}
+
+/// `orchestron store compact`: compacts the file named by the config's `store.path`.
+pub fn store(config: &std::path::Path, command: &StoreCommand) -> Result<String, CliError> {
+    let StoreCommand::Compact = command;
+    let config = crate::config::load(config)
+        .map_err(|e| CliError(format!("cannot read the config: {e}")))?;
+    let path = &config.store.path;
+    let started = std::time::Instant::now();
+    let (before, after) = crate::store::compact_file(path).map_err(|e| CliError(e.to_string()))?;
+    let mib = |b: u64| b as f64 / 1_048_576.0;
+    Ok(format!(
+        "{}: {:.1} MiB -> {:.1} MiB in {:.1} s",
+        path.display(),
+        mib(before),
+        mib(after),
+        started.elapsed().as_secs_f64()
+    ))
 }
 
 fn dlq_table(page: &DlqPageView) -> String {

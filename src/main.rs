@@ -69,6 +69,14 @@ enum Command {
         #[command(subcommand)]
         command: cli::SyncCommand,
     },
+    /// The store file.
+    Store {
+        /// Config file (YAML), whose `store.path` names the file.
+        #[arg(long, short, global = true, default_value = "/etc/orchestron/config.yaml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: cli::StoreCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,6 +96,9 @@ fn main() -> ExitCode {
         }
         Command::Sync { config, command } => {
             operator(async move { cli::sync(&config, &command).await })
+        }
+        Command::Store { config, command } => {
+            operator(async move { cli::store(&config, &command) })
         }
     };
     match result {

@@ -26,6 +26,10 @@ pub enum StoreError {
     TooNew { path: PathBuf, found: u64, supported: u64 },
     #[error("cannot open {} read-only ({cause}); is the daemon still running?", .path.display())]
     ReadOnly { path: PathBuf, cause: Arc<redb::DatabaseError> },
+    #[error("cannot open {} to compact it ({cause}); stop the daemon first", .path.display())]
+    Exclusive { path: PathBuf, cause: Arc<redb::DatabaseError> },
+    #[error("compaction failed: {0}")]
+    Compaction(Arc<redb::CompactionError>),
     #[error("commit failed: {0}")]
     Commit(Arc<redb::CommitError>),
     #[error("store error: {0}")]

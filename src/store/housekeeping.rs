@@ -2,7 +2,7 @@
 //! [`super::StoreCloser::close`]: the flush tick that makes settles durable when no append
 //! comes along, DLQ retention (`dlq.max_entries`, `dlq.max_age`) and the expiry of old
 //! idempotency keys, and the disk watch (the reserve file, and free pages given back to the
-//! disk when it runs low; see `space.rs`). Each is a task on the daemon's [`Tasks`].
+//! disk when it runs low or in a quiet moment; see `space.rs` and `writer/room.rs`). Each is a task on the daemon's [`Tasks`].
 
 use std::time::Duration;
 
@@ -23,7 +23,9 @@ const DEDUP_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 const DEDUP_EXPIRY_BATCH: usize = 10_000;
 /// How often the free disk space is read (the writer also reads it for every batch).
 const DISK_INTERVAL: Duration = Duration::from_secs(1);
-/// How often, while the disk is low, the free pages inside the file are measured.
+/// How often the writer is asked to tend the file's free pages: it measures them while the
+/// disk is low or in a quiet moment, and compacts when they are worth it (see
+/// `writer/room.rs`).
 const TEND_INTERVAL: Duration = Duration::from_secs(30);
 
 impl Store {
@@ -108,11 +110,12 @@ async fn dedup_expiry(store: Store, stop: CancellationToken) {
 }
 
 /// Keeps the disk reserve (given up when the disk is well under the floor, put back when
-/// there is room), and while the disk is low asks the writer to measure the free pages
-/// inside the file and give them back.
+/// there is room), and asks the writer to tend the free pages inside the file: at once when
+/// the disk turns low, then every [`TEND_INTERVAL`].
 async fn disk_watch(store: Store, stop: CancellationToken) {
     let mut tick = tokio::time::interval(DISK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = tokio::time::Instant::now();
     let mut last_tend: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
@@ -127,7 +130,9 @@ async fn disk_watch(store: Store, stop: CancellationToken) {
         })
         .await
         .unwrap_or(false);
-        if low && last_tend.is_none_or(|t| t.elapsed() >= TEND_INTERVAL) {
+        let due = last_tend.is_none_or(|t| t.elapsed() >= TEND_INTERVAL);
+        let idle_due = last_tend.unwrap_or(started).elapsed() >= TEND_INTERVAL;
+        if (low && due) || idle_due {
             last_tend = Some(tokio::time::Instant::now());
             if store.tx.send(Command::TendSpace).await.is_err() {
                 return;

@@ -56,7 +56,7 @@ pub use feed::{Change, DlqNow, FeedBatch, FeedLag, OutboxNow};
 use open::{Tuning, file_len, open_database, read_counters};
 pub use query::{
     Claim, DestinationBacklog, DlqEntry, DlqFilter, DlqPage, OutboxEntry, OutboxStats,
-    ReadOnlyStore, Summary,
+    ReadOnlyStore, Summary, compact_file,
 };
 use space::Space;
 use writer::{Command, Writer};
@@ -323,6 +323,17 @@ impl Store {
         older_than_ms: Option<u64>,
     ) -> Result<u64> {
         self.call(|reply| Command::ExpireDlq { max_entries, older_than_ms, reply }).await
+    }
+
+    /// Has the writer tend the file's free pages now (as the disk watch does every 30 s), and
+    /// returns once it has.
+    #[cfg(test)]
+    pub(crate) async fn tend_space_now(&self) {
+        self.tx.send(Command::TendSpace).await.expect("store open");
+        // Answered in the same round as the tend or the next; the second call is only taken
+        // after the tend (the writer does one thing at a time).
+        self.dedup_expire(0, 1).await.unwrap();
+        self.dedup_expire(0, 1).await.unwrap();
     }
 
     async fn call<T>(

@@ -354,6 +354,20 @@ pub(super) fn summary(db: &impl ReadableDatabase, now_ms: u64) -> Result<Summary
 /// A stopped daemon's store, opened read-only (the CLI's `--offline`).
 pub struct ReadOnlyStore(redb::ReadOnlyDatabase);
 
+/// Compacts the store file of a stopped daemon (`orchestron store compact`): the free pages
+/// inside it go back to the filesystem. Returns the file's size before and after, in bytes.
+/// Refused while the daemon (or anything else) has the file open.
+pub fn compact_file(path: &Path) -> Result<(u64, u64)> {
+    let len = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let before = len();
+    let mut db = redb::Database::builder()
+        .open(path)
+        .map_err(|e| StoreError::Exclusive { path: path.to_owned(), cause: Arc::new(e) })?;
+    db.compact().map_err(|e| StoreError::Compaction(Arc::new(e)))?;
+    drop(db);
+    Ok((before, len()))
+}
+
 impl ReadOnlyStore {
     pub fn open(path: &Path) -> Result<Self> {
         let db = redb::Database::builder()

@@ -463,3 +463,74 @@ async fn the_change_feed_names_every_entry_changed_and_starts_from_the_whole_sto
     assert_eq!(batch.changes.len(), 1 + 4, "a reset and the four events in the outbox");
     closer.close().await;
 }
+
+/// Appends `n` events of ~2 KiB and settles them all (delivered everywhere).
+async fn fill_and_drain(store: &Store, n: u64) {
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(2000));
+    futures_util::future::join_all((0..n).map(|i| store.append(event(&body, 1000 + i)))).await;
+    loop {
+        let claim = store.claim_due(u64::MAX, 1000, vec![UNROUTED]).await.unwrap();
+        if claim.is_empty() {
+            break;
+        }
+        let settled = claim.entries.iter().map(|e| Settlement {
+            seq: e.seq,
+            remove_due: e.claimed.clone(),
+            add_due: Vec::new(),
+            outcome: Outcome::Delete,
+            dead_letter: None,
+        });
+        store.settle(settled.collect()).await.unwrap();
+    }
+}
+
+fn file_size(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// A delivered backlog leaves a file of free pages; in a quiet moment the writer compacts it
+/// back near its empty size, with the daemon running (the disk is not low here).
+#[tokio::test]
+async fn a_drained_backlog_is_compacted_away_in_a_quiet_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    let path = dir.path().join("o.redb");
+    let empty = file_size(&path);
+    fill_and_drain(&store, 20_000).await;
+    // Not quiet: an append a moment ago.
+    store.append(event("{}", 5)).await.unwrap();
+    let drained = file_size(&path);
+    assert!(drained > 40 << 20, "the drained backlog left the file large: {drained}");
+    store.tend_space_now().await;
+    assert_eq!(file_size(&path), drained, "no compaction while events are coming in");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    store.tend_space_now().await;
+    let compacted = file_size(&path);
+    assert!(
+        compacted <= 2 * empty.max(1 << 20),
+        "empty {empty}, drained {drained}, after the quiet compaction {compacted}"
+    );
+    // The store works as before, and its event is still there.
+    store.append(event("{}", 99)).await.unwrap();
+    assert_eq!(store.claim_due(u64::MAX, 10, vec![UNROUTED]).await.unwrap().entries.len(), 2);
+    closer.close().await;
+}
+
+/// `orchestron store compact`: refused while the file is open, shrinks it once closed.
+#[tokio::test]
+async fn an_offline_compaction_is_refused_while_open_and_shrinks_a_closed_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    let path = dir.path().join("o.redb");
+    let empty = file_size(&path);
+    fill_and_drain(&store, 20_000).await;
+    let refused = compact_file(&path).unwrap_err();
+    assert!(matches!(refused, StoreError::Exclusive { .. }), "{refused}");
+    closer.close().await;
+    let (before, after) = compact_file(&path).unwrap();
+    assert!(before > 40 << 20, "{before}");
+    assert!(after <= 2 * empty.max(1 << 20), "empty {empty}, before {before}, after {after}");
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    store.append(event("{}", 99)).await.unwrap();
+    closer.close().await;
+}

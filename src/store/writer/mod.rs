@@ -143,8 +143,12 @@ pub(in crate::store) struct Writer {
     /// A non-durable commit happened since the last durable one.
     dirty: bool,
     last_reopen_attempt: Option<Instant>,
-    /// When the file was last compacted to give its free pages back to the disk.
+    /// When the file was last compacted to give its free pages back to a low disk.
     last_compaction: Option<Instant>,
+    /// When it was last compacted in a quiet moment (see `room.rs`).
+    last_idle_compaction: Option<Instant>,
+    /// When the last event was appended.
+    last_append: Option<Instant>,
 }
 
 /// A reply to send once the commit is known to have succeeded (or failed).
@@ -229,6 +233,8 @@ impl Writer {
             dirty: false,
             last_reopen_attempt: None,
             last_compaction: None,
+            last_idle_compaction: None,
+            last_append: None,
         }
     }
 
@@ -302,6 +308,7 @@ impl Writer {
                 let appended =
                     pending.into_iter().map(Pending::succeed).filter(|&a| a).count() as u64;
                 if appended > 0 {
+                    self.last_append = Some(Instant::now());
                     self.shared.metrics.store_batch_events.observe(appended as f64);
                     self.shared.appended_events.fetch_add(appended, Ordering::Relaxed);
                     self.shared.appended.notify_one();

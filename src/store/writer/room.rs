@@ -1,8 +1,13 @@
-//! Giving disk space back: when the disk runs low, the writer measures the free pages inside
-//! the store file, and when there are many (a backlog was delivered, the file did not shrink
-//! by itself) compacts the file, which returns them to the filesystem so that ingest can
-//! resume. Measuring walks the file's trees and compaction holds the database alone, so both
-//! run only while the disk is low, and a compaction at most once a minute.
+//! Giving disk space back. redb shrinks the file only when its tail is free, so a delivered
+//! backlog can leave a file mostly made of free pages. The writer measures them and
+//! compacts the file, which returns them to the filesystem:
+//! - when the disk runs low (so that ingest can resume), at most once a minute;
+//! - in a quiet moment: no event appended for [`QUIET_FOR`], and the file at least twice what
+//!   it holds (and [`IDLE_MIN_FREE`] over), at most once per [`IDLE_INTERVAL`].
+//!
+//! Measuring walks the file's trees and compaction holds the database alone (requests that
+//! arrive meanwhile wait for it), so neither runs while events are coming in, unless the
+//! disk is low.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,26 +16,45 @@ use super::Writer;
 use crate::store::open::file_len;
 use crate::store::space::on_disk_bytes;
 
-/// Least time between two compactions.
+/// Least time between two compactions for a low disk.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a compaction waits for readers to finish with the database.
 const READERS_GRACE: Duration = Duration::from_secs(5);
+/// No append for this long makes a quiet moment (short in unit tests).
+const QUIET_FOR: Duration =
+    if cfg!(test) { Duration::from_millis(200) } else { Duration::from_secs(30) };
+/// Free pages worth a compaction in a quiet moment.
+const IDLE_MIN_FREE: u64 = 16 << 20;
+/// Least time between two compactions in quiet moments.
+const IDLE_INTERVAL: Duration = Duration::from_secs(600);
 
 impl Writer {
     pub(super) fn tend_space(&mut self) {
         let space = Arc::clone(&self.shared.space);
-        let Some(free) = self.measure_free_pages() else { return };
+        let low = space.is_low();
+        let quiet = self.last_append.is_none_or(|t| t.elapsed() >= QUIET_FOR);
+        if !low && !quiet {
+            return;
+        }
+        let Some((free, in_use)) = self.measure_free_pages() else { return };
         space.set_in_file_free(free);
-        let worth_it = free >= space.floor().max(1 << 20);
-        let due = self.last_compaction.is_none_or(|t| t.elapsed() >= COMPACTION_INTERVAL);
-        if space.is_low() && worth_it && due {
-            self.last_compaction = Some(Instant::now());
-            self.compact(free);
+        let since = |last: Option<Instant>, interval| last.is_none_or(|t| t.elapsed() >= interval);
+        if low {
+            let worth_it = free >= space.floor().max(1 << 20);
+            if worth_it && since(self.last_compaction, COMPACTION_INTERVAL) {
+                self.last_compaction = Some(Instant::now());
+                self.compact(free, "to give free space back to a low disk");
+            }
+        } else if free >= IDLE_MIN_FREE.max(in_use)
+            && since(self.last_idle_compaction, IDLE_INTERVAL)
+        {
+            self.last_idle_compaction = Some(Instant::now());
+            self.compact(free, "in a quiet moment: most of the file was free pages");
         }
     }
 
-    /// Free pages inside the file that occupy disk blocks, in bytes.
-    fn measure_free_pages(&mut self) -> Option<u64> {
+    /// Free pages inside the file that occupy disk blocks, and the bytes in use, in bytes.
+    fn measure_free_pages(&mut self) -> Option<(u64, u64)> {
         let db = self.db.as_ref()?;
         let stats = db.begin_write().ok().and_then(|txn| {
             let stats = txn.stats().ok();
@@ -38,12 +62,12 @@ impl Writer {
             stats
         })?;
         let in_use = stats.allocated_pages() * stats.page_size() as u64;
-        Some(on_disk_bytes(&self.shared.path).saturating_sub(in_use))
+        Some((on_disk_bytes(&self.shared.path).saturating_sub(in_use), in_use))
     }
 
     /// Compacts the file. The database is taken from the readers for the duration (they see
     /// the store as reopening and retry); a failure is handled like a failed commit.
-    fn compact(&mut self, free: u64) {
+    fn compact(&mut self, free: u64, why: &str) {
         let Some(mut db) = self.db.take() else { return };
         self.shared.db.store(None);
         let waiting = Instant::now();
@@ -68,7 +92,7 @@ impl Writer {
                     file_bytes_before = before,
                     file_bytes_after = after,
                     elapsed_ms = started.elapsed().as_millis() as u64,
-                    "store compacted to give free space back to the disk"
+                    "store compacted {why}"
                 );
             }
             Some(Err(error)) => {
