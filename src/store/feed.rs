@@ -115,7 +115,11 @@ pub struct FeedLag {
 }
 
 /// Up to `limit` feed rows, with the entries they name as they are in the same snapshot.
-pub(super) fn batch(db: &impl ReadableDatabase, limit: usize) -> Result<FeedBatch> {
+pub(super) fn batch(
+    db: &impl ReadableDatabase,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<FeedBatch> {
     let txn = db.begin_read()?;
     let feed = match txn.open_table(FEED) {
         Ok(table) => table,
@@ -127,7 +131,11 @@ pub(super) fn batch(db: &impl ReadableDatabase, limit: usize) -> Result<FeedBatc
     let dlq = txn.open_table(DLQ)?;
     let mut out = FeedBatch { rows: feed.len()?, ..FeedBatch::default() };
     let mut seen = std::collections::HashSet::new();
-    for row in feed.iter()?.take(limit) {
+    let rows = match after {
+        None => feed.iter()?,
+        Some(after) => feed.range(after + 1..)?,
+    };
+    for row in rows.take(limit) {
         let (number, value) = row?;
         let (code, seq, at_ms) = value.value();
         out.through = Some(number.value());

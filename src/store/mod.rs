@@ -433,7 +433,13 @@ impl Store {
 
     /// Up to `limit` rows of the change feed, with the entries they name as they are now.
     pub async fn change_feed(&self, limit: usize) -> Result<FeedBatch> {
-        self.read(move |db| feed::batch(db, limit)).await
+        self.read(move |db| feed::batch(db, None, limit)).await
+    }
+
+    /// [`Store::change_feed`] from the change after `after` (the `through` of a batch not
+    /// trimmed yet): the replicator reads the next batch while the last one commits.
+    pub async fn change_feed_after(&self, after: u64, limit: usize) -> Result<FeedBatch> {
+        self.read(move |db| feed::batch(db, Some(after), limit)).await
     }
 
     /// Drops the feed rows through `through`: they are replicated. Not durable by itself.

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Fleet, SyncError};
 use crate::delivery::{DestinationState, Status};
 use crate::event::now_ms;
-use crate::store::{Change, DlqNow, OutboxNow, Store};
+use crate::store::{Change, DlqNow, FeedBatch, OutboxNow, Store};
 
 /// Feed rows per batch (and so per PostgreSQL transaction).
 const BATCH: usize = 2000;
@@ -37,10 +37,40 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub(super) async fn run(fleet: Fleet, store: Store, stop: CancellationToken) {
     let mut backoff = BACKOFF_MIN;
     let mut failing_since: Option<Instant> = None;
+    // The next batch, read from the store while the last one was in PostgreSQL.
+    let mut next: Option<FeedBatch> = None;
     loop {
-        let result = match tokio::time::timeout(STATEMENT_TIMEOUT, once(&fleet, &store)).await {
-            Ok(result) => result,
-            Err(_) => Err(SyncError::Unanswered("PostgreSQL did not answer within 15 s".into())),
+        let batch = match next.take() {
+            Some(batch) => Ok(batch),
+            None => store.change_feed(BATCH).await.map_err(SyncError::from),
+        };
+        let result = match batch {
+            Ok(batch) => {
+                // A backlog (catch-up): read the following rows meanwhile, so the store's
+                // reads and PostgreSQL's writes overlap instead of taking turns.
+                let after = batch.through.filter(|_| batch.rows > BATCH as u64);
+                let read_ahead = async {
+                    match after {
+                        Some(after) => store.change_feed_after(after, BATCH).await.ok(),
+                        None => None,
+                    }
+                };
+                let (result, ahead) = tokio::join!(
+                    tokio::time::timeout(STATEMENT_TIMEOUT, once(&fleet, &store, batch)),
+                    read_ahead
+                );
+                match result {
+                    Ok(Ok(more)) => {
+                        next = ahead.filter(|b| b.through.is_some());
+                        Ok(more)
+                    }
+                    Ok(Err(error)) => Err(error),
+                    Err(_) => {
+                        Err(SyncError::Unanswered("PostgreSQL did not answer within 15 s".into()))
+                    }
+                }
+            }
+            Err(error) => Err(error),
         };
         fleet.note_lag(&store).await;
         let metrics = &fleet.inner.metrics;
@@ -87,9 +117,8 @@ pub(super) async fn run(fleet: Fleet, store: Store, stop: CancellationToken) {
     }
 }
 
-/// Replicates one batch; returns whether more rows wait.
-async fn once(fleet: &Fleet, store: &Store) -> Result<bool, SyncError> {
-    let batch = store.change_feed(BATCH).await?;
+/// Replicates one batch read from the feed; returns whether more rows wait.
+async fn once(fleet: &Fleet, store: &Store, batch: FeedBatch) -> Result<bool, SyncError> {
     let Some(through) = batch.through else { return Ok(false) };
     let rows = Rows::of(&batch.changes);
     let inner = &fleet.inner;

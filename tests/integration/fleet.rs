@@ -151,7 +151,7 @@ async fn three_instances_starting_at_once_apply_the_migrations_once_and_see_each
     assert_eq!(live(&view), ["edge-a", "edge-b", "edge-c"]);
     assert_eq!(view["instance_id"], "edge-a");
     assert_eq!(view["sync"]["connected"], true, "{view}");
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "5", "applied once");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "6", "applied once");
     assert_eq!(db.value("SELECT count(*) FROM orchestron.instances"), "3");
     // Each heartbeat carries the outbox size: an event waiting on an unconfigured broker...
     a.accept("fleet.test", "{}".into()).await;
@@ -364,7 +364,7 @@ fn sync_migrate_applies_the_schema_once() {
     assert!(run().contains("is current"));
     let after = String::from_utf8(check_postgres(&sync).stdout).unwrap();
     assert!(after.contains("at version 6 (this build: 6)"), "{after}");
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "5");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "6");
 }
 
 /// The role needs rights on its own schema only: a DBA creates the schema and hands it over,
@@ -378,7 +378,7 @@ fn a_role_with_rights_on_its_schema_only_applies_the_migrations() {
     let sync = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: fleet\n");
     let out = sync_migrate(&sync);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "5");
+    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "6");
     assert_eq!(db.value("SELECT tableowner FROM pg_tables WHERE tablename = 'instances'"), role);
     // Without its schema, the same role is refused, and says why.
     let other = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: elsewhere\n");
