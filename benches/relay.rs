@@ -29,7 +29,9 @@
 //! purges it. `ORCHESTRON_BENCH_EVENTS` (N, default 20000), `ORCHESTRON_BENCH_WINDOW` (W,
 //! default 256), `ORCHESTRON_BENCH_REPEATS` (3), `ORCHESTRON_BENCH_ARMS` (a comma-separated
 //! subset), `ORCHESTRON_BENCH_RELAY_CONFIG` (YAML appended to the daemon's config),
-//! `ORCHESTRON_BENCH_BINARY` (another build of the daemon, to compare two in one sitting).
+//! `ORCHESTRON_BENCH_BINARY` (another build of the daemon, to compare two in one sitting),
+//! `ORCHESTRON_BENCH_COMPACT_WAIT` (seconds to wait after the drain for the store file to be
+//! compacted back within twice its empty size; each relay arm prints the sizes).
 
 mod common;
 
@@ -313,6 +315,22 @@ async fn relay(n: usize, down: &str, up: &str, destination: &str) -> (f64, f64) 
     // What the drained backlog leaves behind in the file, with the daemon still running (a
     // few seconds for the last settles to be flushed and any shrinking done).
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // ORCHESTRON_BENCH_COMPACT_WAIT=<s>: wait that long for the quiet-moment compaction to
+    // bring the file back within twice its empty size, and say when it did.
+    let wait = Duration::from_secs(env_or("ORCHESTRON_BENCH_COMPACT_WAIT", 0));
+    let drained_at = Instant::now();
+    let drained_bytes = file_bytes(&store_file);
+    while file_bytes(&store_file) > 2 * empty_bytes && drained_at.elapsed() < wait {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !wait.is_zero() {
+        eprintln!(
+            "relay: {:.1} MiB after the drain; {:.1} MiB {:.1} s later",
+            drained_bytes as f64 / 1048576.0,
+            file_bytes(&store_file) as f64 / 1048576.0,
+            drained_at.elapsed().as_secs_f64() + 3.0
+        );
+    }
     eprintln!(
         "relay: store file {:.1} MiB with the backlog, {:.1} MiB after the drain; \
          {:.1} MiB empty ({:.2}x)",

@@ -311,7 +311,7 @@ impl Metrics {
             ))),
             store_compactions: reg!(IntCounter::with_opts(opts(
                 "store_compactions_total",
-                "Compactions of the store file that gave free pages back to a low disk."
+                "Compactions of the store file that gave its free pages back to the filesystem.",
             ))),
             outbox_pending: reg!(IntGauge::with_opts(opts(
                 "outbox_pending_events",
