@@ -114,6 +114,18 @@ impl Command {
         matches!(self, Command::Append { .. })
     }
 
+    /// Traffic: events coming in or being delivered (not housekeeping, such as key expiry or
+    /// DLQ retention). A quiet moment is one without it (see `room.rs`).
+    fn is_traffic(&self) -> bool {
+        matches!(
+            self,
+            Command::Append { .. }
+                | Command::Settle { .. }
+                | Command::Import { .. }
+                | Command::Release { .. }
+        )
+    }
+
     /// Appends and admin changes are acknowledged to someone outside: they must be durable.
     fn needs_fsync(&self) -> bool {
         // Expired keys that come back after a crash are still expired: no fsync needed.
@@ -147,8 +159,8 @@ pub(in crate::store) struct Writer {
     last_compaction: Option<Instant>,
     /// When it was last compacted in a quiet moment (see `room.rs`).
     last_idle_compaction: Option<Instant>,
-    /// When the last event was appended.
-    last_append: Option<Instant>,
+    /// When the last commit with traffic in it (an append, a settle) was made.
+    last_traffic: Option<Instant>,
 }
 
 /// A reply to send once the commit is known to have succeeded (or failed).
@@ -234,7 +246,7 @@ impl Writer {
             last_reopen_attempt: None,
             last_compaction: None,
             last_idle_compaction: None,
-            last_append: None,
+            last_traffic: None,
         }
     }
 
@@ -287,6 +299,7 @@ impl Writer {
             return;
         };
         let durable = self.dirty || batch.iter().any(Command::needs_fsync);
+        let traffic = batch.iter().any(Command::is_traffic);
         let mut pending = Vec::with_capacity(batch.len());
         let counters_before = self.counters;
         let started = Instant::now();
@@ -307,8 +320,10 @@ impl Writer {
                 }
                 let appended =
                     pending.into_iter().map(Pending::succeed).filter(|&a| a).count() as u64;
+                if traffic {
+                    self.last_traffic = Some(Instant::now());
+                }
                 if appended > 0 {
-                    self.last_append = Some(Instant::now());
                     self.shared.metrics.store_batch_events.observe(appended as f64);
                     self.shared.appended_events.fetch_add(appended, Ordering::Relaxed);
                     self.shared.appended.notify_one();

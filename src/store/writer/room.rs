@@ -2,8 +2,9 @@
 //! backlog can leave a file mostly made of free pages. The writer measures them and
 //! compacts the file, which returns them to the filesystem:
 //! - when the disk runs low (so that ingest can resume), at most once a minute;
-//! - in a quiet moment: no event appended for [`QUIET_FOR`], and the file at least twice what
-//!   it holds (and [`IDLE_MIN_FREE`] over), at most once per [`IDLE_INTERVAL`].
+//! - in a quiet moment: nothing appended or settled for [`QUIET_FOR`] (so neither ingest nor
+//!   a draining relay is held up), and the file at least twice what it holds (and
+//!   [`IDLE_MIN_FREE`] over), at most once per [`IDLE_INTERVAL`].
 //!
 //! Measuring walks the file's trees and compaction holds the database alone (requests that
 //! arrive meanwhile wait for it), so neither runs while events are coming in, unless the
@@ -20,11 +21,11 @@ use crate::store::space::on_disk_bytes;
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 /// How long a compaction waits for readers to finish with the database.
 const READERS_GRACE: Duration = Duration::from_secs(5);
-/// No append for this long makes a quiet moment (short in unit tests).
+/// No traffic (appends, settles) for this long makes a quiet moment (short in unit tests).
 const QUIET_FOR: Duration =
     if cfg!(test) { Duration::from_millis(200) } else { Duration::from_secs(30) };
-/// Free pages worth a compaction in a quiet moment.
-const IDLE_MIN_FREE: u64 = 16 << 20;
+/// Free pages worth a compaction in a quiet moment (compacting a few MiB takes milliseconds).
+const IDLE_MIN_FREE: u64 = 4 << 20;
 /// Least time between two compactions in quiet moments.
 const IDLE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -32,7 +33,7 @@ impl Writer {
     pub(super) fn tend_space(&mut self) {
         let space = Arc::clone(&self.shared.space);
         let low = space.is_low();
-        let quiet = self.last_append.is_none_or(|t| t.elapsed() >= QUIET_FOR);
+        let quiet = self.last_traffic.is_none_or(|t| t.elapsed() >= QUIET_FOR);
         if !low && !quiet {
             return;
         }
