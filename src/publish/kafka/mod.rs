@@ -175,22 +175,24 @@ impl KafkaPublisher {
             let code = error.rdkafka_error_code();
             // A fatal error, or the broker no longer accepts this producer's id or epoch (after
             // an outage, say): nothing about the message is wrong, only a fresh producer (a new
-            // id) gets past it. The message goes once more on the fresh one; if that fails too
-            // the event waits without an attempt counted.
+            // id) gets past it. The message goes once more on the fresh one, with no attempt
+            // counted for the first failure; a second one counts.
             let lost = match producer.client().fatal_error() {
                 Some((code, reason)) => Some((code, reason)),
                 None => code
                     .filter(|&c| producer_state_lost(c))
                     .map(|c| (c, "the broker no longer accepts its producer id".to_owned())),
             };
-            if let Some((code, reason)) = lost {
+            // Once per send: if the fresh producer fails the same way (a missing IdempotentWrite
+            // ACL, a broker that keeps fencing), that is an attempt like any other, so a cause
+            // that does not go away ends in the DLQ instead of a wait without end.
+            if let (Some((code, reason)), false) = (lost, replaced) {
                 self.recreate(&producer, code, &reason);
                 let fresh = self.producer.load_full();
-                if !replaced && !Arc::ptr_eq(&fresh, &producer) {
+                if !Arc::ptr_eq(&fresh, &producer) {
                     (producer, replaced) = (fresh, true);
                     continue;
                 }
-                return Err(PublishError::deferred(format!("Kafka producer replaced: {error}")));
             }
             if code == Some(RDKafkaErrorCode::MessageTimedOut)
                 && !self.reachable.load(Ordering::Relaxed)

@@ -3,8 +3,9 @@
 //! compacts the file, which returns them to the filesystem:
 //! - when the disk runs low (so that ingest can resume), at most once a minute;
 //! - in a quiet moment: nothing appended or settled for [`QUIET_FOR`] (so neither ingest nor
-//!   a draining relay is held up), and the file at least twice what it holds (and
-//!   [`IDLE_MIN_FREE`] over), at most once per [`IDLE_INTERVAL`].
+//!   a draining relay is held up), the file at least twice what it holds (and
+//!   [`IDLE_MIN_FREE`] over) and holding at most [`IDLE_MAX_IN_USE`], at most once per
+//!   [`IDLE_INTERVAL`].
 //!
 //! Measuring walks the file's trees and compaction holds the database alone (requests that
 //! arrive meanwhile wait for it), so neither runs while events are coming in, unless the
@@ -26,6 +27,9 @@ const QUIET_FOR: Duration =
     if cfg!(test) { Duration::from_millis(200) } else { Duration::from_secs(30) };
 /// Free pages worth a compaction in a quiet moment (compacting a few MiB takes milliseconds).
 const IDLE_MIN_FREE: u64 = 4 << 20;
+/// A quiet-moment compaction moves what the file holds: only when that is little (a drained
+/// backlog), so it stays short; a file still holding a large backlog waits for its drain.
+const IDLE_MAX_IN_USE: u64 = 64 << 20;
 /// Least time between two compactions in quiet moments.
 const IDLE_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -47,6 +51,7 @@ impl Writer {
                 self.compact(free, "to give free space back to a low disk");
             }
         } else if free >= IDLE_MIN_FREE.max(in_use)
+            && in_use <= IDLE_MAX_IN_USE
             && since(self.last_idle_compaction, IDLE_INTERVAL)
         {
             self.last_idle_compaction = Some(Instant::now());
