@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::kafka::{kafka_count, kafka_topic};
 use common::proxy::{ProxiedTansu, Proxy};
-use common::{KEY, body, env_or, free_port, median, stop_daemon, wait_ok};
+use common::{KEY, env_or, free_port, median, outbox_pending, post_event, stop_daemon, wait_ok};
 use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -200,17 +200,8 @@ async fn sample(broker: Broker, binary: &Path, n: usize, outage: Duration) -> Sa
 }
 
 async fn post(client: &reqwest::Client, port: u16, n: usize) {
-    let url = format!("http://127.0.0.1:{port}/api/events/order.created");
     for _ in 0..n {
-        let response = client
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .header("X-API-Key", KEY)
-            .body(body())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202);
+        post_event(client, port).await;
     }
 }
 
@@ -223,18 +214,7 @@ async fn wait_pending(
 ) {
     let started = Instant::now();
     loop {
-        let text = client
-            .get(format!("http://127.0.0.1:{port}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let pending = text
-            .lines()
-            .find_map(|l| l.strip_prefix("orchestron_outbox_pending_events "))
-            .and_then(|v| v.trim().parse::<f64>().ok());
+        let pending = outbox_pending(client, port).await;
         if pending.is_some_and(&done) {
             return;
         }

@@ -42,7 +42,8 @@ use std::time::{Duration, Instant};
 use common::kafka::{kafka_count, kafka_topic};
 use common::stunnel::{Stunnel, TlsTansu};
 use common::{
-    body, cpu_ticks, env_or, free_port, median, start_daemon, stop_daemon, wait_ok, wait_ready,
+    body, cpu_ticks, env_or, free_port, median, outbox_pending, post_event, start_daemon,
+    stop_daemon, wait_ok, wait_ready,
 };
 use futures_util::future::join_all;
 use lapin::options::{
@@ -236,19 +237,6 @@ fn file_bytes(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
 
-async fn outbox_pending(client: &reqwest::Client, port: u16) -> Option<f64> {
-    let text = client
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let line = text.lines().find(|l| l.starts_with("orchestron_outbox_pending_events "))?;
-    line.rsplit_once(' ')?.1.parse().ok()
-}
-
 /// The daemon: queue `n` events with the broker `down`, restart it with the broker `up`, and
 /// time the drain from that start.
 /// The relay arm: (msg/s from the broker connection, msg/s from the first settled events).
@@ -262,19 +250,10 @@ async fn relay(n: usize, down: &str, up: &str, destination: &str) -> (f64, f64) 
     let store_file = dir.path().join("relay.redb");
     let empty_bytes = file_bytes(&store_file);
     let client = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/api/events/order.created");
     let next = std::sync::atomic::AtomicUsize::new(0);
     join_all((0..64).map(|_| async {
         while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-            let response = client
-                .post(&url)
-                .header("Content-Type", "application/json")
-                .header("X-API-Key", KEY)
-                .body(body())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 202);
+            post_event(&client, port).await;
         }
     }))
     .await;

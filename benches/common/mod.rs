@@ -146,6 +146,33 @@ pub fn body() -> String {
     )
 }
 
+/// Posts one `body()` as `order.created` and asserts the daemon accepted it (202).
+pub async fn post_event(client: &reqwest::Client, port: u16) {
+    let response = client
+        .post(format!("http://127.0.0.1:{port}/api/events/order.created"))
+        .header("Content-Type", "application/json")
+        .header("X-API-Key", KEY)
+        .body(body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+}
+
+/// `orchestron_outbox_pending_events` from the daemon's `/metrics` (None if unreadable).
+pub async fn outbox_pending(client: &reqwest::Client, port: u16) -> Option<f64> {
+    let text = client
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let line = text.lines().find(|l| l.starts_with("orchestron_outbox_pending_events "))?;
+    line.rsplit_once(' ')?.1.parse().ok()
+}
+
 /// Kafka helpers: a topic of the bench's own, and counting what it holds.
 pub mod kafka {
     use std::time::{Duration, Instant};
