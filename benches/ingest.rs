@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use futures_util::future::BoxFuture;
 use orchestron::config::Config;
+use orchestron::delivery::Delivery;
 use orchestron::event::ValidatedEvent;
 use orchestron::ingest::{EventSink, IngestState};
 use orchestron::live::LiveConfig;
@@ -60,6 +61,7 @@ impl EventSink for Discard {
         &self,
         event: ValidatedEvent,
         _key: Option<IdempotencyKey>,
+        _delivery: Delivery,
     ) -> BoxFuture<'_, Result<Appended, StoreError>> {
         Box::pin(async move { Ok(Appended::Accepted(event.id())) })
     }

@@ -3,9 +3,10 @@
 //!
 //! A request is checked in the order that costs least first: source, API key, content type,
 //! body size, signature (over the raw bytes), rate limit, JSON syntax, event type, schema,
-//! routability. Only then is it handed to the store, and `202 Accepted` is sent after the
-//! store's durable commit returned Ok, never before. A repeated idempotency key is answered
-//! `200` with the first event's id, decided inside the same commit.
+//! routes (an event no route takes is refused). Only then is it handed to the store, routed,
+//! and `202 Accepted` is sent after the store's durable commit returned Ok, never before. A
+//! repeated idempotency key is answered `200` with the first event's id, decided inside the
+//! same commit.
 
 mod error;
 
@@ -28,6 +29,7 @@ use serde_json::json;
 
 pub use error::IngestError;
 
+use crate::delivery::Delivery;
 use crate::event::{EventId, EventType, ValidatedEvent, now_ms};
 use crate::live::LiveConfig;
 use crate::routing::Body as EventBody;
@@ -41,10 +43,12 @@ use crate::telemetry::metrics::{Metrics, status_class};
 /// measure the HTTP and validation path alone, with the same router.
 pub trait EventSink: Send + Sync + 'static {
     /// Resolves once the event is durable (or known to be a duplicate, or refused).
+    /// `delivery` is where the event goes (routed at ingest).
     fn append(
         &self,
         event: ValidatedEvent,
         key: Option<IdempotencyKey>,
+        delivery: Delivery,
     ) -> BoxFuture<'_, Result<Appended, StoreError>>;
 }
 
@@ -53,8 +57,9 @@ impl EventSink for Store {
         &self,
         event: ValidatedEvent,
         key: Option<IdempotencyKey>,
+        delivery: Delivery,
     ) -> BoxFuture<'_, Result<Appended, StoreError>> {
-        Box::pin(Store::append_once(self, event, key))
+        Box::pin(Store::append_routed(self, event, key, delivery))
     }
 }
 
@@ -252,14 +257,18 @@ async fn accept(
             kept.push((name.to_owned(), value.to_owned()));
         }
     }
-    let mut routed = EventBody::parsed(value).with_headers(&kept);
-    if !live.routes.is_routable(&source.name, &event_type, &mut routed) {
-        return Err(IngestError::Unroutable);
-    }
     let size = bytes.len();
     let event =
         ValidatedEvent::new(EventId::new(), source.name.clone(), event_type, now_ms(), bytes)
             .with_headers(kept);
+    // Routed here, with the snapshot that validated it, and stored routed: the relay's
+    // brokers pick it up from the append's own commit.
+    let mut view = EventBody::parsed(value).with_headers(event.headers());
+    let delivery = live.routes.delivery_with(&event, &mut view);
+    drop(view);
+    if delivery.destinations.is_empty() {
+        return Err(IngestError::Unroutable);
+    }
     // Fleet-wide idempotency: claim the key before storing (sync/dedup.rs).
     let claimed = match (&state.fleet, &key) {
         (Some(fleet), Some(k)) => {
@@ -282,7 +291,7 @@ async fn accept(
         }
         _ => None,
     };
-    let appended = state.sink.append(event, key).await;
+    let appended = state.sink.append(event, key, delivery).await;
     if let Some((fleet, key, id)) = claimed {
         let source = source.name.as_str();
         match &appended {

@@ -1,7 +1,9 @@
 //! The relay: moves events from the outbox to their destinations, or to the DLQ.
 //!
-//! Independent workers, one per lane: the routing worker takes newly accepted events, routes
-//! them and files them into the lane of each broker they go to; each broker's worker claims
+//! Independent workers, one per lane. Ingest routes events and files them into the lane of
+//! each broker they go to in the append's own commit; the routing worker routes the events
+//! stored unrouted (taken over from a peer without a route, replayed `no_route` entries,
+//! files written before routing moved to ingest) the same way. Each broker's worker claims
 //! only its own lane, publishes the due destinations concurrently and settles its batch in
 //! one store command. A slow or failing broker therefore never holds up another one, and a
 //! disconnected broker's worker does not even read its backlog.
@@ -21,7 +23,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::future::join_all;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -68,8 +69,6 @@ pub struct Relay {
     metrics: Arc<Metrics>,
     /// Where the workers and the dead-letter copies run.
     tasks: Tasks,
-    /// Per lane: woken when the routing worker filed events into it.
-    routed: [Notify; Lane::COUNT],
     /// With fleet sync: events that may be in PostgreSQL wait while this instance may not
     /// publish them (its lease lapsed, or a peer may have taken them over).
     fleet: Option<Fleet>,
@@ -83,7 +82,7 @@ impl Relay {
         metrics: Arc<Metrics>,
         tasks: Tasks,
     ) -> Self {
-        Self { store, live, publishers, metrics, tasks, routed: Default::default(), fleet: None }
+        Self { store, live, publishers, metrics, tasks, fleet: None }
     }
 
     /// Publishes only what [`Fleet::may_publish`] allows.
@@ -172,7 +171,7 @@ impl Relay {
             };
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = self.store.appended() => {}
+                _ = self.store.filed(Lane::UNROUTED) => {}
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -244,7 +243,7 @@ impl Relay {
                         }
                     }
                 }
-                _ = self.routed[lane.index()].notified() => {}
+                _ = self.store.filed(lane) => {}
                 // A reconnect ends a pause for a broker found disconnected.
                 _ = &mut reconnected => pause_until = Instant::now(),
                 _ = tokio::time::sleep(wait) => {}
@@ -340,14 +339,10 @@ impl Relay {
             plans[i].record(j, outcome, policy, now, &mut pass, &self.metrics);
         }
         let mut dead_letters = Vec::new();
-        let mut filed = [false; Lane::COUNT];
         for plan in plans {
             let settlement = plan.settle(now);
             if lane == Lane::UNROUTED {
                 pass.routed += 1;
-                for &(l, _) in &settlement.add_due {
-                    filed[l.index()] = true;
-                }
             }
             if let Some(dead) = &settlement.dead_letter {
                 pass.dead_lettered += 1;
@@ -364,12 +359,8 @@ impl Relay {
             settlements.push(settlement);
         }
         if !settlements.is_empty() {
+            // The store wakes the workers of the lanes this files events into.
             self.store.settle(settlements).await?;
-        }
-        for (lane, filed) in filed.iter().enumerate() {
-            if *filed {
-                self.routed[lane].notify_one();
-            }
         }
         if !dead_letters.is_empty() {
             self.copy_dead_letters(&live, dead_letters);

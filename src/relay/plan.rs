@@ -87,17 +87,7 @@ impl Plan {
     pub fn new(entry: OutboxEntry, live: &LiveConfig, now: u64, lane: Lane) -> Self {
         let delivery = match entry.delivery.clone().filter(|d| !d.destinations.is_empty()) {
             Some(stored) => stored,
-            None => Delivery {
-                destinations: live
-                    .routes
-                    .resolve(&entry.event)
-                    .into_iter()
-                    .map(|r| DestinationState {
-                        name: r.name,
-                        ..DestinationState::new(r.target, r.retry)
-                    })
-                    .collect(),
-            },
+            None => Delivery::of(live.routes.resolve(&entry.event)),
         };
         let mut plan = Self { entry, delivery, lane, dead: Vec::new() };
         let age = now.saturating_sub(plan.entry.event.received_at_ms());

@@ -1,9 +1,10 @@
 //! The route table: which destinations an event goes to.
 //!
 //! Routes are tried in order and the first whose `match` fits wins; `default_route` takes the
-//! rest. The relay resolves an event's routes once, on its first claim, into concrete
-//! [`Target`]s (templates rendered, Kafka key extracted) and stores them with the event, so
-//! retries go to exactly the destinations that were chosen, whatever happens to the table.
+//! rest. Ingest resolves an event's routes once, when it accepts it, into concrete
+//! [`Target`]s (templates rendered, Kafka key extracted) that are stored with the event, so
+//! retries go to exactly the destinations that were chosen, whatever happens to the table
+//! (the relay's routing worker does the same for events stored unrouted).
 //! (docs/configuration.md, "When routes change", has the whole rule.) [`retry`] holds the
 //! relay's retry policy: how long to wait after a failed attempt.
 
@@ -13,7 +14,7 @@ pub mod retry;
 mod template;
 
 use crate::config::{BodyMatchConfig, Config, DestinationConfig, Problem};
-use crate::delivery::{BrokerKind, RetryOverride, Target};
+use crate::delivery::{BrokerKind, Delivery, DestinationState, RetryOverride, Target};
 use crate::event::{EventType, SourceName, ValidatedEvent};
 
 use destination::Destination;
@@ -28,6 +29,17 @@ pub struct Resolved {
     /// The configured destination (`rabbitmq:orders`, `kafka:t.{type}`): a bounded metric
     /// label.
     pub name: String,
+}
+
+impl Delivery {
+    /// The delivery record of destinations just resolved: each pending, no attempt yet.
+    pub fn of(resolved: Vec<Resolved>) -> Delivery {
+        let destinations = resolved
+            .into_iter()
+            .map(|r| DestinationState { name: r.name, ..DestinationState::new(r.target, r.retry) })
+            .collect();
+        Delivery { destinations }
+    }
 }
 
 /// A condition on a body value.
@@ -232,20 +244,30 @@ impl RouteTable {
         found
     }
 
-    /// Whether an event would go anywhere. Ingest refuses events that would not, rather than
-    /// accepting them into a void.
+    /// Whether an event would go anywhere.
     pub fn is_routable(&self, source: &SourceName, ty: &EventType, body: &mut Body<'_>) -> bool {
         !self.destinations(source, ty, body).is_empty()
+    }
+
+    /// The delivery record of a new event: one pending state per resolved destination (no
+    /// destination when nothing matches).
+    pub fn delivery_with(&self, event: &ValidatedEvent, view: &mut Body<'_>) -> Delivery {
+        Delivery::of(self.resolve_with(event, view))
     }
 
     /// The concrete targets of `event` with their retry overrides; empty when nothing
     /// matches.
     pub fn resolve(&self, event: &ValidatedEvent) -> Vec<Resolved> {
         let mut view = Body::raw(event.body()).with_headers(event.headers());
-        let destinations = self.destinations(event.source(), event.event_type(), &mut view);
+        self.resolve_with(event, &mut view)
+    }
+
+    /// [`RouteTable::resolve`] with the body already at hand (ingest has parsed it).
+    pub fn resolve_with(&self, event: &ValidatedEvent, view: &mut Body<'_>) -> Vec<Resolved> {
+        let destinations = self.destinations(event.source(), event.event_type(), view);
         let mut targets: Vec<Resolved> = Vec::with_capacity(destinations.len());
         for d in destinations {
-            let target = d.resolve(event, &mut view);
+            let target = d.resolve(event, view);
             // Destinations rendering to the same target are one delivery, not two.
             if !targets.iter().any(|r| r.target == target) {
                 targets.push(Resolved { target, retry: d.retry, name: d.name() });

@@ -152,8 +152,9 @@ struct Shared {
     db: ArcSwapOption<Database>,
     healthy: AtomicBool,
     file_bytes: AtomicU64,
-    /// Woken after every commit that appended events, so an idle relay starts at once.
-    appended: Notify,
+    /// Per lane: woken after a commit that filed an entry into it (an append, a routed event,
+    /// a replay, a retry), so an idle worker of that lane starts at once.
+    filed: [Notify; Lane::COUNT],
     /// Woken after every commit that added change-feed rows.
     fed: Notify,
     /// The next change number after the last commit (see [`Store::change_mark`]).
@@ -239,7 +240,7 @@ impl Store {
             db: ArcSwapOption::from_pointee(db),
             healthy: AtomicBool::new(true),
             file_bytes: AtomicU64::new(file_len(&config.path)),
-            appended: Notify::new(),
+            filed: Default::default(),
             fed: Notify::new(),
             change_mark: AtomicU64::new(counters.next_change),
             durable_commits: AtomicU64::new(0),
@@ -285,12 +286,29 @@ impl Store {
     /// then nothing is written and the first event's id is returned. The decision and the key
     /// are part of the same commit as the event, so two concurrent requests with one key
     /// cannot both be accepted, and a restart does not forget a key.
+    ///
+    /// The event is filed unrouted: the relay's routing worker routes it. Ingest uses
+    /// [`Store::append_routed`].
     pub async fn append_once(
         &self,
         event: ValidatedEvent,
         key: Option<IdempotencyKey>,
     ) -> Result<Appended> {
-        self.call(|reply| Command::Append { event, key, reply }).await
+        self.call(|reply| Command::Append { event, key, delivery: None, reply }).await
+    }
+
+    /// [`Store::append_once`] for an event already routed: its delivery record and the lane
+    /// entry of each broker it goes to are written in the append's own commit, due now, so the
+    /// brokers' workers pick it up without a routing pass. An empty `delivery` files it
+    /// unrouted.
+    pub async fn append_routed(
+        &self,
+        event: ValidatedEvent,
+        key: Option<IdempotencyKey>,
+        delivery: Delivery,
+    ) -> Result<Appended> {
+        let delivery = Some(delivery).filter(|d| !d.destinations.is_empty());
+        self.call(|reply| Command::Append { event, key, delivery, reply }).await
     }
 
     /// Removes idempotency keys that expired before `now_ms`, at most `limit` per call so a
@@ -538,9 +556,10 @@ impl Store {
         self.shared.fed.notified().await
     }
 
-    /// Completes when a commit appends events (or at once if one did since the last call).
-    pub async fn appended(&self) {
-        self.shared.appended.notified().await
+    /// Completes when a commit files an entry into `lane` (or at once if one did since the
+    /// last call). One waiter per lane: the lane's worker.
+    pub async fn filed(&self, lane: Lane) {
+        self.shared.filed[lane.index()].notified().await
     }
 }
 

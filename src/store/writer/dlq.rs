@@ -1,7 +1,7 @@
 //! The writer's dead-letter operations: filing a destination given up on, replaying entries
 //! back to the outbox, deleting them, and retention.
 
-use redb::{ReadableTable, ReadableTableMetadata, StorageError};
+use redb::{ReadableTable, ReadableTableMetadata};
 
 use super::{Tables, Writer};
 use crate::delivery::{DlqRecord, Lane};
@@ -14,10 +14,10 @@ impl Writer {
     /// otherwise creates it.
     pub(super) fn dead_letter(&mut self, t: &mut Tables<'_>, mut dead: DlqRecord) -> Result<()> {
         let id = dead.event.id().as_u128();
-        let existing = t.dlq_ids.get(id)?.map(|v| v.value());
+        let existing = t.dlq_ids.open()?.get(id)?.map(|v| v.value());
         let dlq_seq = match existing {
             Some(dlq_seq) => {
-                let earlier = t.dlq.get(dlq_seq)?.map(|b| codec::decode_dlq(b.value()));
+                let earlier = t.dlq.open()?.get(dlq_seq)?.map(|b| codec::decode_dlq(b.value()));
                 if let Some(Ok(mut earlier)) = earlier {
                     earlier.destinations.append(&mut dead.destinations);
                     dead = earlier;
@@ -27,11 +27,11 @@ impl Writer {
             None => {
                 let dlq_seq = self.counters.next_dlq_seq;
                 self.counters.next_dlq_seq += 1;
-                t.dlq_ids.insert(id, dlq_seq)?;
+                t.dlq_ids.open()?.insert(id, dlq_seq)?;
                 dlq_seq
             }
         };
-        t.dlq.insert(dlq_seq, codec::encode_dlq(&dead).as_slice())?;
+        t.dlq.open()?.insert(dlq_seq, codec::encode_dlq(&dead).as_slice())?;
         t.touched(FeedKind::Dlq, dlq_seq);
         Ok(())
     }
@@ -50,12 +50,10 @@ impl Writer {
             let seq = self.next_seq();
             t.events.insert(seq, codec::encode_event(&record.event).as_slice())?;
             match record.replay_delivery() {
-                None => {
-                    t.lanes.insert((Lane::UNROUTED.number(), now_ms, seq), ())?;
-                }
+                None => t.file(Lane::UNROUTED, now_ms, seq)?,
                 Some(delivery) => {
                     for lane in delivery.pending_lanes() {
-                        t.lanes.insert((lane.number(), now_ms, seq), ())?;
+                        t.file(lane, now_ms, seq)?;
                     }
                     t.delivery.insert(seq, codec::encode_delivery(&delivery).as_slice())?;
                 }
@@ -67,21 +65,21 @@ impl Writer {
     }
 }
 
-pub(super) fn select(t: &Tables<'_>, selector: &DlqSelector) -> Result<Vec<(u64, DlqRecord)>> {
+pub(super) fn select(t: &mut Tables<'_>, selector: &DlqSelector) -> Result<Vec<(u64, DlqRecord)>> {
     let decode = |dlq_seq: u64, bytes: &[u8]| {
         codec::decode_dlq(bytes).map_err(|source| StoreError::Corrupt { seq: dlq_seq, source })
     };
     match selector {
         DlqSelector::Id(id) => {
-            let Some(dlq_seq) = t.dlq_ids.get(id.as_u128())?.map(|v| v.value()) else {
+            let Some(dlq_seq) = t.dlq_ids.open()?.get(id.as_u128())?.map(|v| v.value()) else {
                 return Ok(Vec::new());
             };
-            let Some(bytes) = t.dlq.get(dlq_seq)? else { return Ok(Vec::new()) };
+            let Some(bytes) = t.dlq.open()?.get(dlq_seq)? else { return Ok(Vec::new()) };
             Ok(vec![(dlq_seq, decode(dlq_seq, bytes.value())?)])
         }
         DlqSelector::Matching(filter) => {
             let mut chosen = Vec::new();
-            for entry in t.dlq.iter()? {
+            for entry in t.dlq.open()?.iter()? {
                 let (key, value) = entry?;
                 let record = decode(key.value(), value.value())?;
                 if filter.matches(&record) {
@@ -93,13 +91,9 @@ pub(super) fn select(t: &Tables<'_>, selector: &DlqSelector) -> Result<Vec<(u64,
     }
 }
 
-pub(super) fn remove_dlq(
-    t: &mut Tables<'_>,
-    dlq_seq: u64,
-    record: &DlqRecord,
-) -> Result<(), StorageError> {
-    t.dlq.remove(dlq_seq)?;
-    t.dlq_ids.remove(record.event.id().as_u128())?;
+pub(super) fn remove_dlq(t: &mut Tables<'_>, dlq_seq: u64, record: &DlqRecord) -> Result<()> {
+    t.dlq.open()?.remove(dlq_seq)?;
+    t.dlq_ids.open()?.remove(record.event.id().as_u128())?;
     t.touched(FeedKind::Dlq, dlq_seq);
     Ok(())
 }
@@ -110,9 +104,9 @@ pub(super) fn expire(
     max_entries: Option<u64>,
     older_than_ms: Option<u64>,
 ) -> Result<u64> {
-    let total = t.dlq.len()?;
+    let total = t.dlq.open()?.len()?;
     let mut doomed = Vec::new();
-    for entry in t.dlq.iter()? {
+    for entry in t.dlq.open()?.iter()? {
         let (key, value) = entry?;
         let record = codec::decode_dlq(value.value())
             .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?;

@@ -82,7 +82,7 @@ pub(super) fn release(t: &mut Tables<'_>, seqs: &[u64], now_ms: u64) -> Result<u
     }
     for (lane, _, seq) in &keys {
         t.lanes.remove((*lane, HELD, *seq))?;
-        t.lanes.insert((*lane, now_ms, *seq), ())?;
+        t.file(Lane::from_number(*lane), now_ms, *seq)?;
     }
     Ok(keys.len() as u64)
 }

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{
+    Database, Durability, Key, ReadableTable, Table, TableDefinition, Value, WriteTransaction,
+};
 use tokio::sync::{mpsc, oneshot};
 
 mod dedup;
@@ -38,6 +40,8 @@ pub(in crate::store) enum Command {
     Append {
         event: ValidatedEvent,
         key: Option<IdempotencyKey>,
+        /// Where it goes, when ingest routed it; `None` files it unrouted.
+        delivery: Option<Delivery>,
         reply: oneshot::Sender<Result<Appended>>,
     },
     ExpireDedup {
@@ -161,6 +165,8 @@ pub(in crate::store) struct Writer {
     last_idle_compaction: Option<Instant>,
     /// When the last commit with traffic in it (an append, a settle) was made.
     last_traffic: Option<Instant>,
+    /// The lanes the commit being made filed entries into.
+    filed: [bool; Lane::COUNT],
 }
 
 /// A reply to send once the commit is known to have succeeded (or failed).
@@ -207,15 +213,48 @@ pub(super) struct Tables<'t> {
     events: Table<'t, u64, &'static [u8]>,
     delivery: Table<'t, u64, &'static [u8]>,
     lanes: Table<'t, (u8, u64, u64), ()>,
-    dlq: Table<'t, u64, &'static [u8]>,
-    dlq_ids: Table<'t, u128, u64>,
-    dedup: Table<'t, (&'static str, &'static str), (u128, u64)>,
-    dedup_expiry: Table<'t, (u64, &'static str, &'static str), ()>,
+    // Opened when first used: most commits (appends without a key, settles) need none of them.
+    dlq: Lazy<'t, u64, &'static [u8]>,
+    dlq_ids: Lazy<'t, u128, u64>,
+    dedup: Lazy<'t, (&'static str, &'static str), (u128, u64)>,
+    dedup_expiry: Lazy<'t, (u64, &'static str, &'static str), ()>,
     /// The entries this transaction touched, while the change feed is on.
     feed: Option<Recorder>,
+    /// The lanes this transaction filed an entry into (held entries aside).
+    filed: [bool; Lane::COUNT],
+}
+
+/// A table of a write transaction, opened on first use (opening one costs as much as a few
+/// inserts).
+pub(super) struct Lazy<'t, K: Key + 'static, V: Value + 'static> {
+    txn: &'t WriteTransaction,
+    definition: TableDefinition<'static, K, V>,
+    table: Option<Table<'t, K, V>>,
+}
+
+impl<'t, K: Key + 'static, V: Value + 'static> Lazy<'t, K, V> {
+    fn new(txn: &'t WriteTransaction, definition: TableDefinition<'static, K, V>) -> Self {
+        Self { txn, definition, table: None }
+    }
+
+    pub(super) fn open(&mut self) -> Result<&mut Table<'t, K, V>> {
+        if self.table.is_none() {
+            self.table = Some(self.txn.open_table(self.definition)?);
+        }
+        Ok(self.table.as_mut().expect("opened above"))
+    }
 }
 
 impl Tables<'_> {
+    /// Files `seq` into `lane`, due at `due_ms`, and notes the lane, so its worker is woken
+    /// after the commit. (Not only for entries due at once: the relay's clock is not the
+    /// wall clock; a worker woken early claims nothing and sleeps until the next due entry.)
+    fn file(&mut self, lane: Lane, due_ms: u64, seq: u64) -> Result<()> {
+        self.lanes.insert((lane.number(), due_ms, seq), ())?;
+        self.filed[lane.index()] = true;
+        Ok(())
+    }
+
     /// Notes a change to an outbox or DLQ entry for the change feed (if it is on).
     fn touched(&mut self, kind: FeedKind, seq: u64) {
         if let Some(feed) = &mut self.feed {
@@ -247,6 +286,7 @@ impl Writer {
             last_compaction: None,
             last_idle_compaction: None,
             last_traffic: None,
+            filed: [false; Lane::COUNT],
         }
     }
 
@@ -302,6 +342,7 @@ impl Writer {
         let traffic = batch.iter().any(Command::is_traffic);
         let mut pending = Vec::with_capacity(batch.len());
         let counters_before = self.counters;
+        self.filed = [false; Lane::COUNT];
         let started = Instant::now();
         let committed = self.commit(&db, batch, durable, &mut pending);
         self.shared.metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
@@ -326,7 +367,11 @@ impl Writer {
                 if appended > 0 {
                     self.shared.metrics.store_batch_events.observe(appended as f64);
                     self.shared.appended_events.fetch_add(appended, Ordering::Relaxed);
-                    self.shared.appended.notify_one();
+                }
+                for (lane, filed) in self.filed.iter().enumerate() {
+                    if *filed {
+                        self.shared.filed[lane].notify_one();
+                    }
                 }
             }
             Err(error) => {
@@ -379,6 +424,7 @@ impl Writer {
                 return Err(error);
             }
         };
+        let before = self.counters;
         let over_quota = self.shared.file_bytes.load(Ordering::Relaxed) > self.max_bytes;
         // Created at the batch's first append: one reading of the free space per batch.
         let mut admission: Option<Admission<'_>> = None;
@@ -405,7 +451,7 @@ impl Writer {
                     pending.push(Pending::Append(reply, Err(refusal.expect("begun above"))));
                     Ok(())
                 }
-                Command::Append { event, key, reply } => {
+                Command::Append { event, key, delivery, reply } => {
                     match first_use(&mut tables, &event, key.as_ref()) {
                         Ok(Some(first)) => {
                             pending.push(Pending::Append(reply, Ok(Appended::Duplicate(first))));
@@ -415,7 +461,7 @@ impl Writer {
                             let seq = self.next_seq();
                             pending
                                 .push(Pending::Append(reply, Ok(Appended::Accepted(event.id()))));
-                            append(&mut tables, seq, &event)
+                            append(&mut tables, seq, &event, delivery.as_ref())
                         }
                         Err(e) => {
                             pending
@@ -446,7 +492,7 @@ impl Writer {
                     }
                 }
                 Command::DeleteDlq { selector, reply } => {
-                    let removed = select(&tables, &selector).and_then(|chosen| {
+                    let removed = select(&mut tables, &selector).and_then(|chosen| {
                         let n = chosen.len() as u64;
                         for (dlq_seq, record) in chosen {
                             remove_dlq(&mut tables, dlq_seq, &record)?;
@@ -468,7 +514,10 @@ impl Writer {
                 Command::StartFeed { reply } => {
                     pending.push(Pending::Unit(reply));
                     let next = self.counters.next_change;
-                    let started = feed::start(txn, &tables.events, &tables.dlq, next, now_ms());
+                    let started = tables
+                        .dlq
+                        .open()
+                        .and_then(|dlq| feed::start(txn, &tables.events, &*dlq, next, now_ms()));
                     started.map(|next| {
                         self.counters.next_change = next;
                         self.counters.feed_on = true;
@@ -521,13 +570,23 @@ impl Writer {
             return Err(error);
         }
         let recorder = tables.feed.take();
+        self.filed = tables.filed;
         drop(tables);
         if let Some(recorder) = recorder {
             self.counters.next_change = recorder.write(txn, self.counters.next_change, now_ms())?;
         }
-        let mut meta = txn.open_table(META)?;
-        meta.insert("next_seq", self.counters.next_seq)?;
-        meta.insert("next_dlq_seq", self.counters.next_dlq_seq)?;
+        // Only what moved: a settle-only commit (most of a drain) leaves the meta table alone.
+        let seq_moved = self.counters.next_seq != before.next_seq;
+        let dlq_seq_moved = self.counters.next_dlq_seq != before.next_dlq_seq;
+        if seq_moved || dlq_seq_moved {
+            let mut meta = txn.open_table(META)?;
+            if seq_moved {
+                meta.insert("next_seq", self.counters.next_seq)?;
+            }
+            if dlq_seq_moved {
+                meta.insert("next_dlq_seq", self.counters.next_dlq_seq)?;
+            }
+        }
         Ok(())
     }
 
@@ -542,7 +601,7 @@ impl Writer {
             t.lanes.remove((lane.number(), *due, s.seq))?;
         }
         for (lane, due) in &s.add_due {
-            t.lanes.insert((lane.number(), *due, s.seq), ())?;
+            t.file(*lane, *due, s.seq)?;
         }
         match &s.outcome {
             Outcome::Keep => {}
@@ -641,11 +700,12 @@ fn open_tables(txn: &WriteTransaction, feed_on: bool) -> Result<Tables<'_>> {
         events: txn.open_table(EVENTS)?,
         delivery: txn.open_table(DELIVERY)?,
         lanes: txn.open_table(LANES)?,
-        dlq: txn.open_table(DLQ)?,
-        dlq_ids: txn.open_table(DLQ_IDS)?,
-        dedup: txn.open_table(DEDUP)?,
-        dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+        dlq: Lazy::new(txn, DLQ),
+        dlq_ids: Lazy::new(txn, DLQ_IDS),
+        dedup: Lazy::new(txn, DEDUP),
+        dedup_expiry: Lazy::new(txn, DEDUP_EXPIRY),
         feed: feed_on.then(Recorder::new),
+        filed: [false; Lane::COUNT],
     })
 }
 
@@ -683,9 +743,25 @@ fn event_bytes(event: &ValidatedEvent) -> u64 {
     (event.body().len() + headers) as u64
 }
 
-fn append(t: &mut Tables<'_>, seq: u64, event: &ValidatedEvent) -> Result<()> {
+/// Writes a new event: routed (its delivery record, and an entry due now in each of its
+/// brokers' lanes) or unrouted (an entry in the routing lane).
+fn append(
+    t: &mut Tables<'_>,
+    seq: u64,
+    event: &ValidatedEvent,
+    delivery: Option<&Delivery>,
+) -> Result<()> {
     t.events.insert(seq, codec::encode_event(event).as_slice())?;
-    t.lanes.insert((Lane::UNROUTED.number(), event.received_at_ms(), seq), ())?;
+    let due = event.received_at_ms();
+    match delivery {
+        Some(delivery) => {
+            t.delivery.insert(seq, codec::encode_delivery(delivery).as_slice())?;
+            for lane in delivery.pending_lanes() {
+                t.file(lane, due, seq)?;
+            }
+        }
+        None => t.file(Lane::UNROUTED, due, seq)?,
+    }
     t.touched(FeedKind::Outbox, seq);
     Ok(())
 }
