@@ -42,6 +42,10 @@ pub struct SourceConfig {
     /// these (`CN=billing` or `CN=billing,O=Acme`). Needs `server.tls.client_ca`.
     #[serde(default)]
     pub client_subjects: Vec<String>,
+    /// Accept a body that repeats a member name within one object (the last value wins).
+    /// Off by default: parsers disagree on which one counts (docs/security.md).
+    #[serde(default)]
+    pub allow_duplicate_keys: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -31,6 +31,11 @@ pub enum IngestError {
     BodyRead,
     #[error("body is not valid JSON: {0}")]
     InvalidJson(String),
+    #[error(
+        "body repeats the member name at {0}: parsers disagree on which value counts, so it is \
+         refused"
+    )]
+    DuplicateKey(String),
     #[error("body must be a JSON object")]
     NotAnObject,
     #[error("body violates the schema of this event type")]
@@ -54,6 +59,7 @@ impl IngestError {
             IngestError::InvalidEventType(_)
             | IngestError::BodyRead
             | IngestError::InvalidJson(_)
+            | IngestError::DuplicateKey(_)
             | IngestError::NotAnObject => StatusCode::BAD_REQUEST,
             IngestError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::SchemaViolation(_) | IngestError::Unroutable => {
@@ -76,6 +82,7 @@ impl IngestError {
             IngestError::PayloadTooLarge { .. } => "payload_too_large",
             IngestError::BodyRead => "body_read_failed",
             IngestError::InvalidJson(_) => "invalid_json",
+            IngestError::DuplicateKey(_) => "duplicate_key",
             IngestError::NotAnObject => "invalid_body",
             IngestError::SchemaViolation(_) => "schema_violation",
             IngestError::Unroutable => "unroutable",
@@ -96,6 +103,7 @@ impl IngestError {
             IngestError::InvalidEventType(_)
             | IngestError::BodyRead
             | IngestError::InvalidJson(_)
+            | IngestError::DuplicateKey(_)
             | IngestError::NotAnObject => "invalid",
             IngestError::PayloadTooLarge { .. } => "size",
             IngestError::SchemaViolation(_) => "schema",

@@ -9,6 +9,7 @@
 //! same commit.
 
 mod error;
+pub mod json;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
 pub use error::IngestError;
+use json::BodyError;
 
 use crate::delivery::Delivery;
 use crate::event::{EventId, EventType, ValidatedEvent, now_ms};
@@ -231,8 +233,10 @@ async fn accept(
     if !source.uses_api_keys() {
         source.admit(credential)?;
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| IngestError::InvalidJson(e.to_string()))?;
+    let value = json::parse(&bytes, source.allow_duplicate_keys).map_err(|e| match e {
+        BodyError::Invalid(message) => IngestError::InvalidJson(message),
+        BodyError::DuplicateKey(pointer) => IngestError::DuplicateKey(pointer),
+    })?;
     if !value.is_object() {
         return Err(IngestError::NotAnObject);
     }

@@ -69,6 +69,8 @@ pub struct Source {
     pub keep_headers: Vec<HeaderName>,
     /// Empty: any client (certificate or not) may send.
     client_subjects: Vec<SubjectPattern>,
+    /// `allow_duplicate_keys`: a repeated member name is taken (the last wins), not refused.
+    pub allow_duplicate_keys: bool,
 }
 
 enum Auth {
@@ -132,6 +134,7 @@ impl Source {
             limiters: limiters.unwrap_or_default(),
             keep_headers,
             client_subjects,
+            allow_duplicate_keys: c.allow_duplicate_keys,
         })
     }
 

@@ -165,3 +165,66 @@ async fn over_quota_answers_503_with_retry_after_never_2xx() {
     tx.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// Parser differentials (docs/security.md): a repeated member name is refused with its JSON
+/// pointer unless the source allows it, and then the body published is the one sent, byte
+/// for byte; a BOM, a lone surrogate and an out-of-range number are not JSON.
+#[tokio::test]
+async fn bodies_that_parsers_read_differently_are_refused_unless_the_source_allows_repeats() {
+    let exchange = crate::helpers::unique("dup");
+    let mut queue = crate::helpers::RabbitQueue::bind(&exchange, "#").await;
+    let schemas = tempfile::tempdir().unwrap();
+    std::fs::write(schemas.path().join("order.created.json"), SCHEMA).unwrap();
+    let extra = format!(
+        "sources:\n  lenient:\n    api_keys: [\"{API_KEY}\"]\n    allow_duplicate_keys: true\n    \
+         event_type: {{ fixed: order.created }}\n\
+         brokers:\n  rabbitmq: {{ url: \"amqp://guest:guest@127.0.0.1:5672/%2f\" }}\n\
+         schemas:\n  dir: {}\n\
+         default_route: {{ to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: \"{{type}}\" }} }} ] }}\n",
+        schemas.path().display()
+    );
+    let app = TestApp::spawn(&extra).await;
+
+    let repeated = r#"{"order_id":1,"order_id":1000000}"#;
+    let (s, b) = error_of(app.post("order.created", repeated).await).await;
+    assert_eq!((s, b["error"].as_str()), (400, Some("duplicate_key")), "{b}");
+    assert!(b["message"].as_str().unwrap().contains("/order_id"), "{b}");
+    let nested = r#"{"order_id":1,"lines":[{"sku":"a"},{"sku":"b","sku":"c"}]}"#;
+    let (s, b) = error_of(app.post("order.created", nested).await).await;
+    assert_eq!((s, b["error"].as_str()), (400, Some("duplicate_key")), "{b}");
+    assert!(b["message"].as_str().unwrap().contains("/lines/1/sku"), "{b}");
+    for bad in [
+        &b"\xef\xbb\xbf{\"order_id\":1}"[..],
+        br#"{"order_id":1,"note":"\ud800"}"#,
+        br#"{"order_id":1,"total":1e400}"#,
+    ] {
+        let (s, b) = error_of(app.post("order.created", bad.to_vec()).await).await;
+        assert_eq!((s, b["error"].as_str()), (400, Some("invalid_json")), "{bad:?}: {b}");
+    }
+    let rejected = "orchestron_ingest_rejected_total{reason=\"invalid\",source=\"default\"}";
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == format!("{rejected} 5")), "{metrics}");
+    assert!(
+        queue.collect(1, Duration::from_millis(500)).await.is_empty(),
+        "nothing refused was published"
+    );
+
+    // The lenient source takes the repeat: the last value is the one validated (a string
+    // `order_id` first would fail the schema), and the bytes published are the bytes sent.
+    let lenient = r#"{"order_id":"one","order_id":2}"#;
+    let response = app
+        .client
+        .post(app.url("/hooks/lenient"))
+        .header("X-API-Key", API_KEY)
+        .header("Content-Type", "application/json")
+        .body(lenient)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    let got = queue.collect(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].body, lenient.as_bytes());
+    app.stop().await;
+}
