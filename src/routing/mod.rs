@@ -244,11 +244,6 @@ impl RouteTable {
         found
     }
 
-    /// Whether an event would go anywhere.
-    pub fn is_routable(&self, source: &SourceName, ty: &EventType, body: &mut Body<'_>) -> bool {
-        !self.destinations(source, ty, body).is_empty()
-    }
-
     /// The delivery record of a new event: one pending state per resolved destination (no
     /// destination when nothing matches).
     pub fn delivery_with(&self, event: &ValidatedEvent, view: &mut Body<'_>) -> Delivery {
