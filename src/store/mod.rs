@@ -513,9 +513,10 @@ impl Store {
         self.shared.db.load_full().ok_or(StoreError::Reopening)
     }
 
-    /// Appends are refused because the disk is nearly full (`store.min_free_bytes`).
+    /// Appends are refused because the disk is nearly full (`store.min_free_bytes`), or it is
+    /// under the floor.
     pub fn is_short_of_disk(&self) -> bool {
-        self.shared.space.is_refusing() || self.shared.space.is_low()
+        self.shared.space.is_low()
     }
 
     /// What can still be written before appends are refused: the filesystem's free space

@@ -160,9 +160,14 @@ impl Space {
         self.refusing.load(Ordering::Relaxed)
     }
 
-    /// The disk is under the floor: free pages in the file are worth giving back to it.
+    /// The disk is under the floor, or appends are being refused for space: free pages in
+    /// the file are worth measuring (appends reuse them) and giving back to the disk. (An
+    /// append is refused a little above the floor, its own estimate counted: refusing must
+    /// count as low, or a disk in that band never gets its free pages measured.)
     pub fn is_low(&self) -> bool {
-        !self.unlimited && self.available() < self.floor.saturating_add(PER_COMMIT_OVERHEAD)
+        !self.unlimited
+            && (self.is_refusing()
+                || self.available() < self.floor.saturating_add(PER_COMMIT_OVERHEAD))
     }
 
     pub fn set_in_file_free(&self, bytes: u64) {

@@ -251,7 +251,19 @@ async fn a_full_disk_refuses_before_enospc_drains_and_recovers_without_help() {
     let resumed = Instant::now();
     let accepted_before = ledger.accepted.len();
     let next = post_until(&client, &daemon.base, next, &mut ledger, |l, round| {
-        assert!(resumed.elapsed() < Duration::from_secs(120), "ingest did not resume");
+        if resumed.elapsed() >= Duration::from_secs(120) {
+            // What the daemon said besides the refusals, so a failure here can be diagnosed.
+            let log = daemon.log_text();
+            let said = log.lines().filter(|l| !l.contains("event refused"));
+            let tail: Vec<&str> = said.rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "ingest did not resume within 120 s of the drain ({} bytes free on the disk); \
+                 the daemon's last log lines:\n{}",
+                disk.available(),
+                tail.join("\n")
+            );
+        }
         l.accepted.len() > accepted_before || round > 10_000
     })
     .await;
