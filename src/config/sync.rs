@@ -28,6 +28,12 @@ pub struct SyncConfig {
     /// local dedup decides alone.
     #[serde(default = "default_dedup_timeout")]
     pub dedup_timeout: HumanDuration,
+    /// A keyed event accepted while PostgreSQL could not answer for its key is held back
+    /// from the relay until PostgreSQL rules on the key (published, or settled as a
+    /// duplicate of the event that holds it), for at most this long; then it is published
+    /// on local dedup alone. `0s` publishes it at once.
+    #[serde(default = "default_dedup_hold_max")]
+    pub dedup_hold_max: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -95,6 +101,10 @@ fn default_ack_timeout() -> HumanDuration {
 
 fn default_dedup_timeout() -> HumanDuration {
     HumanDuration::from_millis(250)
+}
+
+fn default_dedup_hold_max() -> HumanDuration {
+    HumanDuration::from_secs(300)
 }
 
 fn default_schema() -> String {

@@ -247,9 +247,10 @@ async fn accept(
         Some(t) => t,
         None => source.event_type(headers, &value)?,
     };
-    let key = source.idempotency_key(headers, &value)?.map(|key| IdempotencyKey {
+    let mut key = source.idempotency_key(headers, &value)?.map(|key| IdempotencyKey {
         key,
         expires_at_ms: now_ms().saturating_add(live.dedup_window.as_millis() as u64),
+        hold: false,
     });
     live.schemas.validate(&event_type, &value).map_err(IngestError::SchemaViolation)?;
     let mut kept = source.kept_headers(headers);
@@ -274,7 +275,7 @@ async fn accept(
         return Err(IngestError::Unroutable);
     }
     // Fleet-wide idempotency: claim the key before storing (sync/dedup.rs).
-    let claimed = match (&state.fleet, &key) {
+    let claimed = match (&state.fleet, &mut key) {
         (Some(fleet), Some(k)) => {
             let id = event.id();
             let source = source.name.as_str();
@@ -288,14 +289,23 @@ async fn accept(
                     Some((fleet, k.key.clone(), id))
                 }
                 KeyClaim::Unknown => {
+                    // Stored, but held from the relay until PostgreSQL rules on the key.
                     state.metrics.fleet_dedup.with_label_values(&["unknown"]).inc();
+                    k.hold = fleet.holds_unknown_keys();
                     None
                 }
             }
         }
         _ => None,
     };
+    let held = key.as_ref().is_some_and(|k| k.hold);
     let appended = state.sink.append(event, key, delivery).await;
+    if held
+        && matches!(appended, Ok(Appended::Accepted(_)))
+        && let Some(fleet) = &state.fleet
+    {
+        fleet.key_held();
+    }
     if let Some((fleet, key, id)) = claimed {
         let source = source.name.as_str();
         match &appended {

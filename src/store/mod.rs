@@ -18,6 +18,7 @@
 //! | `meta`      | name                     | format version, next seq, next dlq seq      |
 //! | `meta_text` | name                     | text: the fleet instance id                 |
 //! | `sync_feed` | change number            | (kind, seq, ms): what changed, for fleet sync ([`feed`]) |
+//! | `key_holds` | seq                      | (key, expiry ms): events waiting for the fleet to rule on their key |
 //!
 //! Lanes: lane 0 holds events not yet routed; a routed event has one entry in the lane of
 //! each broker it still waits for, due at the earliest retry there. The relay claims only the
@@ -75,9 +76,19 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// older builds do not read it, and lose nothing by not reading it.
 const META_TEXT: TableDefinition<&str, &str> = TableDefinition::new("meta_text");
 
+/// Events waiting for the fleet to rule on their idempotency key (`key_holds`). Added
+/// without a format change: an older build reads neither it nor [`KEY_HELD`] entries (to it
+/// they are due in the far future), so a downgrade only delays those events until the next
+/// upgrade.
+const KEY_HOLDS: TableDefinition<u64, (&str, u64)> = TableDefinition::new("key_holds");
+
 /// The due time of an event taken over from a peer while the takeover is not final: never
 /// due, until released.
 const HELD: u64 = u64::MAX;
+/// The due time of an event whose idempotency key the fleet has not ruled on yet (it was
+/// accepted while PostgreSQL did not answer): never due, until its hold ends
+/// ([`Store::end_key_holds`]). Sorts just before [`HELD`]: the due scan stops at either.
+const KEY_HELD: u64 = u64::MAX - 1;
 
 /// Version of the table layout; a file written by a newer layout is refused, not misread.
 const FORMAT_VERSION: u64 = 2;
@@ -117,6 +128,20 @@ pub enum Outcome {
 pub struct IdempotencyKey {
     pub key: String,
     pub expires_at_ms: u64,
+    /// Hold the event back from the relay until the fleet has ruled on the key (see
+    /// [`Store::key_holds`]): it was accepted while PostgreSQL could not say whose it is.
+    pub hold: bool,
+}
+
+/// An event held until the fleet rules on its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHold {
+    pub seq: u64,
+    pub key: String,
+    pub expires_at_ms: u64,
+    /// The event (id, source, received time); `None` if it is gone from the outbox (taken
+    /// over by a peer, say): the hold is then only to be dropped.
+    pub event: Option<(EventId, String, u64)>,
 }
 
 /// What [`Store::append_once`] did.
@@ -414,6 +439,28 @@ impl Store {
     /// Durable. Returns how many were still there.
     pub async fn forget(&self, seqs: Vec<u64>) -> Result<u64> {
         self.call(|reply| Command::Forget { seqs, reply }).await
+    }
+
+    /// Up to `limit` events held for the fleet's ruling on their key, oldest first.
+    pub async fn key_holds(&self, limit: usize) -> Result<Vec<KeyHold>> {
+        self.read(move |db| query::key_holds(db, limit)).await
+    }
+
+    /// How many events are held for the fleet's ruling on their key.
+    pub async fn key_hold_count(&self) -> Result<u64> {
+        self.read(query::key_hold_count).await
+    }
+
+    /// Ends key holds: the events in `release` become due now (their key is theirs, or the
+    /// hold ran out); those in `duplicates` leave the outbox unpublished (another event holds
+    /// their key). Durable. Returns how many events were released or removed.
+    pub async fn end_key_holds(
+        &self,
+        release: Vec<u64>,
+        duplicates: Vec<u64>,
+        now_ms: u64,
+    ) -> Result<u64> {
+        self.call(|reply| Command::EndKeyHolds { release, duplicates, now_ms, reply }).await
     }
 
     /// Held events (imported, not released): (seq, event id).

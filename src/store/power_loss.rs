@@ -215,7 +215,8 @@ async fn workload(store: &Store, rng: &mut fastrand::Rng, rounds: usize, ledger:
             .map(|i| (event(rng), (i % 2 == 0).then(|| format!("key-{round}-{i}"))))
             .collect();
         let appends = batch.iter().map(|(event, key)| {
-            let key = key.clone().map(|key| IdempotencyKey { key, expires_at_ms: u64::MAX });
+            let key =
+                key.clone().map(|key| IdempotencyKey { key, expires_at_ms: u64::MAX, hold: false });
             store.append_once(event.clone(), key)
         });
         let results = join_all(appends).await;
@@ -297,7 +298,7 @@ async fn power_cut(seed: u64, operations_in_a_run: u64) {
             "seed {seed}: acknowledged event {id} was lost"
         );
         if let Some(key) = key {
-            let again = IdempotencyKey { key: key.clone(), expires_at_ms: u64::MAX };
+            let again = IdempotencyKey { key: key.clone(), expires_at_ms: u64::MAX, hold: false };
             let answer = store.append_once(event(&mut rng), Some(again)).await.unwrap();
             assert_eq!(answer, Appended::Duplicate(*id), "seed {seed}: key {key} forgotten");
         }

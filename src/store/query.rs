@@ -9,7 +9,7 @@ use std::sync::Arc;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::codec;
-use super::{DELIVERY, DLQ, DLQ_IDS, EVENTS, LANES, META_TEXT, Result, StoreError};
+use super::{DELIVERY, DLQ, DLQ_IDS, EVENTS, KeyHold, LANES, META_TEXT, Result, StoreError};
 use crate::delivery::{Delivery, DlqRecord, Lane, Reason};
 use crate::event::{EventId, ValidatedEvent};
 
@@ -74,8 +74,9 @@ pub(super) fn claim(
         let number = lane.number();
         for entry in due.range((number, 0, 0)..=(number, u64::MAX, u64::MAX))? {
             let (_, due_ms, seq) = entry?.0.value();
-            if due_ms == super::HELD {
-                // Held entries sort last in their lane, and are never due.
+            if due_ms >= super::KEY_HELD {
+                // Held entries (key holds, then takeovers) sort last in their lane, and are
+                // never due.
                 break;
             }
             if due_ms > now_ms || taken == limit {
@@ -123,6 +124,42 @@ pub(super) fn text(db: &impl ReadableDatabase, name: &str) -> Result<Option<Stri
         Err(e) => return Err(e.into()),
     };
     Ok(table.get(name)?.map(|v| v.value().to_owned()))
+}
+
+/// Up to `limit` key holds, by seq, with their events as they are now.
+pub(super) fn key_holds(db: &impl ReadableDatabase, limit: usize) -> Result<Vec<KeyHold>> {
+    let txn = db.begin_read()?;
+    let holds = match txn.open_table(super::KEY_HOLDS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let events = txn.open_table(EVENTS)?;
+    let mut found = Vec::new();
+    for entry in holds.iter()?.take(limit) {
+        let (seq, value) = entry?;
+        let seq = seq.value();
+        let (key, expires_at_ms) = value.value();
+        let event = match events.get(seq)? {
+            Some(bytes) => {
+                let event = codec::decode_event(bytes.value())
+                    .map_err(|source| StoreError::Corrupt { seq, source })?;
+                Some((event.id(), event.source().as_str().to_owned(), event.received_at_ms()))
+            }
+            None => None,
+        };
+        found.push(KeyHold { seq, key: key.to_owned(), expires_at_ms, event });
+    }
+    Ok(found)
+}
+
+pub(super) fn key_hold_count(db: &impl ReadableDatabase) -> Result<u64> {
+    let txn = db.begin_read()?;
+    match txn.open_table(super::KEY_HOLDS) {
+        Ok(table) => Ok(table.len()?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Events imported from a peer and not released yet (due at `HELD`).

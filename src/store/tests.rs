@@ -300,7 +300,7 @@ async fn format_1_files_are_migrated_to_lanes() {
 }
 
 fn key(k: &str, expires_at_ms: u64) -> Option<IdempotencyKey> {
-    Some(IdempotencyKey { key: k.to_owned(), expires_at_ms })
+    Some(IdempotencyKey { key: k.to_owned(), expires_at_ms, hold: false })
 }
 
 #[tokio::test]
@@ -576,5 +576,51 @@ async fn a_routed_append_is_filed_into_its_brokers_lanes_in_the_same_commit() {
     let seq_of = |id: EventId| claim.entries.iter().find(|e| e.event.id() == id).unwrap().seq;
     let older = claim.entries.iter().filter(|e| e.event.id() != newest).map(|e| e.seq).max();
     assert!(seq_of(newest) > older.unwrap(), "seqs keep growing across reopen");
+    closer.close().await;
+}
+
+#[tokio::test]
+async fn a_key_held_event_is_never_due_until_its_hold_ends_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    let delivery =
+        Delivery { destinations: vec![DestinationState::new(rabbit(), RetryOverride::default())] };
+    let far = crate::event::now_ms() + 3_600_000;
+    let held = |k: &str| Some(IdempotencyKey { key: k.to_owned(), expires_at_ms: far, hold: true });
+    let mut ids = Vec::new();
+    for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
+        let appended = store.append_routed(event("{}", i as u64), held(k), delivery.clone());
+        let Appended::Accepted(id) = appended.await.unwrap() else { panic!() };
+        ids.push(id);
+    }
+    // Local dedup still applies to a held key.
+    let again = store.append_routed(event("{}", 9), held("a"), delivery.clone()).await.unwrap();
+    assert_eq!(again, Appended::Duplicate(ids[0]));
+    let appended = store.append_routed(event("{}", 5), None, delivery.clone()).await.unwrap();
+    let Appended::Accepted(plain) = appended else { panic!() };
+    let claim = store.claim_due(u64::MAX, 10, ALL.to_vec()).await.unwrap();
+    let due: Vec<EventId> = claim.entries.iter().map(|e| e.event.id()).collect();
+    assert_eq!(due, vec![plain], "held events are not due");
+    assert_eq!(claim.next_due_ms, None, "and not counted as due later either");
+    assert!(store.held().await.unwrap().is_empty(), "not takeover holds");
+    closer.close().await;
+
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    let holds = store.key_holds(10).await.unwrap();
+    let keys: Vec<&str> = holds.iter().map(|h| h.key.as_str()).collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    assert_eq!(holds[1].event.as_ref().map(|e| e.0), Some(ids[1]));
+    assert_eq!(holds[1].expires_at_ms, far);
+    assert_eq!(store.key_hold_count().await.unwrap(), 3);
+    // a is released, b is a duplicate of another event of the fleet.
+    assert_eq!(store.end_key_holds(vec![holds[0].seq], vec![holds[1].seq], 50).await.unwrap(), 2);
+    let claim = store.claim_due(u64::MAX, 10, vec![RABBIT]).await.unwrap();
+    let due: Vec<EventId> = claim.entries.iter().map(|e| e.event.id()).collect();
+    assert_eq!(due, vec![plain, ids[0]]);
+    assert_eq!(claim.entries[1].claimed, vec![(RABBIT, 50)], "due from the release");
+    assert_eq!(store.pending().await.unwrap(), 3, "the duplicate left the outbox");
+    // A hold whose event a peer took over (forgotten) goes with it.
+    store.forget(vec![holds[2].seq]).await.unwrap();
+    assert!(store.key_holds(10).await.unwrap().is_empty());
     closer.close().await;
 }

@@ -12,20 +12,27 @@
 //!   unconfirmed the request waits for it, within the deadline: that event's append may still
 //!   fail, and a duplicate of an event never stored would lose it), so two first arrivals at once on two instances give
 //!   one 202 and one duplicate, and the event is published once;
-//! - PostgreSQL did not answer in time: local dedup alone decides (counted in
-//!   `orchestron_fleet_dedup_fallbacks_total`).
+//! - PostgreSQL did not answer in time: the event is stored (local dedup applies) but *held*
+//!   from the relay ([`crate::store::Store::key_holds`]) until PostgreSQL rules on its key.
+//!   [`run_holds`] claims the held keys in batches (one statement each) as soon as PostgreSQL
+//!   answers: a key that is now this event's releases it to the relay; a key another durable
+//!   event holds settles it as a duplicate (removed unpublished, counted). A hold that lasts
+//!   `sync.dedup_hold_max` (PostgreSQL down that long) ends by publishing on local dedup
+//!   alone (counted in `orchestron_fleet_dedup_fallbacks_total`).
 //!
 //! A claim is unconfirmed until the event is durable; one left unconfirmed for
 //! [`UNCONFIRMED_FOR`] (its instance failed in between) is free again, so a key is never
 //! held by an event that does not exist. A failed append releases its claim at once.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Fleet, SyncError};
-use crate::event::EventId;
+use crate::event::{EventId, now_ms};
+use crate::store::{KeyHold, Store};
 
 /// An unconfirmed claim older than this belongs to no one.
 const UNCONFIRMED_FOR: &str = "10 seconds";
@@ -35,6 +42,12 @@ const UNCONFIRMED_POLL: Duration = Duration::from_millis(10);
 /// then frees itself after `UNCONFIRMED_FOR`, which can only cause a duplicate, not a loss).
 const PENDING_CONFIRMS: usize = 16_384;
 const CONFIRM_BATCH: usize = 1000;
+/// Key holds ruled on per round (one claim statement).
+const HOLD_BATCH: usize = 1000;
+/// How often held keys are put to PostgreSQL while some wait.
+const HOLD_POLL: Duration = Duration::from_millis(500);
+/// The longest one round of claims may take before PostgreSQL counts as unreachable.
+const HOLD_ROUND: Duration = Duration::from_secs(5);
 
 /// What the fleet says of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,15 +85,30 @@ impl Fleet {
         match tokio::time::timeout(self.inner.dedup_timeout, claim).await {
             Ok(Ok(claim)) => claim,
             Ok(Err(error)) => {
-                tracing::debug!(%error, "fleet dedup: PostgreSQL failed; local dedup decides");
-                self.inner.metrics.fleet_dedup_fallbacks.inc();
-                KeyClaim::Unknown
+                tracing::debug!(%error, "fleet dedup: PostgreSQL failed; the key waits for it");
+                self.unknown_key()
             }
-            Err(_) => {
-                self.inner.metrics.fleet_dedup_fallbacks.inc();
-                KeyClaim::Unknown
-            }
+            Err(_) => self.unknown_key(),
         }
+    }
+
+    fn unknown_key(&self) -> KeyClaim {
+        if !self.holds_unknown_keys() {
+            self.inner.metrics.fleet_dedup_fallbacks.inc();
+        }
+        KeyClaim::Unknown
+    }
+
+    /// Whether an event whose key PostgreSQL did not answer for is held until it does
+    /// (`sync.dedup_hold_max` above zero), rather than published on local dedup alone.
+    pub fn holds_unknown_keys(&self) -> bool {
+        !self.inner.dedup_hold_max.is_zero()
+    }
+
+    /// Notes that an event was stored held for its key: [`run_holds`] looks soon.
+    pub fn key_held(&self) {
+        self.inner.metrics.fleet_dedup_held.inc();
+        self.inner.holds_added.notify_one();
     }
 
     async fn try_claim(
@@ -259,5 +287,194 @@ impl Columns {
         self.source.push(source);
         self.key.push(key);
         self.id.push(id.to_string());
+    }
+}
+
+/// What PostgreSQL said of a held event's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ruling {
+    /// The key is this event's now: publish it.
+    Ours,
+    /// Another durable event holds it.
+    Duplicate(EventId),
+    /// Another event holds it unconfirmed (being stored, or abandoned): ask again later.
+    Wait,
+}
+
+/// Ends key holds until `stop`: a round whenever an event was held, and every
+/// [`HOLD_POLL`] while some wait (see the module docs).
+pub(super) async fn run_holds(fleet: Fleet, store: Store, stop: CancellationToken) {
+    loop {
+        let waiting = match fleet.end_holds(&store).await {
+            Ok(waiting) => waiting,
+            Err(error) => {
+                tracing::warn!(%error, "fleet dedup: ending key holds failed; will retry");
+                true
+            }
+        };
+        let idle = if waiting { HOLD_POLL } else { Duration::from_secs(60) };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = fleet.inner.holds_added.notified() => {}
+            _ = tokio::time::sleep(idle) => {}
+        }
+    }
+}
+
+impl Fleet {
+    /// One round over the oldest holds. Returns whether holds are still waiting.
+    async fn end_holds(&self, store: &Store) -> Result<bool, SyncError> {
+        let holds = store.key_holds(HOLD_BATCH).await?;
+        let metrics = &self.inner.metrics;
+        if holds.is_empty() {
+            metrics.fleet_dedup_held.set(0);
+            return Ok(false);
+        }
+        let total = store.key_hold_count().await?;
+        let now = now_ms();
+        let hold_max = self.inner.dedup_hold_max.as_millis() as u64;
+        let (mut release, mut duplicates) = (Vec::new(), Vec::new());
+        // One event per key in a statement (PostgreSQL refuses to update a row twice in one);
+        // a second one for the same key waits for the next round.
+        let mut asked = HashSet::new();
+        let mut ask = Vec::new();
+        let mut orphans = 0;
+        for hold in &holds {
+            match &hold.event {
+                // Gone from the outbox (a peer took it over): only the hold is left to drop.
+                None => {
+                    duplicates.push(hold.seq);
+                    orphans += 1;
+                }
+                Some((_, source, _)) => {
+                    if asked.insert((source.as_str(), hold.key.as_str())) {
+                        ask.push(hold);
+                    }
+                }
+            }
+        }
+        let expired = |hold: &KeyHold| {
+            hold.event.as_ref().is_some_and(|(_, _, received)| now >= received + hold_max)
+        };
+        let rulings = match tokio::time::timeout(HOLD_ROUND, self.rule_on_keys(&ask)).await {
+            Ok(Ok(rulings)) => Some(rulings),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "fleet dedup: PostgreSQL cannot rule on held keys yet");
+                None
+            }
+            Err(_) => None,
+        };
+        let (mut claimed, mut duplicate, mut fallback) = (0u64, 0u64, 0u64);
+        for (i, hold) in ask.iter().enumerate() {
+            let (id, source, _) = hold.event.as_ref().expect("asked only with an event");
+            match rulings.as_ref().map(|r| r[i]) {
+                Some(Ruling::Ours) => {
+                    release.push(hold.seq);
+                    claimed += 1;
+                }
+                Some(Ruling::Duplicate(first)) => {
+                    tracing::info!(
+                        event_id = %id, duplicate_of = %first, source = %source,
+                        "held event settled as a duplicate: its key belongs to an event of the fleet"
+                    );
+                    duplicates.push(hold.seq);
+                    duplicate += 1;
+                }
+                Some(Ruling::Wait) | None if expired(hold) => {
+                    tracing::warn!(
+                        event_id = %id, source = %source,
+                        "held event published on local dedup alone: PostgreSQL did not rule on \
+                         its key within sync.dedup_hold_max"
+                    );
+                    release.push(hold.seq);
+                    fallback += 1;
+                }
+                Some(Ruling::Wait) | None => {}
+            }
+        }
+        if release.is_empty() && duplicates.is_empty() {
+            metrics.fleet_dedup_held.set(total as i64);
+            return Ok(true);
+        }
+        store.end_key_holds(release, duplicates, now_ms()).await?;
+        let ended = &metrics.fleet_dedup_holds_ended;
+        ended.with_label_values(&["claimed"]).inc_by(claimed);
+        ended.with_label_values(&["duplicate"]).inc_by(duplicate);
+        ended.with_label_values(&["expired"]).inc_by(fallback);
+        metrics.fleet_dedup_fallbacks.inc_by(fallback);
+        let left = total.saturating_sub(claimed + duplicate + fallback + orphans);
+        metrics.fleet_dedup_held.set(left as i64);
+        Ok(left > 0)
+    }
+
+    /// Claims the keys of `holds` for their events, in one statement (the events are
+    /// durable: the claims are confirmed at once), and says whose each key is.
+    async fn rule_on_keys(&self, holds: &[&KeyHold]) -> Result<Vec<Ruling>, SyncError> {
+        if holds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut sources, mut keys, mut ids, mut expires) = (vec![], vec![], vec![], vec![]);
+        for hold in holds {
+            let (id, source, _) = hold.event.as_ref().expect("asked only with an event");
+            sources.push(source.as_str());
+            keys.push(hold.key.as_str());
+            ids.push(id.to_string());
+            expires.push(hold.expires_at_ms as i64);
+        }
+        let inner = &self.inner;
+        let schema = &inner.schema;
+        let client = inner.pool.get().await?;
+        // A key is this event's if it is free, abandoned, or already claimed for it (a round
+        // that claimed it, then failed before the release was durable).
+        let claimed = client
+            .query(
+                &format!(
+                    "INSERT INTO {schema}.dedup_keys AS d
+                         (source, key, event_id, origin, expires_at, confirmed)
+                     SELECT c.source, c.key, c.id::uuid, $5, to_timestamp(c.expires / 1000.0), true
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[])
+                          AS c(source, key, id, expires)
+                     ON CONFLICT (source, key) DO UPDATE SET
+                         event_id = EXCLUDED.event_id, origin = EXCLUDED.origin,
+                         expires_at = EXCLUDED.expires_at, confirmed = true, claimed_at = now()
+                     WHERE d.expires_at < now()
+                        OR (NOT d.confirmed AND d.claimed_at < now() - interval '{UNCONFIRMED_FOR}')
+                        OR d.event_id = EXCLUDED.event_id
+                     RETURNING d.source, d.key"
+                ),
+                &[&sources, &keys, &ids, &expires, &inner.instance_id],
+            )
+            .await?;
+        let ours: HashSet<(String, String)> =
+            claimed.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let holders = client
+            .query(
+                &format!(
+                    "SELECT d.source, d.key, d.event_id::text, d.confirmed
+                     FROM {schema}.dedup_keys d
+                     JOIN UNNEST($1::text[], $2::text[]) AS c(source, key)
+                       ON d.source = c.source AND d.key = c.key"
+                ),
+                &[&sources, &keys],
+            )
+            .await?;
+        let holders: HashMap<(String, String), (String, bool)> = holders
+            .iter()
+            .map(|row| ((row.get(0), row.get(1)), (row.get(2), row.get(3))))
+            .collect();
+        Ok(sources
+            .iter()
+            .zip(&keys)
+            .map(|(source, key)| {
+                let name = (source.to_string(), key.to_string());
+                if ours.contains(&name) {
+                    return Ruling::Ours;
+                }
+                match holders.get(&name) {
+                    Some((id, true)) => EventId::parse(id).map_or(Ruling::Wait, Ruling::Duplicate),
+                    _ => Ruling::Wait,
+                }
+            })
+            .collect())
     }
 }

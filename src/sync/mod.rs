@@ -13,8 +13,9 @@
 //! not as a failure, and nothing else waits for it. By its own monotonic clock an instance
 //! knows when its lease has lapsed (no heartbeat committed within `lease`, less a margin).
 //!
-//! Not here yet (docs/fleet.md): `ack: fleet`, fleet-wide idempotency, takeover of a dead
-//! peer's events with fencing, and the fleet DLQ's admin views.
+//! On top of that: `ack: fleet` ([`Fleet::replicated`]), fleet-wide idempotency
+//! ([`dedup`]), takeover of a dead peer's events with fencing and reconciliation
+//! ([`takeover`]), and the fleet DLQ ([`dlq`]). docs/fleet.md is the operator's account.
 
 mod dedup;
 mod dlq;
@@ -78,6 +79,9 @@ struct Inner {
     ack: AckMode,
     ack_timeout: Duration,
     dedup_timeout: Duration,
+    dedup_hold_max: Duration,
+    /// An event was stored held for its key ([`dedup::run_holds`] looks).
+    holds_added: tokio::sync::Notify,
     store: Store,
     /// Fleet dedup: claims to confirm, for the background task.
     confirms: tokio::sync::mpsc::Sender<dedup::Confirm>,
@@ -131,6 +135,22 @@ pub struct SyncStatus {
     pub lag_events: u64,
     /// Age of the oldest of them (0 when none waits).
     pub lag_seconds: f64,
+    /// Keyed events held until PostgreSQL rules on their key, and how holds ended.
+    #[serde(default)]
+    pub key_holds: KeyHolds,
+}
+
+/// Keyed events accepted while PostgreSQL could not answer for their key (docs/fleet.md).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KeyHolds {
+    /// Held now.
+    pub waiting: i64,
+    /// Since start: published once the key was theirs.
+    pub claimed: u64,
+    /// Since start: settled unpublished, another event of the fleet holding the key.
+    pub duplicate: u64,
+    /// Since start: published on local dedup alone after `sync.dedup_hold_max`.
+    pub expired: u64,
 }
 
 /// One instance as the database knows it.
@@ -183,6 +203,8 @@ impl Fleet {
                 ack: config.ack,
                 ack_timeout: config.ack_timeout.get(),
                 dedup_timeout: config.dedup_timeout.get(),
+                dedup_hold_max: config.dedup_hold_max.get(),
+                holds_added: tokio::sync::Notify::new(),
                 store: store.clone(),
                 confirms,
                 // Everything in the store at start may have been replicated before.
@@ -197,6 +219,8 @@ impl Fleet {
         tasks.spawn("sync: heartbeat", fleet.clone().heartbeat(store.clone(), stop.clone()));
         tasks.spawn("sync: replicator", replicate::run(fleet.clone(), store.clone(), stop.clone()));
         tasks.spawn("sync: takeover", takeover::run(fleet.clone(), store.clone(), stop.clone()));
+        tasks
+            .spawn("sync: key holds", dedup::run_holds(fleet.clone(), store.clone(), stop.clone()));
         tasks.spawn("sync: idempotency keys", dedup::run(fleet.clone(), pending_confirms, stop));
         Ok(fleet)
     }
@@ -240,6 +264,19 @@ impl Fleet {
             error: state.error.clone(),
             lag_events: state.lag_events,
             lag_seconds: state.lag_seconds,
+            key_holds: self.key_holds(),
+        }
+    }
+
+    fn key_holds(&self) -> KeyHolds {
+        let metrics = &self.inner.metrics;
+        let ended =
+            |outcome: &str| metrics.fleet_dedup_holds_ended.with_label_values(&[outcome]).get();
+        KeyHolds {
+            waiting: metrics.fleet_dedup_held.get(),
+            claimed: ended("claimed"),
+            duplicate: ended("duplicate"),
+            expired: ended("expired"),
         }
     }
 

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub fleet_claims_lost: IntCounter,
     pub fleet_dedup: IntCounterVec,
     pub fleet_dedup_fallbacks: IntCounter,
+    pub fleet_dedup_held: IntGauge,
+    pub fleet_dedup_holds_ended: IntCounterVec,
     sync_registered: std::sync::Once,
     pub store_batch_events: Histogram,
     pub store_commit_seconds: Histogram,
@@ -100,9 +102,11 @@ impl Metrics {
     /// Exports the fleet sync metrics (once `sync` is configured).
     pub fn enable_sync(&self) {
         self.sync_registered.call_once(|| {
-            let metrics: [Box<dyn prometheus::core::Collector>; 13] = [
+            let metrics: [Box<dyn prometheus::core::Collector>; 15] = [
                 Box::new(self.fleet_dedup.clone()),
                 Box::new(self.fleet_dedup_fallbacks.clone()),
+                Box::new(self.fleet_dedup_held.clone()),
+                Box::new(self.fleet_dedup_holds_ended.clone()),
                 Box::new(self.fleet_taken_over.clone()),
                 Box::new(self.fleet_reconciled.clone()),
                 Box::new(self.fleet_claims_lost.clone()),
@@ -278,8 +282,21 @@ impl Metrics {
             .expect("metric definitions are valid"),
             fleet_dedup_fallbacks: IntCounter::with_opts(opts(
                 "fleet_dedup_fallbacks_total",
-                "Keyed events decided by local dedup alone: PostgreSQL did not answer within sync.dedup_timeout."
+                "Keyed events published on local dedup alone: PostgreSQL did not rule on the key within sync.dedup_hold_max."
             ))
+            .expect("metric definitions are valid"),
+            fleet_dedup_held: IntGauge::with_opts(opts(
+                "fleet_dedup_held_events",
+                "Keyed events accepted while PostgreSQL could not answer for the key, held from publishing until it rules."
+            ))
+            .expect("metric definitions are valid"),
+            fleet_dedup_holds_ended: IntCounterVec::new(
+                opts(
+                    "fleet_dedup_holds_ended_total",
+                    "Key holds ended, by outcome: claimed (published), duplicate (settled unpublished: another event holds the key), expired (published after sync.dedup_hold_max)."
+                ),
+                &["outcome"],
+            )
             .expect("metric definitions are valid"),
             sync_registered: std::sync::Once::new(),
             store_batch_events: reg!(Histogram::with_opts(hopts(

@@ -232,11 +232,12 @@ async fn postgres_unreachable_leaves_ingest_alone_and_heartbeats_resume() {
         reqwest::get(app.url("/ready")).await.unwrap().json().await.unwrap();
     assert_eq!(body["failing"], serde_json::json!(["rabbitmq"]), "{body}");
     assert_eq!(body["sync"]["connected"], false, "{body}");
-    // A keyed event: PostgreSQL cannot say whose the key is, so local dedup decides.
+    // A keyed event: PostgreSQL cannot say whose the key is, so it is stored and held.
     let (status, answer) = post_keyed(&app, "while-cut", "{}".into()).await;
     assert_eq!(status, 202, "{answer}");
     let text = metrics(&app).await;
-    assert!(text.contains("orchestron_fleet_dedup_fallbacks_total 1"), "{text}");
+    assert!(text.contains("orchestron_fleet_dedup_held_events 1"), "{text}");
+    assert!(text.contains("orchestron_fleet_dedup_fallbacks_total 0"), "{text}");
     assert!(text.contains("orchestron_sync_up 0"), "{text}");
     assert!(!text.contains("orchestron_sync_lag_events 0\n"), "the changes wait: {text}");
     assert_eq!(db.value("SELECT count(*) FROM orchestron.events"), "0");
@@ -245,6 +246,15 @@ async fn postgres_unreachable_leaves_ingest_alone_and_heartbeats_resume() {
     // Replication catches up by itself: every event accepted meanwhile (20, and the keyed
     // one) is in PostgreSQL.
     wait_value(&db, "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-x'", "21").await;
+    // The held key is claimed for its event, which goes to the relay.
+    let view = wait_fleet(&app, |v| v["sync"]["key_holds"]["claimed"] == 1).await;
+    assert_eq!(view["sync"]["key_holds"]["waiting"], 0, "{view}");
+    assert_eq!(
+        db.value(
+            "SELECT origin || ' ' || confirmed FROM orchestron.dedup_keys WHERE key = 'while-cut'"
+        ),
+        "edge-x true"
+    );
     let started = Instant::now();
     while !metrics(&app).await.contains("orchestron_sync_lag_events 0\n") {
         assert!(started.elapsed() < Duration::from_secs(10), "lag stays above 0");
@@ -707,5 +717,102 @@ async fn a_key_claimed_but_not_confirmed_elsewhere_is_not_answered_duplicate() {
     ));
     let (status, answer) = post_keyed(&app, "done-key", "{}".into()).await;
     assert_eq!((status, answer["event_id"].as_str()), (200, Some(other.to_string().as_str())));
+    app.stop().await;
+}
+
+/// Keyed events accepted while PostgreSQL is cut off are held from the relay: two instances
+/// that each accepted the same key publish it once when PostgreSQL returns (the other is
+/// settled as a duplicate, unpublished and counted), and a key only one of them saw is
+/// published then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_accepted_while_postgres_is_cut_are_held_then_published_once_across_the_fleet() {
+    let db = FreshDb::create();
+    let proxy = Proxy::start(POSTGRES, true).await;
+    let exchange = unique("fleet_hold");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let route = format!(
+        "brokers:\n  rabbitmq:\n    url: \"{}\"\n\
+         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ]\n",
+        crate::helpers::AMQP_URL
+    );
+    let url = db.url(&proxy.addr.to_string());
+    // A lease far longer than the cut: no instance takes the other over.
+    let deadline = "  dedup_timeout: 300ms\n";
+    let a_config = format!("{route}{}{deadline}", sync_config(&url, Some("edge-a"), "60s"));
+    let b_config = format!("{route}{}{deadline}", sync_config(&url, Some("edge-b"), "60s"));
+    let (a, b) = tokio::join!(TestApp::spawn(&a_config), TestApp::spawn(&b_config));
+    wait_fleet(&b, |v| live(v).len() == 2).await;
+
+    proxy.set_up(false);
+    let (status, first) = post_keyed(&a, "held-both", r#"{"n":1}"#.into()).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, second) = post_keyed(&b, "held-both", r#"{"n":2}"#.into()).await;
+    assert_eq!(status, 202, "{second}");
+    let (status, only) = post_keyed(&a, "held-one", r#"{"n":3}"#.into()).await;
+    assert_eq!(status, 202, "{only}");
+    assert!(
+        queue.collect(1, Duration::from_secs(3)).await.is_empty(),
+        "nothing keyed is published while PostgreSQL cannot rule on the keys"
+    );
+    assert!(metrics(&a).await.contains("orchestron_fleet_dedup_held_events 2"));
+    assert!(metrics(&b).await.contains("orchestron_fleet_dedup_held_events 1"));
+
+    proxy.set_up(true);
+    let received = queue.collect(3, Duration::from_secs(20)).await;
+    let mut bodies: Vec<&[u8]> = received.iter().map(|m| m.body.as_slice()).collect();
+    bodies.sort();
+    let once = bodies == [br#"{"n":1}"#.as_slice(), br#"{"n":3}"#]
+        || bodies == [br#"{"n":2}"#.as_slice(), br#"{"n":3}"#];
+    assert!(once, "each key published once: {:?}", String::from_utf8_lossy(&bodies.concat()));
+    // The loser was settled as a duplicate, and says so in the fleet view.
+    let holds = |v: &serde_json::Value, what: &str| v["sync"]["key_holds"][what].as_u64().unwrap();
+    let started = Instant::now();
+    let (va, vb) = loop {
+        let (va, vb) = (wait_fleet(&a, |_| true).await, wait_fleet(&b, |_| true).await);
+        if holds(&va, "waiting") + holds(&vb, "waiting") == 0 {
+            break (va, vb);
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "holds stay: {va} {vb}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(holds(&va, "duplicate") + holds(&vb, "duplicate"), 1, "{va} {vb}");
+    assert_eq!(holds(&va, "claimed") + holds(&vb, "claimed"), 2, "{va} {vb}");
+    assert!(queue.collect(1, Duration::from_secs(2)).await.is_empty(), "and nothing more");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A held key that PostgreSQL does not rule on within `sync.dedup_hold_max` is published on
+/// local dedup alone, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_key_is_published_after_dedup_hold_max_without_postgres() {
+    let db = FreshDb::create();
+    let proxy = Proxy::start(POSTGRES, true).await;
+    let exchange = unique("fleet_hold_max");
+    let mut queue = RabbitQueue::bind(&exchange, "#").await;
+    let route = format!(
+        "brokers:\n  rabbitmq:\n    url: \"{}\"\n\
+         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ]\n",
+        crate::helpers::AMQP_URL
+    );
+    let sync = sync_config(&db.url(&proxy.addr.to_string()), Some("edge-h"), "60s");
+    let config = format!("{route}{sync}  dedup_timeout: 300ms\n  dedup_hold_max: 2s\n");
+    let app = TestApp::spawn(&config).await;
+    wait_fleet(&app, |v| live(v).len() == 1).await;
+    proxy.set_up(false);
+    let started = Instant::now();
+    let (status, answer) = post_keyed(&app, "never-ruled", r#"{"n":7}"#.into()).await;
+    assert_eq!(status, 202, "{answer}");
+    let received = queue.collect(1, Duration::from_secs(15)).await;
+    assert_eq!(received.len(), 1, "published once the hold ran out");
+    assert!(started.elapsed() >= Duration::from_secs(2), "not before dedup_hold_max");
+    assert_eq!(received[0].message_id.as_deref(), answer["event_id"].as_str());
+    let text = metrics(&app).await;
+    assert!(text.contains("orchestron_fleet_dedup_fallbacks_total 1"), "{text}");
+    assert!(
+        text.contains(r#"orchestron_fleet_dedup_holds_ended_total{outcome="expired"} 1"#),
+        "{text}"
+    );
+    proxy.set_up(true);
     app.stop().await;
 }

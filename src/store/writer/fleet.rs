@@ -10,7 +10,7 @@ use super::{Tables, Writer};
 use crate::delivery::{Delivery, Lane};
 use crate::event::ValidatedEvent;
 use crate::store::feed::FeedKind;
-use crate::store::{HELD, Result, codec};
+use crate::store::{HELD, KEY_HELD, Result, codec};
 
 impl Writer {
     /// Adds the events to the outbox under new seqs, with their delivery state, due at
@@ -41,8 +41,9 @@ impl Writer {
     }
 }
 
-/// Removes the events (taken over by a peer) without publishing them, with their due
-/// entries. Returns how many were in the outbox.
+/// Removes the events (taken over by a peer, or duplicates of an event elsewhere in the
+/// fleet) without publishing them, with their due entries and key holds. Returns how many
+/// were in the outbox.
 pub(super) fn forget(t: &mut Tables<'_>, seqs: &[u64]) -> Result<u64> {
     let doomed: HashSet<u64> = seqs.iter().copied().collect();
     let mut forgotten = 0;
@@ -51,6 +52,7 @@ pub(super) fn forget(t: &mut Tables<'_>, seqs: &[u64]) -> Result<u64> {
             forgotten += 1;
         }
         t.delivery.remove(seq)?;
+        t.key_holds.open()?.remove(seq)?;
         t.touched(FeedKind::Outbox, seq);
     }
     // The due index is keyed by time: one walk over it finds the entries of these events.
@@ -69,11 +71,34 @@ pub(super) fn forget(t: &mut Tables<'_>, seqs: &[u64]) -> Result<u64> {
 
 /// Makes held events due now.
 pub(super) fn release(t: &mut Tables<'_>, seqs: &[u64], now_ms: u64) -> Result<u64> {
+    release_from(t, HELD, seqs, now_ms)
+}
+
+/// Ends key holds: `release` become due now, `duplicates` are removed unpublished. Returns
+/// how many events were released or removed.
+pub(super) fn end_key_holds(
+    t: &mut Tables<'_>,
+    release: &[u64],
+    duplicates: &[u64],
+    now_ms: u64,
+) -> Result<u64> {
+    let holds = t.key_holds.open()?;
+    for seq in release {
+        holds.remove(seq)?;
+    }
+    let released = release_from(t, KEY_HELD, release, now_ms)?;
+    let removed = if duplicates.is_empty() { 0 } else { forget(t, duplicates)? };
+    Ok(released + removed)
+}
+
+/// Moves the entries of `seqs` held at `held` (a due time no claim reaches) to now. Returns
+/// how many entries moved.
+fn release_from(t: &mut Tables<'_>, held: u64, seqs: &[u64], now_ms: u64) -> Result<u64> {
     let wanted: HashSet<u64> = seqs.iter().copied().collect();
     let mut keys = Vec::new();
     for lane in Lane::ALL {
         let n = lane.number();
-        for entry in t.lanes.range((n, HELD, 0)..=(n, HELD, u64::MAX))? {
+        for entry in t.lanes.range((n, held, 0)..=(n, held, u64::MAX))? {
             let key = entry?.0.value();
             if wanted.contains(&key.2) {
                 keys.push(key);
@@ -81,7 +106,7 @@ pub(super) fn release(t: &mut Tables<'_>, seqs: &[u64], now_ms: u64) -> Result<u
         }
     }
     for (lane, _, seq) in &keys {
-        t.lanes.remove((*lane, HELD, *seq))?;
+        t.lanes.remove((*lane, held, *seq))?;
         t.file(Lane::from_number(*lane), now_ms, *seq)?;
     }
     Ok(keys.len() as u64)

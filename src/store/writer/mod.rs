@@ -29,7 +29,7 @@ use super::open::{Counters, Tuning, file_len, open_database, read_counters};
 use super::space::Admission;
 use super::{
     Appended, DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS, IdempotencyKey,
-    LANES, META, META_TEXT, Outcome, Result, Settlement, Shared, StoreError,
+    KEY_HELD, KEY_HOLDS, LANES, META, META_TEXT, Outcome, Result, Settlement, Shared, StoreError,
 };
 use crate::delivery::{Delivery, DestinationState, Lane};
 use crate::event::{ValidatedEvent, now_ms};
@@ -91,6 +91,13 @@ pub(in crate::store) enum Command {
         now_ms: u64,
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// End key holds: release some events, drop others (duplicates). Durable.
+    EndKeyHolds {
+        release: Vec<u64>,
+        duplicates: Vec<u64>,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     /// Remove events a peer took over, without publishing them. Durable.
     Forget {
         seqs: Vec<u64>,
@@ -127,6 +134,7 @@ impl Command {
                 | Command::Settle { .. }
                 | Command::Import { .. }
                 | Command::Release { .. }
+                | Command::EndKeyHolds { .. }
         )
     }
 
@@ -218,6 +226,7 @@ pub(super) struct Tables<'t> {
     dlq_ids: Lazy<'t, u128, u64>,
     dedup: Lazy<'t, (&'static str, &'static str), (u128, u64)>,
     dedup_expiry: Lazy<'t, (u64, &'static str, &'static str), ()>,
+    key_holds: Lazy<'t, u64, (&'static str, u64)>,
     /// The entries this transaction touched, while the change feed is on.
     feed: Option<Recorder>,
     /// The lanes this transaction filed an entry into (held entries aside).
@@ -461,7 +470,8 @@ impl Writer {
                             let seq = self.next_seq();
                             pending
                                 .push(Pending::Append(reply, Ok(Appended::Accepted(event.id()))));
-                            append(&mut tables, seq, &event, delivery.as_ref())
+                            let hold = key.as_ref().filter(|k| k.hold);
+                            append(&mut tables, seq, &event, delivery.as_ref(), hold)
                         }
                         Err(e) => {
                             pending
@@ -545,6 +555,11 @@ impl Writer {
                     let released = fleet::release(&mut tables, &seqs, now_ms);
                     pending.push(Pending::Count(reply, *released.as_ref().unwrap_or(&0)));
                     released.map(drop)
+                }
+                Command::EndKeyHolds { release, duplicates, now_ms, reply } => {
+                    let ended = fleet::end_key_holds(&mut tables, &release, &duplicates, now_ms);
+                    pending.push(Pending::Count(reply, *ended.as_ref().unwrap_or(&0)));
+                    ended.map(drop)
                 }
                 Command::Forget { seqs, reply } => {
                     let forgotten = fleet::forget(&mut tables, &seqs);
@@ -704,6 +719,7 @@ fn open_tables(txn: &WriteTransaction, feed_on: bool) -> Result<Tables<'_>> {
         dlq_ids: Lazy::new(txn, DLQ_IDS),
         dedup: Lazy::new(txn, DEDUP),
         dedup_expiry: Lazy::new(txn, DEDUP_EXPIRY),
+        key_holds: Lazy::new(txn, KEY_HOLDS),
         feed: feed_on.then(Recorder::new),
         filed: [false; Lane::COUNT],
     })
@@ -726,6 +742,7 @@ fn unapplied(command: Command, pending: &mut Vec<Pending>) {
         | Command::ExpireDlq { reply, .. }
         | Command::ExpireDedup { reply, .. }
         | Command::Release { reply, .. }
+        | Command::EndKeyHolds { reply, .. }
         | Command::Forget { reply, .. } => pending.push(Pending::Count(reply, 0)),
         Command::Import { reply, .. } => pending.push(Pending::Seqs(reply, Vec::new())),
         Command::FlushIfDirty | Command::TendSpace => {}
@@ -744,23 +761,36 @@ fn event_bytes(event: &ValidatedEvent) -> u64 {
 }
 
 /// Writes a new event: routed (its delivery record, and an entry due now in each of its
-/// brokers' lanes) or unrouted (an entry in the routing lane).
+/// brokers' lanes) or unrouted (an entry in the routing lane). With `hold`, its entries are
+/// filed at [`KEY_HELD`] instead, and the hold recorded, until the fleet rules on its key.
 fn append(
     t: &mut Tables<'_>,
     seq: u64,
     event: &ValidatedEvent,
     delivery: Option<&Delivery>,
+    hold: Option<&IdempotencyKey>,
 ) -> Result<()> {
     t.events.insert(seq, codec::encode_event(event).as_slice())?;
-    let due = event.received_at_ms();
-    match delivery {
+    let lanes = match delivery {
         Some(delivery) => {
             t.delivery.insert(seq, codec::encode_delivery(delivery).as_slice())?;
-            for lane in delivery.pending_lanes() {
+            delivery.pending_lanes()
+        }
+        None => vec![Lane::UNROUTED],
+    };
+    match hold {
+        Some(key) => {
+            t.key_holds.open()?.insert(seq, (key.key.as_str(), key.expires_at_ms))?;
+            for lane in lanes {
+                t.lanes.insert((lane.number(), KEY_HELD, seq), ())?;
+            }
+        }
+        None => {
+            let due = event.received_at_ms();
+            for lane in lanes {
                 t.file(lane, due, seq)?;
             }
         }
-        None => t.file(Lane::UNROUTED, due, seq)?,
     }
     t.touched(FeedKind::Outbox, seq);
     Ok(())
