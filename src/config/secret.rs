@@ -49,12 +49,29 @@ pub(crate) fn resolve(raw: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// The most a secret file may hold: a secret is short, and `/dev/zero` or a log file named by
+/// mistake must be refused, not read until memory runs out.
+const SECRET_FILE_MAX: u64 = 64 * 1024;
+
+fn read_secret_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(SECRET_FILE_MAX + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > SECRET_FILE_MAX {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB: not a secret",
+            SECRET_FILE_MAX / 1024
+        )));
+    }
+    Ok(text)
+}
+
 fn resolve_one(reference: &str) -> Result<String, String> {
     if let Some(name) = reference.strip_prefix("env:") {
         std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))
     } else if let Some(path) = reference.strip_prefix("file:") {
         let path = credential_path(Path::new(path));
-        let text = std::fs::read_to_string(&path)
+        let text = read_secret_file(&path)
             .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
         // Files written by editors and `echo` end in a newline that is not part of the secret.
         Ok(text.trim_end_matches(['\n', '\r']).to_owned())
@@ -73,6 +90,12 @@ fn credential_path(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_that_never_ends_is_refused() {
+        let error = resolve("${file:/dev/zero}").unwrap_err();
+        assert!(error.contains("/dev/zero") && error.contains("not a secret"), "{error}");
+    }
 
     #[test]
     fn resolves_env_and_file_references_inside_text() {
