@@ -51,7 +51,10 @@ use crate::delivery::{Delivery, DestinationState, DlqRecord, Lane};
 use crate::event::{EventId, ValidatedEvent};
 use crate::telemetry::metrics::Metrics;
 
-pub use codec::{DecodeError, decode_delivery, decode_dlq};
+pub use codec::{
+    DecodeError, decode_delivery, decode_dlq, decode_event, encode_delivery, encode_dlq,
+    encode_event,
+};
 pub use error::{Result, StoreError};
 pub use feed::{Change, DlqNow, FeedBatch, FeedLag, OutboxNow};
 use open::{Tuning, file_len, open_database, read_counters};

@@ -140,13 +140,14 @@ async fn crash_loop(cycles: usize) {
     println!(
         "crash loop: seed={seed} cycles={cycles} attempted={} acked={} delivered={} lost={} \
          unexpected={} duplicated={duplicated} recovered={recovered} \
-         restart-to-ready p50={:?} max={:?}",
+         restart-to-ready p50={:?} p99={:?} max={:?}",
         attempted.len(),
         acked.len(),
         delivered.len(),
         lost.len(),
         unexpected.len(),
         ready_times[ready_times.len() / 2],
+        ready_times[(ready_times.len() * 99).div_ceil(100) - 1],
         ready_times.last().unwrap(),
     );
     assert!(acked.len() > cycles, "the load generator got events through");
