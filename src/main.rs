@@ -132,6 +132,10 @@ fn check_config(path: &std::path::Path, postgres: bool) -> anyhow::Result<()> {
         orchestron::server::tls::TlsState::load(tls, metrics)?;
     }
     println!("{}: OK ({} schemas)", path.display(), live.schemas.len());
+    let text = std::fs::read_to_string(path)?;
+    for warning in config.exposed_secrets(path, &text) {
+        eprintln!("warning: {warning}");
+    }
     if postgres {
         let sync = config.sync.as_ref().context("--postgres: the config has no sync: section")?;
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

@@ -9,6 +9,19 @@ use super::{
 };
 use crate::event::{EventType, SourceName};
 
+/// The admin token guards every event and the DLQ: shorter ones can be guessed.
+const MIN_ADMIN_TOKEN_BYTES: usize = 32;
+
+/// Tokens that appear in this repository's configs and docs, now or in earlier releases: a
+/// copied example is no secret.
+const EXAMPLE_TOKENS: &[&str] = &[
+    "dev-admin-token",
+    "test-admin-token",
+    "change-me",
+    "changeme",
+    "0000000000000000000000000000000000000000000000000000000000000000",
+];
+
 impl Config {
     /// Every problem of the data, not just the first.
     pub fn check(&self) -> Vec<Problem> {
@@ -36,6 +49,22 @@ impl Config {
         for (at, backoff) in self.backoffs() {
             if backoff.initial.get() > backoff.max.get() {
                 problem(&at, "initial is longer than max");
+            }
+        }
+        if let Some(token) = self.admin.enabled_token() {
+            let token = token.expose();
+            if EXAMPLE_TOKENS.contains(&token) {
+                problem(
+                    "admin.token",
+                    "is an example value from the documentation: generate one (openssl rand -hex 32)",
+                );
+            } else if token.len() < MIN_ADMIN_TOKEN_BYTES {
+                problem(
+                    "admin.token",
+                    &format!(
+                        "must be at least {MIN_ADMIN_TOKEN_BYTES} bytes (openssl rand -hex 32 makes 64)"
+                    ),
+                );
             }
         }
         if self.metrics.listener == MetricsListener::Admin && self.admin.enabled_token().is_none() {
@@ -230,5 +259,21 @@ mod tests {
         let ok = text
             .replace("sources:", "brokers:\n  kafka: { bootstrap_servers: \"x:9092\" }\nsources:");
         assert!(load_str("t.yaml".as_ref(), &ok, &[]).unwrap().check().is_empty());
+    }
+
+    #[test]
+    fn the_admin_token_is_long_and_no_example() {
+        let problems = |token: &str| {
+            let text = format!("{MINIMAL}admin: {{ token: \"{token}\" }}\n");
+            let problems = load_str("t.yaml".as_ref(), &text, &[]).unwrap().check();
+            problems.into_iter().map(|p| format!("{}: {}", p.at, p.message)).collect::<Vec<_>>()
+        };
+        let short = problems("0123456789abcdef0123456789abcde");
+        assert_eq!(short.len(), 1, "31 bytes: {short:?}");
+        assert!(short[0].starts_with("admin.token: must be at least 32 bytes"), "{short:?}");
+        assert!(problems("0123456789abcdef0123456789abcdef").is_empty(), "32 bytes");
+        let example = problems(&"0".repeat(64));
+        assert!(example[0].contains("example value"), "{example:?}");
+        assert!(problems("dev-admin-token")[0].contains("example value"));
     }
 }

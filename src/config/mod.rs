@@ -10,6 +10,7 @@
 
 mod brokers;
 mod check;
+mod exposure;
 mod load;
 mod problem;
 mod routes;

@@ -49,6 +49,19 @@ pub(crate) fn resolve(raw: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// The files named by the `${file:...}` references in `text` (resolved as they would be).
+pub(crate) fn file_references(text: &str) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${file:") {
+        let after = &rest[start + "${file:".len()..];
+        let Some(end) = after.find('}') else { break };
+        files.push(credential_path(Path::new(&after[..end])));
+        rest = &after[end + 1..];
+    }
+    files
+}
+
 /// The most a secret file may hold: a secret is short, and `/dev/zero` or a log file named by
 /// mistake must be refused, not read until memory runs out.
 const SECRET_FILE_MAX: u64 = 64 * 1024;

@@ -111,7 +111,7 @@ fn check_config_exits_zero_on_good_and_nonzero_with_the_key_on_bad() {
 fn packaged_config_resolves_systemd_credentials_and_env_overrides() {
     let creds = tempfile::tempdir().unwrap();
     std::fs::write(creds.path().join("api-key"), "k-from-credential\n").unwrap();
-    std::fs::write(creds.path().join("admin-token"), "t0ken").unwrap();
+    std::fs::write(creds.path().join("admin-token"), "f1".repeat(32)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_orchestron"))
         .args(["check-config", "--config", "packaging/config.yaml"])
         .env("CREDENTIALS_DIRECTORY", creds.path())
@@ -131,4 +131,41 @@ fn packaged_config_resolves_systemd_credentials_and_env_overrides() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot read secret file"), "{stderr}");
+}
+
+/// `check-config` refuses a short admin token, and warns (exit 0) about a config file every
+/// user can read that holds the token in plaintext.
+#[test]
+fn check_config_refuses_a_short_admin_token_and_warns_about_a_readable_plaintext_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = env!("CARGO_BIN_EXE_orchestron");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let bundled = std::fs::read_to_string("config/orchestron.yaml").unwrap();
+    let check = |token: &str| {
+        let text =
+            bundled.replace("  # token: \"${file:admin-token}\"", &format!("  token: \"{token}\""));
+        assert_ne!(text, bundled, "the bundled config names the token line");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o644)).unwrap();
+        Command::new(bin).args(["check-config", "--config"]).arg(&path).output().unwrap()
+    };
+    let short = check("too-short-a-token");
+    assert!(!short.status.success());
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert!(stderr.contains("admin.token") && stderr.contains("32 bytes"), "{stderr}");
+
+    let long = check(&"f1".repeat(20));
+    let stderr = String::from_utf8_lossy(&long.stderr);
+    assert!(long.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning:")
+            && stderr.contains("admin.token")
+            && stderr.contains("chmod o-r"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&path, PermissionsExt::from_mode(0o600)).unwrap();
+    let private = Command::new(bin).args(["check-config", "--config"]).arg(&path).output().unwrap();
+    assert!(private.status.success());
+    assert!(!String::from_utf8_lossy(&private.stderr).contains("warning:"));
 }

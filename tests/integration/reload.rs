@@ -4,12 +4,12 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{AMQP_URL, API_KEY, RabbitQueue, unique};
+use crate::helpers::{ADMIN_TOKEN, AMQP_URL, API_KEY, RabbitQueue, unique};
 
 fn config(port: u16, store: &std::path::Path, exchange: &str) -> String {
     format!(
         "server: {{ listen: \"127.0.0.1:{port}\" }}\n\
-         admin: {{ listen: \"127.0.0.1:{}\", token: t0ken }}\n\
+         admin: {{ listen: \"127.0.0.1:{}\", token: {ADMIN_TOKEN} }}\n\
          store: {{ path: {} }}\n\
          brokers: {{ rabbitmq: {{ url: \"{AMQP_URL}\" }} }}\n\
          sources: {{ default: {{ api_keys: [\"{API_KEY}\"] }} }}\n\
@@ -95,7 +95,8 @@ impl Daemon {
 
     /// `GET /admin/config`.
     async fn status(&self) -> serde_json::Value {
-        let request = self.client.get(format!("{}/admin/config", self.admin)).bearer_auth("t0ken");
+        let request =
+            self.client.get(format!("{}/admin/config", self.admin)).bearer_auth(ADMIN_TOKEN);
         request.send().await.unwrap().json().await.unwrap()
     }
 
