@@ -39,7 +39,9 @@ grep -q '\${file:' packaging/config.yaml && ! grep -Eq 'api_keys: \["[0-9a-f]{16
   || fail "packaged config must reference secrets, not hold them"
 
 log "lintian"
-lintian --fail-on error "$deb"
+lintian --fail-on error "$deb" | tee /tmp/orchestron-lintian.txt
+# The man page is in the package (generated from the clap definitions).
+! grep -q 'no-manual-page' /tmp/orchestron-lintian.txt || fail "lintian: no-manual-page"
 
 log "unit hardening"
 systemd-analyze security --offline=true --threshold=20 systemd/orchestron.service | tail -1
@@ -51,6 +53,13 @@ getent passwd orchestron >/dev/null || fail "no orchestron user"
 [ "$(stat -c '%a %U %G' /etc/orchestron/tls)" = "750 root orchestron" ] || fail "tls dir"
 [ "$(stat -c '%a %U %G' /etc/orchestron/credentials/api-key)" = "640 root orchestron" ] || fail "credential"
 systemd-analyze verify /usr/lib/systemd/system/orchestron.service
+for f in /usr/share/man/man1/orchestron.1.gz /usr/share/bash-completion/completions/orchestron \
+         /usr/share/zsh/vendor-completions/_orchestron /usr/share/fish/vendor_completions.d/orchestron.fish; do
+  [ -s "$f" ] || fail "not installed: $f"
+done
+zcat /usr/share/man/man1/orchestron.1.gz | grep -q 'check\\-config' || fail "the man page lacks check-config"
+bash -c 'source /usr/share/bash-completion/completions/orchestron && complete -p orchestron' >/dev/null \
+  || fail "the bash completion does not load"
 help=$(/usr/bin/orchestron --help)
 grep -q check-config <<<"$help" || fail "--help lacks check-config"
 out=$(cd / && /usr/bin/orchestron check-config --config /etc/orchestron/config.yaml 2>&1 || true)

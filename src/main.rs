@@ -1,83 +1,13 @@
 //! The `orchestron` command: parses the command line and hands over to the library.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use orchestron::cli;
+use orchestron::cli::args::{Cli, Command};
 use orchestron::telemetry::{self, LogFormat};
-
-#[derive(Parser)]
-#[command(name = "orchestron", version, about = "Durable webhook relay to Kafka and RabbitMQ")]
-struct Cli {
-    /// Log line format on stderr (default: `log.format` from the config, else text).
-    #[arg(long, global = true, value_enum)]
-    log_format: Option<LogFormat>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon: accept webhooks, store them durably, relay them to the brokers.
-    Serve {
-        /// Config file (YAML).
-        #[arg(long, short, default_value = "/etc/orchestron/config.yaml")]
-        config: PathBuf,
-    },
-    /// Validate a config file (YAML, keys, routes, schemas) and exit non-zero on any problem.
-    CheckConfig {
-        #[arg(long, short, default_value = "/etc/orchestron/config.yaml")]
-        config: PathBuf,
-        /// Also connect to the fleet's PostgreSQL (`sync:`) and report its schema version.
-        /// Off by default: the unit runs check-config before every start, and the daemon
-        /// starts (and works alone) while PostgreSQL is down.
-        #[arg(long)]
-        postgres: bool,
-    },
-    /// Print the `sha256:` form of an API key read from stdin, for `sources.*.api_keys`, so
-    /// the config file holds no plaintext key.
-    HashKey,
-    /// Inspect, replay and purge the dead-letter queue.
-    Dlq {
-        #[command(flatten)]
-        connection: cli::ConnectionArgs,
-        #[command(subcommand)]
-        command: cli::DlqCommand,
-    },
-    /// Inspect the outbox.
-    Outbox {
-        #[command(flatten)]
-        connection: cli::ConnectionArgs,
-        #[command(subcommand)]
-        command: cli::OutboxCommand,
-    },
-    /// The fleet of instances sharing one PostgreSQL (`sync:`).
-    Fleet {
-        #[command(flatten)]
-        connection: cli::ConnectionArgs,
-        #[command(subcommand)]
-        command: cli::FleetCommand,
-    },
-    /// The fleet's PostgreSQL schema.
-    Sync {
-        /// Config file (YAML), whose `sync:` section names the database.
-        #[arg(long, short, global = true, default_value = "/etc/orchestron/config.yaml")]
-        config: PathBuf,
-        #[command(subcommand)]
-        command: cli::SyncCommand,
-    },
-    /// The store file.
-    Store {
-        /// Config file (YAML), whose `store.path` names the file.
-        #[arg(long, short, global = true, default_value = "/etc/orchestron/config.yaml")]
-        config: PathBuf,
-        #[command(subcommand)]
-        command: cli::StoreCommand,
-    },
-}
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -87,6 +17,9 @@ fn main() -> ExitCode {
         Command::HashKey => hash_key(),
         Command::Dlq { connection, command } => {
             operator(async move { cli::dlq(&connection, &command).await })
+        }
+        Command::Event { connection, command } => {
+            operator(async move { cli::event(&connection, &command).await })
         }
         Command::Outbox { connection, command } => {
             operator(async move { cli::outbox(&connection, &command).await })

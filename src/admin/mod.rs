@@ -44,6 +44,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/dlq/replay", post(replay_matching))
         .route("/admin/dlq/{event_id}", get(show).delete(delete_one))
         .route("/admin/dlq/{event_id}/replay", post(replay_one))
+        .route("/admin/events/{event_id}", get(event))
         .route("/admin/outbox", get(outbox))
         .route("/admin/config", get(config_status))
         .route("/admin/fleet", get(fleet))
@@ -74,6 +75,11 @@ enum AdminError {
     Unauthorized,
     #[error("not found")]
     NotFound,
+    #[error(
+        "not in the outbox or the dead-letter queue: delivered to every destination (and \
+         removed), or never accepted by this instance"
+    )]
+    EventGone,
     #[error("{0}")]
     BadRequest(String),
     #[error("store unavailable")]
@@ -88,7 +94,7 @@ impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
             AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            AdminError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::NotFound | AdminError::EventGone => (StatusCode::NOT_FOUND, "not_found"),
             AdminError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             AdminError::Store(e) => {
                 tracing::error!(error = %e, "admin request failed in the store");
@@ -271,6 +277,18 @@ async fn fleet(State(state): State<AdminState>) -> Result<Json<view::FleetView>,
         sync: fleet.status(),
         instances,
     }))
+}
+
+/// Where one event is: pending (for which destinations), dead-lettered, or in neither (404:
+/// delivered everywhere and removed, or never accepted here).
+async fn event(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<view::EventView>, AdminError> {
+    let id = event_id(&id)?;
+    let (pending, dead) = tokio::try_join!(state.store.find_pending(id), state.store.dlq_get(id))?;
+    let view = view::EventView::new(id, pending.as_ref(), dead.as_ref());
+    Ok(Json(view.ok_or(AdminError::EventGone)?))
 }
 
 async fn outbox(State(state): State<AdminState>) -> Result<Json<OutboxView>, AdminError> {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::from_ms;
-use crate::store::{DlqEntry, OutboxStats};
+use crate::store::{DlqEntry, OutboxEntry, OutboxStats};
 
 fn rfc3339(ms: u64) -> Option<String> {
     (ms > 0).then(|| humantime::format_rfc3339_millis(from_ms(ms)).to_string())
@@ -72,6 +72,101 @@ impl DlqEntryView {
             instance_id: None,
             body,
         }
+    }
+}
+
+/// `GET /admin/events/{event_id}`: where one event is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventView {
+    pub event_id: String,
+    /// `pending` (in the outbox for at least one destination) or `dead_lettered`.
+    pub status: String,
+    /// In the outbox: every destination of its route and its state there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingView>,
+    /// In the DLQ (for the destinations given up on; others may still be pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_lettered: Option<DlqEntryView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingView {
+    pub source: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub received_at: Option<String>,
+    pub body_bytes: usize,
+    /// Not routed yet (an event from an older store file, or replayed): no destinations yet.
+    pub routed: bool,
+    pub destinations: Vec<DestinationStateView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DestinationStateView {
+    pub destination: String,
+    pub broker: String,
+    /// `pending`, `done` (confirmed by the broker) or `dead` (given up on: in the DLQ).
+    pub status: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub first_attempt_at: Option<String>,
+    pub last_attempt_at: Option<String>,
+    /// When it is tried next (pending only).
+    pub next_attempt_at: Option<String>,
+}
+
+impl EventView {
+    /// `None` when the event is in neither: delivered everywhere (and removed), or unknown.
+    pub fn new(
+        id: crate::event::EventId,
+        pending: Option<&OutboxEntry>,
+        dead: Option<&DlqEntry>,
+    ) -> Option<Self> {
+        let status = match (pending, dead) {
+            (Some(_), _) => "pending",
+            (None, Some(_)) => "dead_lettered",
+            (None, None) => return None,
+        };
+        let pending = pending.map(|entry| {
+            let e = &entry.event;
+            let destinations = entry.delivery.as_ref().map_or(Vec::new(), |d| {
+                d.destinations
+                    .iter()
+                    .map(|d| DestinationStateView {
+                        destination: d.target.label(),
+                        broker: d.target.broker().as_str().to_owned(),
+                        status: match d.status {
+                            crate::delivery::Status::Pending => "pending",
+                            crate::delivery::Status::Done => "done",
+                            crate::delivery::Status::Dead => "dead",
+                        }
+                        .to_owned(),
+                        attempts: d.attempts,
+                        last_error: d.last_error.clone(),
+                        first_attempt_at: rfc3339(d.first_attempt_ms),
+                        last_attempt_at: rfc3339(d.last_attempt_ms),
+                        next_attempt_at: d
+                            .is_pending()
+                            .then(|| rfc3339(d.next_attempt_ms))
+                            .flatten(),
+                    })
+                    .collect()
+            });
+            PendingView {
+                source: e.source().as_str().to_owned(),
+                event_type: e.event_type().as_str().to_owned(),
+                received_at: rfc3339(e.received_at_ms()),
+                body_bytes: e.body().len(),
+                routed: entry.delivery.is_some(),
+                destinations,
+            }
+        });
+        Some(Self {
+            event_id: id.to_string(),
+            status: status.to_owned(),
+            pending,
+            dead_lettered: dead.map(|d| DlqEntryView::new(d, false)),
+        })
     }
 }
 

@@ -545,6 +545,12 @@ impl Store {
         self.read(move |db| query::dlq_list(db, &filter, cursor, limit)).await
     }
 
+    /// Event `id` as it is in the outbox (its delivery state), if it is still there. Walks
+    /// the outbox: seconds with a million events queued, for an operator's lookup only.
+    pub async fn find_pending(&self, id: EventId) -> Result<Option<OutboxEntry>> {
+        self.read(move |db| query::find_pending(db, id)).await
+    }
+
     pub async fn dlq_get(&self, id: EventId) -> Result<Option<DlqEntry>> {
         self.read(move |db| query::dlq_get(db, id)).await
     }

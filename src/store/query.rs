@@ -299,6 +299,33 @@ pub(super) fn dlq_get(db: &impl ReadableDatabase, id: EventId) -> Result<Option<
     Ok(Some(DlqEntry { dlq_seq, record }))
 }
 
+/// The outbox entry of event `id`, if it is still in the outbox: a walk over the outbox
+/// that reads each record's id (its first bytes) and decodes only the match. O(outbox).
+pub(super) fn find_pending(db: &impl ReadableDatabase, id: EventId) -> Result<Option<OutboxEntry>> {
+    let txn = db.begin_read()?;
+    let events = txn.open_table(EVENTS)?;
+    let wanted = id.as_bytes();
+    for entry in events.iter()? {
+        let (seq, bytes) = entry?;
+        // Every event format starts with its version byte, then the 16 bytes of the id.
+        if bytes.value().get(1..17) != Some(wanted.as_slice()) {
+            continue;
+        }
+        let seq = seq.value();
+        let event = codec::decode_event(bytes.value())
+            .map_err(|source| StoreError::Corrupt { seq, source })?;
+        let delivery = match txn.open_table(DELIVERY)?.get(seq)? {
+            Some(b) => Some(
+                codec::decode_delivery(b.value())
+                    .map_err(|source| StoreError::Corrupt { seq, source })?,
+            ),
+            None => None,
+        };
+        return Ok(Some(OutboxEntry { seq, event, delivery, claimed: Vec::new() }));
+    }
+    Ok(None)
+}
+
 /// Backlog of one destination.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DestinationBacklog {
@@ -424,6 +451,10 @@ impl ReadOnlyStore {
 
     pub fn dlq_get(&self, id: EventId) -> Result<Option<DlqEntry>> {
         dlq_get(&self.0, id)
+    }
+
+    pub fn find_pending(&self, id: EventId) -> Result<Option<OutboxEntry>> {
+        find_pending(&self.0, id)
     }
 
     pub fn outbox_stats(&self, now_ms: u64) -> Result<OutboxStats> {

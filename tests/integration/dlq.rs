@@ -249,3 +249,88 @@ async fn retention_keeps_the_newest_entries() {
     }
     app.stop().await;
 }
+
+/// `GET /admin/events/{id}` and `orchestron event show`: an event waiting for a broker that
+/// is down is pending there (with its attempts), a dead-lettered one is found in the DLQ with
+/// its reason, a delivered one is in neither (404, and the CLI says why), over the API and
+/// `--offline` alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_is_found_pending_dead_lettered_or_gone_by_its_id() {
+    let good = unique("lookup_good");
+    let bad = unique("lookup_bad");
+    let mut queue = RabbitQueue::bind(&good, "#").await;
+    // wait.*: a Kafka nobody listens on (pending); bad.*: an exchange with no queue bound
+    // (unroutable: dead-lettered at the first attempt); the rest: delivered.
+    let config = format!(
+        "brokers:\n  rabbitmq: {{ url: \"{AMQP_URL}\", declare: {{ exchanges: [ {{ name: {bad} }} ] }} }}\n  \
+           kafka: {{ bootstrap_servers: \"127.0.0.1:1\" }}\n\
+         relay: {{ backoff: {{ initial: 50ms, max: 200ms }}, max_attempts: 1 }}\n\
+         routes:\n  \
+           - match: {{ type: \"wait.*\" }}\n    to: [ {{ kafka: {{ topic: nowhere }} }} ]\n  \
+           - match: {{ type: \"bad.*\" }}\n    to: [ {{ rabbitmq: {{ exchange: {bad}, routing_key: x }} }} ]\n\
+         default_route: {{ to: [ {{ rabbitmq: {{ exchange: {good}, routing_key: x }} }} ] }}\n"
+    );
+    let app = TestApp::spawn(&config).await;
+    let waiting = app.accept("wait.order", r#"{"w": 1}"#.into()).await;
+    let dead = app.accept("bad.order", r#"{"dead": true}"#.into()).await;
+    let delivered = app.accept("good.order", r#"{"ok": true}"#.into()).await;
+    wait_dlq(&app, 1).await;
+    assert_eq!(queue.collect(1, Duration::from_secs(10)).await.len(), 1);
+
+    let lookup = |id: String| {
+        let app = &app;
+        async move {
+            let response =
+                app.admin(Method::GET, &format!("/admin/events/{id}")).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, view) = lookup(waiting.clone()).await;
+    assert_eq!((status, view["status"].as_str()), (200, Some("pending")), "{view}");
+    let dest = &view["pending"]["destinations"][0];
+    assert_eq!(dest["destination"], "kafka:nowhere", "{view}");
+    assert_eq!(dest["status"], "pending", "{view}");
+    assert_eq!(view["pending"]["type"], "wait.order");
+
+    let (status, view) = lookup(dead.clone()).await;
+    assert_eq!((status, view["status"].as_str()), (200, Some("dead_lettered")), "{view}");
+    assert_eq!(view["dead_lettered"]["reason"], "unroutable", "{view}");
+
+    let started = Instant::now();
+    loop {
+        let (status, view) = lookup(delivered.clone()).await;
+        if status == 404 {
+            assert!(view["message"].as_str().unwrap().contains("delivered"), "{view}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "still there: {view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (ok, out, err) = cli(&app, &["event", "show", &waiting]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("pending") && out.contains("kafka:nowhere"), "{out}");
+    let (ok, out, err) = cli(&app, &["event", "show", &dead, "--json"]).await;
+    assert!(ok, "{err}");
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["dead_lettered"]["event_id"], dead.as_str());
+    let (ok, _, err) = cli(&app, &["event", "show", &delivered]).await;
+    assert!(!ok && err.contains("delivered to every destination"), "{err}");
+
+    // The same from the store file of the stopped daemon.
+    let dir = app.stop().await;
+    let config_path = dir.path().join("offline.yaml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "server: {{ listen: \"127.0.0.1:1\" }}\nstore: {{ path: {} }}\nsources: {{ default: {{ api_keys: [k] }} }}\n",
+            dir.path().join("orchestron.redb").display()
+        ),
+    )
+    .unwrap();
+    let args = ["event", "show", &waiting, "--offline", "--config", config_path.to_str().unwrap()];
+    let out = run(args.iter().map(|a| a.to_string()).collect()).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("pending") && stdout.contains("kafka:nowhere"), "{stdout}");
+}

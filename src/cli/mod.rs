@@ -5,13 +5,15 @@
 //! overridable by flags). With the daemon stopped, `--offline` reads the store file directly,
 //! read-only (list, show, stats). Output is a human table, or the API's JSON with `--json`.
 
+pub mod args;
+
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 
-use crate::admin::view::{CountView, DlqEntryView, DlqPageView, FleetView, OutboxView};
+use crate::admin::view::{CountView, DlqEntryView, DlqPageView, EventView, FleetView, OutboxView};
 use crate::event::{EventId, now_ms};
 use crate::store::{DlqFilter, ReadOnlyStore};
 
@@ -115,6 +117,13 @@ pub enum DlqCommand {
         #[command(flatten)]
         filter: FilterArgs,
     },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EventCommand {
+    /// Where one event is: pending (for which destinations, with its attempts), dead-lettered,
+    /// or in neither (delivered everywhere and removed, or never accepted here).
+    Show { event_id: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -227,6 +236,7 @@ impl Backend {
             StatusCode::NOT_FOUND if path.starts_with("/admin/dlq") => {
                 "not found in the dead-letter queue".to_owned()
             }
+            StatusCode::NOT_FOUND if path.starts_with("/admin/events") => message,
             _ => format!("the admin API answered {status}: {message}"),
         }))
     }
@@ -333,6 +343,85 @@ fn bulk_path(
 }
 
 /// Runs an `outbox` command and returns what to print.
+/// Runs an `event` command and returns what to print.
+pub async fn event(args: &ConnectionArgs, command: &EventCommand) -> Result<String, CliError> {
+    let EventCommand::Show { event_id: raw } = command;
+    let id = event_id(raw)?;
+    let backend = Backend::new(args)?;
+    let view: EventView = match &backend {
+        Backend::Offline(store) => {
+            let err = |e: crate::store::StoreError| CliError(e.to_string());
+            let pending = store.find_pending(id).map_err(err)?;
+            let dead = store.dlq_get(id).map_err(err)?;
+            EventView::new(id, pending.as_ref(), dead.as_ref()).ok_or_else(|| {
+                CliError(
+                    "not in the outbox or the dead-letter queue: delivered to every destination \
+                     (and removed), or never accepted by this instance"
+                        .into(),
+                )
+            })?
+        }
+        Backend::Api { .. } => {
+            backend.call(Method::GET, &format!("/admin/events/{id}"), &[]).await?
+        }
+    };
+    if args.json {
+        return Ok(to_json(&view));
+    }
+    let mut out = format!("event {}: {}\n", view.event_id, view.status.replace('_', "-"));
+    if let Some(p) = &view.pending {
+        let _ = writeln!(
+            out,
+            "source {}, type {}, received {}, {} bytes{}",
+            p.source,
+            p.event_type,
+            p.received_at.as_deref().unwrap_or("-"),
+            p.body_bytes,
+            if p.routed { "" } else { ", not routed yet" }
+        );
+        let rows = p
+            .destinations
+            .iter()
+            .map(|d| {
+                vec![
+                    d.destination.clone(),
+                    d.status.clone(),
+                    d.attempts.to_string(),
+                    d.next_attempt_at.clone().unwrap_or_else(|| "-".into()),
+                    d.last_error.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &["DESTINATION", "STATUS", "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR"],
+            rows,
+        ));
+    }
+    if let Some(d) = &view.dead_lettered {
+        let _ = writeln!(
+            out,
+            "dead-lettered {} ({}); `orchestron dlq show {}` has the body",
+            d.dead_lettered_at.as_deref().unwrap_or("-"),
+            d.reason,
+            d.event_id
+        );
+        let rows = d
+            .destinations
+            .iter()
+            .map(|x| {
+                vec![
+                    x.destination.clone(),
+                    x.reason.clone(),
+                    x.attempts.to_string(),
+                    x.last_error.clone().unwrap_or_else(|| "-".into()),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["DESTINATION", "REASON", "ATTEMPTS", "LAST ERROR"], rows));
+    }
+    Ok(out)
+}
+
 pub async fn outbox(args: &ConnectionArgs, command: &OutboxCommand) -> Result<String, CliError> {
     let OutboxCommand::Stats = command;
     let backend = Backend::new(args)?;
