@@ -138,8 +138,17 @@ impl App {
                 Some(Fleet::start(sync, &store, &tasks, stop, Arc::clone(&metrics)).await?)
             }
             None => {
-                // Sync was turned off: a feed kept from before would only grow.
+                // Sync was turned off: a feed kept from before would only grow, and events
+                // held for the fleet's ruling on their key are published on local dedup.
                 store.stop_change_feed().await?;
+                let released = store.release_all_key_holds(now_ms()).await?;
+                if released > 0 {
+                    tracing::warn!(
+                        events = released,
+                        "fleet sync is off: events held for the fleet's ruling on their \
+                         idempotency key are published on local dedup alone"
+                    );
+                }
                 None
             }
         };

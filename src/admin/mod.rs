@@ -287,7 +287,7 @@ async fn event(
 ) -> Result<Json<view::EventView>, AdminError> {
     let id = event_id(&id)?;
     let (pending, dead) = tokio::try_join!(state.store.find_pending(id), state.store.dlq_get(id))?;
-    let view = view::EventView::new(id, pending.as_ref(), dead.as_ref());
+    let view = view::EventView::new(id, &pending, dead.as_ref());
     Ok(Json(view.ok_or(AdminError::EventGone)?))
 }
 

@@ -98,6 +98,10 @@ pub struct PendingView {
     pub body_bytes: usize,
     /// Not routed yet (an event from an older store file, or replayed): no destinations yet.
     pub routed: bool,
+    /// Accepted while the fleet's PostgreSQL could not rule on its idempotency key: not
+    /// published until it does (docs/fleet.md).
+    #[serde(default)]
+    pub held_for_key: bool,
     pub destinations: Vec<DestinationStateView>,
 }
 
@@ -117,47 +121,54 @@ pub struct DestinationStateView {
 
 impl EventView {
     /// `None` when the event is in neither: delivered everywhere (and removed), or unknown.
+    /// `pending` holds its outbox entries oldest first (a partial DLQ replay makes a second
+    /// one); each destination is shown as the newest entry has it.
     pub fn new(
         id: crate::event::EventId,
-        pending: Option<&OutboxEntry>,
+        pending: &[(OutboxEntry, bool)],
         dead: Option<&DlqEntry>,
     ) -> Option<Self> {
-        let status = match (pending, dead) {
+        let status = match (pending.first(), dead) {
             (Some(_), _) => "pending",
             (None, Some(_)) => "dead_lettered",
             (None, None) => return None,
         };
-        let pending = pending.map(|entry| {
-            let e = &entry.event;
-            let destinations = entry.delivery.as_ref().map_or(Vec::new(), |d| {
-                d.destinations
-                    .iter()
-                    .map(|d| DestinationStateView {
-                        destination: d.target.label(),
-                        broker: d.target.broker().as_str().to_owned(),
-                        status: match d.status {
-                            crate::delivery::Status::Pending => "pending",
-                            crate::delivery::Status::Done => "done",
-                            crate::delivery::Status::Dead => "dead",
-                        }
-                        .to_owned(),
-                        attempts: d.attempts,
-                        last_error: d.last_error.clone(),
-                        first_attempt_at: rfc3339(d.first_attempt_ms),
-                        last_attempt_at: rfc3339(d.last_attempt_ms),
-                        next_attempt_at: d
-                            .is_pending()
-                            .then(|| rfc3339(d.next_attempt_ms))
-                            .flatten(),
-                    })
-                    .collect()
-            });
+        let held_for_key = pending.iter().any(|(_, held)| *held);
+        let routed = pending.iter().any(|(entry, _)| entry.delivery.is_some());
+        let pending = pending.first().map(|(first, _)| {
+            let e = &first.event;
+            let mut destinations: Vec<DestinationStateView> = Vec::new();
+            let states = pending
+                .iter()
+                .filter_map(|(entry, _)| entry.delivery.as_ref())
+                .flat_map(|d| d.destinations.iter());
+            for view in states.map(|d| DestinationStateView {
+                destination: d.target.label(),
+                broker: d.target.broker().as_str().to_owned(),
+                status: match d.status {
+                    crate::delivery::Status::Pending => "pending",
+                    crate::delivery::Status::Done => "done",
+                    crate::delivery::Status::Dead => "dead",
+                }
+                .to_owned(),
+                attempts: d.attempts,
+                last_error: d.last_error.clone(),
+                first_attempt_at: rfc3339(d.first_attempt_ms),
+                last_attempt_at: rfc3339(d.last_attempt_ms),
+                next_attempt_at: d.is_pending().then(|| rfc3339(d.next_attempt_ms)).flatten(),
+            }) {
+                match destinations.iter_mut().find(|d| d.destination == view.destination) {
+                    Some(older) => *older = view,
+                    None => destinations.push(view),
+                }
+            }
             PendingView {
                 source: e.source().as_str().to_owned(),
                 event_type: e.event_type().as_str().to_owned(),
                 received_at: rfc3339(e.received_at_ms()),
                 body_bytes: e.body().len(),
-                routed: entry.delivery.is_some(),
+                routed,
+                held_for_key,
                 destinations,
             }
         });

@@ -353,7 +353,7 @@ pub async fn event(args: &ConnectionArgs, command: &EventCommand) -> Result<Stri
             let err = |e: crate::store::StoreError| CliError(e.to_string());
             let pending = store.find_pending(id).map_err(err)?;
             let dead = store.dlq_get(id).map_err(err)?;
-            EventView::new(id, pending.as_ref(), dead.as_ref()).ok_or_else(|| {
+            EventView::new(id, &pending, dead.as_ref()).ok_or_else(|| {
                 CliError(
                     "not in the outbox or the dead-letter queue: delivered to every destination \
                      (and removed), or never accepted by this instance"
@@ -372,12 +372,13 @@ pub async fn event(args: &ConnectionArgs, command: &EventCommand) -> Result<Stri
     if let Some(p) = &view.pending {
         let _ = writeln!(
             out,
-            "source {}, type {}, received {}, {} bytes{}",
+            "source {}, type {}, received {}, {} bytes{}{}",
             p.source,
             p.event_type,
             p.received_at.as_deref().unwrap_or("-"),
             p.body_bytes,
-            if p.routed { "" } else { ", not routed yet" }
+            if p.routed { "" } else { ", not routed yet" },
+            if p.held_for_key { ", held until the fleet rules on its idempotency key" } else { "" }
         );
         let rows = p
             .destinations

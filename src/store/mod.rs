@@ -455,15 +455,33 @@ impl Store {
     }
 
     /// Ends key holds: the events in `release` become due now (their key is theirs, or the
-    /// hold ran out); those in `duplicates` leave the outbox unpublished (another event holds
-    /// their key). Durable. Returns how many events were released or removed.
+    /// hold ran out); those in `duplicates` leave the outbox unpublished (another event, the
+    /// id given, holds their key: local dedup answers with that id from now on). Durable.
+    /// Returns how many events were released or removed.
     pub async fn end_key_holds(
         &self,
         release: Vec<u64>,
-        duplicates: Vec<u64>,
+        duplicates: Vec<(u64, EventId)>,
         now_ms: u64,
     ) -> Result<u64> {
         self.call(|reply| Command::EndKeyHolds { release, duplicates, now_ms, reply }).await
+    }
+
+    /// Releases every key hold (fleet sync is off: nothing else would). Returns how many
+    /// events were released.
+    pub async fn release_all_key_holds(&self, now_ms: u64) -> Result<u64> {
+        let mut released = 0;
+        loop {
+            let holds = self.key_holds(1000).await?;
+            if holds.is_empty() {
+                return Ok(released);
+            }
+            let (gone, held): (Vec<_>, Vec<_>) = holds.into_iter().partition(|h| h.event.is_none());
+            let seqs = held.iter().map(|h| h.seq).collect();
+            let gone = gone.iter().map(|h| (h.seq, EventId::from_u128(0))).collect();
+            released += held.len() as u64;
+            self.end_key_holds(seqs, gone, now_ms).await?;
+        }
     }
 
     /// Held events (imported, not released): (seq, event id).
@@ -545,9 +563,10 @@ impl Store {
         self.read(move |db| query::dlq_list(db, &filter, cursor, limit)).await
     }
 
-    /// Event `id` as it is in the outbox (its delivery state), if it is still there. Walks
-    /// the outbox: seconds with a million events queued, for an operator's lookup only.
-    pub async fn find_pending(&self, id: EventId) -> Result<Option<OutboxEntry>> {
+    /// Event `id` as it is in the outbox (its delivery state; more than one entry after a
+    /// partial DLQ replay), each with whether it is held for the fleet's ruling on its key.
+    /// Walks the outbox: about a second per million events queued, for an operator's lookup.
+    pub async fn find_pending(&self, id: EventId) -> Result<Vec<(OutboxEntry, bool)>> {
         self.read(move |db| query::find_pending(db, id)).await
     }
 

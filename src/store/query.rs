@@ -299,12 +299,23 @@ pub(super) fn dlq_get(db: &impl ReadableDatabase, id: EventId) -> Result<Option<
     Ok(Some(DlqEntry { dlq_seq, record }))
 }
 
-/// The outbox entry of event `id`, if it is still in the outbox: a walk over the outbox
-/// that reads each record's id (its first bytes) and decodes only the match. O(outbox).
-pub(super) fn find_pending(db: &impl ReadableDatabase, id: EventId) -> Result<Option<OutboxEntry>> {
+/// The outbox entries of event `id` (one, or more after a DLQ replay of some of its
+/// destinations while others were pending), oldest first, each with whether it is held for
+/// the fleet's ruling on its key: a walk over the outbox that reads each record's id (its
+/// first bytes) and decodes only the matches. O(outbox).
+pub(super) fn find_pending(
+    db: &impl ReadableDatabase,
+    id: EventId,
+) -> Result<Vec<(OutboxEntry, bool)>> {
     let txn = db.begin_read()?;
     let events = txn.open_table(EVENTS)?;
+    let holds = match txn.open_table(super::KEY_HOLDS) {
+        Ok(table) => Some(table),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     let wanted = id.as_bytes();
+    let mut found = Vec::new();
     for entry in events.iter()? {
         let (seq, bytes) = entry?;
         // Every event format starts with its version byte, then the 16 bytes of the id.
@@ -321,9 +332,13 @@ pub(super) fn find_pending(db: &impl ReadableDatabase, id: EventId) -> Result<Op
             ),
             None => None,
         };
-        return Ok(Some(OutboxEntry { seq, event, delivery, claimed: Vec::new() }));
+        let held = match &holds {
+            Some(holds) => holds.get(seq)?.is_some(),
+            None => false,
+        };
+        found.push((OutboxEntry { seq, event, delivery, claimed: Vec::new() }, held));
     }
-    Ok(None)
+    Ok(found)
 }
 
 /// Backlog of one destination.
@@ -453,7 +468,7 @@ impl ReadOnlyStore {
         dlq_get(&self.0, id)
     }
 
-    pub fn find_pending(&self, id: EventId) -> Result<Option<OutboxEntry>> {
+    pub fn find_pending(&self, id: EventId) -> Result<Vec<(OutboxEntry, bool)>> {
         find_pending(&self.0, id)
     }
 

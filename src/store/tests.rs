@@ -613,14 +613,27 @@ async fn a_key_held_event_is_never_due_until_its_hold_ends_and_survives_a_reopen
     assert_eq!(holds[1].expires_at_ms, far);
     assert_eq!(store.key_hold_count().await.unwrap(), 3);
     // a is released, b is a duplicate of another event of the fleet.
-    assert_eq!(store.end_key_holds(vec![holds[0].seq], vec![holds[1].seq], 50).await.unwrap(), 2);
+    let first = EventId::new();
+    let ended = store.end_key_holds(vec![holds[0].seq], vec![(holds[1].seq, first)], 50);
+    assert_eq!(ended.await.unwrap(), 2);
     let claim = store.claim_due(u64::MAX, 10, vec![RABBIT]).await.unwrap();
     let due: Vec<EventId> = claim.entries.iter().map(|e| e.event.id()).collect();
     assert_eq!(due, vec![plain, ids[0]]);
     assert_eq!(claim.entries[1].claimed, vec![(RABBIT, 50)], "due from the release");
     assert_eq!(store.pending().await.unwrap(), 3, "the duplicate left the outbox");
+    // A local repeat of b is answered with the fleet's first event, not the one removed.
+    let again = store.append_routed(event("{}", 9), held("b"), delivery.clone()).await.unwrap();
+    assert_eq!(again, Appended::Duplicate(first));
+    // Fleet sync turned off: every hold left is released.
+    assert_eq!(store.release_all_key_holds(60).await.unwrap(), 1);
+    assert!(store.key_holds(10).await.unwrap().is_empty());
+    let claim = store.claim_due(u64::MAX, 10, vec![RABBIT]).await.unwrap();
+    assert!(claim.entries.iter().any(|e| e.event.id() == ids[2]), "c is due now");
     // A hold whose event a peer took over (forgotten) goes with it.
-    store.forget(vec![holds[2].seq]).await.unwrap();
+    let appended = store.append_routed(event("{}", 10), held("d"), delivery.clone()).await;
+    assert!(matches!(appended.unwrap(), Appended::Accepted(_)));
+    let d = store.key_holds(10).await.unwrap()[0].seq;
+    store.forget(vec![d]).await.unwrap();
     assert!(store.key_holds(10).await.unwrap().is_empty());
     closer.close().await;
 }

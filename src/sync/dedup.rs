@@ -330,7 +330,7 @@ impl Fleet {
             metrics.fleet_dedup_held.set(0);
             return Ok(false);
         }
-        let total = store.key_hold_count().await?;
+
         let now = now_ms();
         let hold_max = self.inner.dedup_hold_max.as_millis() as u64;
         let (mut release, mut duplicates) = (Vec::new(), Vec::new());
@@ -338,13 +338,11 @@ impl Fleet {
         // a second one for the same key waits for the next round.
         let mut asked = HashSet::new();
         let mut ask = Vec::new();
-        let mut orphans = 0;
         for hold in &holds {
             match &hold.event {
                 // Gone from the outbox (a peer took it over): only the hold is left to drop.
                 None => {
-                    duplicates.push(hold.seq);
-                    orphans += 1;
+                    duplicates.push((hold.seq, EventId::from_u128(0)));
                 }
                 Some((_, source, _)) => {
                     if asked.insert((source.as_str(), hold.key.as_str())) {
@@ -377,7 +375,7 @@ impl Fleet {
                         event_id = %id, duplicate_of = %first, source = %source,
                         "held event settled as a duplicate: its key belongs to an event of the fleet"
                     );
-                    duplicates.push(hold.seq);
+                    duplicates.push((hold.seq, first));
                     duplicate += 1;
                 }
                 Some(Ruling::Wait) | None if expired(hold) => {
@@ -393,7 +391,7 @@ impl Fleet {
             }
         }
         if release.is_empty() && duplicates.is_empty() {
-            metrics.fleet_dedup_held.set(total as i64);
+            metrics.fleet_dedup_held.set(store.key_hold_count().await? as i64);
             return Ok(true);
         }
         store.end_key_holds(release, duplicates, now_ms()).await?;
@@ -402,7 +400,8 @@ impl Fleet {
         ended.with_label_values(&["duplicate"]).inc_by(duplicate);
         ended.with_label_values(&["expired"]).inc_by(fallback);
         metrics.fleet_dedup_fallbacks.inc_by(fallback);
-        let left = total.saturating_sub(claimed + duplicate + fallback + orphans);
+        // Counted after the commit: holds added meanwhile are in it.
+        let left = store.key_hold_count().await?;
         metrics.fleet_dedup_held.set(left as i64);
         Ok(left > 0)
     }

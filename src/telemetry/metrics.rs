@@ -282,7 +282,7 @@ impl Metrics {
             .expect("metric definitions are valid"),
             fleet_dedup_fallbacks: IntCounter::with_opts(opts(
                 "fleet_dedup_fallbacks_total",
-                "Keyed events published on local dedup alone: PostgreSQL did not rule on the key within sync.dedup_hold_max."
+                "Keyed events published on local dedup alone: PostgreSQL did not rule on the key within sync.dedup_hold_max (or a claim's confirmation was dropped, the queue full)."
             ))
             .expect("metric definitions are valid"),
             fleet_dedup_held: IntGauge::with_opts(opts(

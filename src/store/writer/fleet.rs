@@ -8,7 +8,7 @@ use redb::ReadableTable;
 
 use super::{Tables, Writer};
 use crate::delivery::{Delivery, Lane};
-use crate::event::ValidatedEvent;
+use crate::event::{EventId, ValidatedEvent};
 use crate::store::feed::FeedKind;
 use crate::store::{HELD, KEY_HELD, Result, codec};
 
@@ -74,12 +74,14 @@ pub(super) fn release(t: &mut Tables<'_>, seqs: &[u64], now_ms: u64) -> Result<u
     release_from(t, HELD, seqs, now_ms)
 }
 
-/// Ends key holds: `release` become due now, `duplicates` are removed unpublished. Returns
-/// how many events were released or removed.
+/// Ends key holds: `release` become due now; `duplicates` are removed unpublished, their
+/// entries taken from where the hold filed them (no walk over the due index), and the local
+/// dedup row of their key names the event that holds it in the fleet. Returns how many events
+/// were released or removed.
 pub(super) fn end_key_holds(
     t: &mut Tables<'_>,
     release: &[u64],
-    duplicates: &[u64],
+    duplicates: &[(u64, EventId)],
     now_ms: u64,
 ) -> Result<u64> {
     let holds = t.key_holds.open()?;
@@ -87,7 +89,30 @@ pub(super) fn end_key_holds(
         holds.remove(seq)?;
     }
     let released = release_from(t, KEY_HELD, release, now_ms)?;
-    let removed = if duplicates.is_empty() { 0 } else { forget(t, duplicates)? };
+    let mut removed = 0;
+    for &(seq, first) in duplicates {
+        let hold = t.key_holds.open()?.remove(seq)?.map(|v| {
+            let (key, expires_at_ms) = v.value();
+            (key.to_owned(), expires_at_ms)
+        });
+        let Some(bytes) = t.events.remove(seq)? else { continue };
+        let event = codec::decode_event(bytes.value());
+        drop(bytes);
+        removed += 1;
+        t.delivery.remove(seq)?;
+        for lane in Lane::ALL {
+            t.lanes.remove((lane.number(), KEY_HELD, seq))?;
+        }
+        t.touched(FeedKind::Outbox, seq);
+        if let (Some((key, expires_at_ms)), Ok(event)) = (hold, event) {
+            let name = (event.source().as_str(), key.as_str());
+            let dedup = t.dedup.open()?;
+            let ours = dedup.get(name)?.is_some_and(|v| v.value().0 == event.id().as_u128());
+            if ours {
+                dedup.insert(name, (first.as_u128(), expires_at_ms))?;
+            }
+        }
+    }
     Ok(released + removed)
 }
 

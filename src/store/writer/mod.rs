@@ -32,7 +32,7 @@ use super::{
     KEY_HELD, KEY_HOLDS, LANES, META, META_TEXT, Outcome, Result, Settlement, Shared, StoreError,
 };
 use crate::delivery::{Delivery, DestinationState, Lane};
-use crate::event::{ValidatedEvent, now_ms};
+use crate::event::{EventId, ValidatedEvent, now_ms};
 use dedup::{expire_dedup, first_use};
 use dlq::{expire, remove_dlq, select};
 
@@ -94,7 +94,7 @@ pub(in crate::store) enum Command {
     /// End key holds: release some events, drop others (duplicates). Durable.
     EndKeyHolds {
         release: Vec<u64>,
-        duplicates: Vec<u64>,
+        duplicates: Vec<(u64, EventId)>,
         now_ms: u64,
         reply: oneshot::Sender<Result<u64>>,
     },
