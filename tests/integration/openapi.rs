@@ -233,6 +233,7 @@ async fn every_documented_operation_answers_as_documented() {
     let unknown = uuid::Uuid::now_v7().to_string();
     const ONE: &str = "/admin/dlq/{event_id}";
     const REPLAY_ONE: &str = "/admin/dlq/{event_id}/replay";
+    const EVENT: &str = "/admin/events/{event_id}";
     const SCHEMA: &str = "/admin/schemas/{event_type}";
     let admin = [
         case(Method::GET, "/admin/dlq", "/admin/dlq", Auth::Admin),
@@ -242,6 +243,10 @@ async fn every_documented_operation_answers_as_documented() {
         case(Method::GET, ONE, format!("/admin/dlq/{unknown}"), Auth::Admin),
         case(Method::GET, ONE, "/admin/dlq/not-an-id", Auth::Admin),
         case(Method::GET, ONE, format!("/admin/dlq/{id}"), Auth::None),
+        case(Method::GET, EVENT, format!("/admin/events/{id}"), Auth::Admin),
+        case(Method::GET, EVENT, format!("/admin/events/{unknown}"), Auth::Admin),
+        case(Method::GET, EVENT, "/admin/events/not-an-id", Auth::Admin),
+        case(Method::GET, EVENT, format!("/admin/events/{id}"), Auth::None),
         case(Method::GET, "/admin/outbox", "/admin/outbox", Auth::Admin),
         case(Method::GET, "/admin/config", "/admin/config", Auth::Admin),
         case(Method::GET, "/admin/config", "/admin/config", Auth::None),
