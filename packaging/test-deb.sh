@@ -94,6 +94,9 @@ CREDENTIALS_DIRECTORY=/etc/orchestron/credentials \
 grep -q '"pending": 1' /tmp/orchestron-deb.stats || fail "the event is not in the outbox"
 
 log "every syscall the daemon makes passes the unit's SystemCallFilter"
+# The daemon's user writes the trace: a file left by an earlier run belongs to an earlier
+# orchestron uid (purge deletes the user) and could not be opened.
+rm -f /tmp/orchestron-deb.strace
 (cd /var/lib/orchestron && exec setpriv --reuid=orchestron --regid=orchestron --init-groups -- env \
    CREDENTIALS_DIRECTORY=/etc/orchestron/credentials \
    ORCHESTRON_SERVER__LISTEN=127.0.0.1:$port ORCHESTRON_ADMIN__LISTEN=127.0.0.1:$admin_port \
@@ -108,7 +111,8 @@ done
 curl -s -o /dev/null "http://127.0.0.1:$port/metrics"
 curl -s -o /dev/null -H "Authorization: Bearer $(cat /etc/orchestron/credentials/admin-token)" \
   "http://127.0.0.1:$admin_port/admin/outbox"
-daemon=$(pgrep -f '^/usr/bin/orchestron serve --config /etc/orchestron/config.yaml')
+daemon=$(pgrep -f '^/usr/bin/orchestron serve --config /etc/orchestron/config.yaml') \
+  || { cat /tmp/orchestron-deb.log; fail "the traced daemon is not running"; }
 kill -HUP "$daemon"; sleep 1; kill -TERM "$daemon"; wait "$tracer" || true
 python3 packaging/syscalls.py /tmp/orchestron-deb.strace
 
