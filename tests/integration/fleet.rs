@@ -101,6 +101,15 @@ async fn metrics(app: &TestApp) -> String {
     reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap()
 }
 
+/// RabbitMQ, and every event to `exchange` (routing key `k`).
+fn rabbit_route(exchange: &str) -> String {
+    format!(
+        "brokers:\n  rabbitmq:\n    url: \"{}\"\n\
+         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ]\n",
+        crate::helpers::AMQP_URL
+    )
+}
+
 fn sync_config(url: &str, instance: Option<&str>, lease: &str) -> String {
     let id = instance.map(|i| format!("  instance_id: {i}\n")).unwrap_or_default();
     format!("sync:\n  postgres:\n    url: \"{url}\"\n{id}  lease: {lease}\n")
@@ -273,11 +282,7 @@ async fn postgres_cut_under_load_loses_nothing_and_publishes_each_event_once() {
     let proxy = Proxy::start(POSTGRES, true).await;
     let exchange = unique("fleet_cut");
     let mut queue = RabbitQueue::bind(&exchange, "#").await;
-    let route = format!(
-        "brokers:\n  rabbitmq:\n    url: \"{}\"\n\
-         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ]\n",
-        crate::helpers::AMQP_URL
-    );
+    let route = rabbit_route(&exchange);
     let sync = sync_config(&db.url(&proxy.addr.to_string()), Some("edge-cut"), "3s");
     let app = TestApp::spawn(&format!("{route}{sync}")).await;
     wait_fleet(&app, |v| live(v).len() == 1).await;
@@ -570,11 +575,7 @@ async fn an_idempotency_key_is_published_once_across_the_fleet() {
     let db = FreshDb::create();
     let exchange = unique("fleet_dedup");
     let mut queue = RabbitQueue::bind(&exchange, "#").await;
-    let route = format!(
-        "brokers:\n  rabbitmq:\n    url: \"{}\"\n\
-         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ]\n",
-        crate::helpers::AMQP_URL
-    );
+    let route = rabbit_route(&exchange);
     let url = db.url(POSTGRES);
     // A generous deadline: the assertions below are about the fleet's answer, not about
     // how fast a loaded CI machine's PostgreSQL gives it.
@@ -730,11 +731,7 @@ async fn keys_accepted_while_postgres_is_cut_are_held_then_published_once_across
     let proxy = Proxy::start(POSTGRES, true).await;
     let exchange = unique("fleet_hold");
     let mut queue = RabbitQueue::bind(&exchange, "#").await;
-    let route = format!(
-        "brokers:\n  rabbitmq:\n    url: \"{}\"\n\
-         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ]\n",
-        crate::helpers::AMQP_URL
-    );
+    let route = rabbit_route(&exchange);
     let url = db.url(&proxy.addr.to_string());
     // A lease far longer than the cut: no instance takes the other over.
     let deadline = "  dedup_timeout: 300ms\n";
@@ -790,11 +787,7 @@ async fn a_held_key_is_published_after_dedup_hold_max_without_postgres() {
     let proxy = Proxy::start(POSTGRES, true).await;
     let exchange = unique("fleet_hold_max");
     let mut queue = RabbitQueue::bind(&exchange, "#").await;
-    let route = format!(
-        "brokers:\n  rabbitmq:\n    url: \"{}\"\n\
-         default_route:\n  to: [ {{ rabbitmq: {{ exchange: {exchange}, routing_key: k }} }} ]\n",
-        crate::helpers::AMQP_URL
-    );
+    let route = rabbit_route(&exchange);
     let sync = sync_config(&db.url(&proxy.addr.to_string()), Some("edge-h"), "60s");
     let config = format!("{route}{sync}  dedup_timeout: 300ms\n  dedup_hold_max: 2s\n");
     let app = TestApp::spawn(&config).await;
