@@ -47,8 +47,9 @@ use crate::store::{Store, decode_delivery};
 const BATCH: i64 = 1000;
 /// The longest time between two looks for dead peers.
 const CHECK: Duration = Duration::from_secs(2);
-/// The longest a takeover round may run before it counts as failed.
-const ROUND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest one batch (claim, import, finish) may take before the round counts as
+/// failed; a round over a large backlog runs as long as its batches keep finishing.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Looks for dead peers and takes their events over, until `stop`.
 pub(super) async fn run(fleet: Fleet, store: Store, stop: CancellationToken) {
@@ -62,10 +63,7 @@ pub(super) async fn run(fleet: Fleet, store: Store, stop: CancellationToken) {
         if !fleet.may_act() {
             continue;
         }
-        let round = tokio::time::timeout(ROUND_TIMEOUT, fleet.take_over(&store)).await;
-        match round
-            .unwrap_or_else(|_| Err(SyncError::Unanswered("takeover round timed out".into())))
-        {
+        match fleet.take_over(&store).await {
             Ok(_) => failing = false,
             Err(error) if !failing => {
                 tracing::error!(%error, "taking over a dead peer's events failed; will retry");
@@ -92,25 +90,38 @@ impl Fleet {
     /// One round: finish claims left from before, then claim the dead peers' rows batch by
     /// batch. Returns how many events were taken over.
     async fn take_over(&self, store: &Store) -> Result<u64, SyncError> {
-        self.finish_dlq_replays(store).await?;
-        let mut taken = self.finish_claims(store).await?;
-        let client = self.inner.pool.get().await?;
+        within_batch_timeout(self.finish_dlq_replays(store)).await?;
+        let mut taken = within_batch_timeout(self.finish_claims(store)).await?;
         let schema = &self.inner.schema;
         let me = &self.inner.instance_id;
-        let peers = client
-            .query(
-                &format!(
-                    "SELECT i.instance_id FROM {schema}.instances i
-                     WHERE i.lease_expires_at < now() AND i.instance_id <> $1
-                       AND EXISTS (SELECT 1 FROM {schema}.events e WHERE e.owner = i.instance_id)"
-                ),
-                &[me],
-            )
-            .await?;
-        drop(client);
+        let peers = within_batch_timeout(async {
+            let client = self.inner.pool.get().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT i.instance_id FROM {schema}.instances i
+                         WHERE i.lease_expires_at < now() AND i.instance_id <> $1
+                           AND EXISTS (SELECT 1 FROM {schema}.events e
+                                       WHERE e.owner = i.instance_id)"
+                    ),
+                    &[me],
+                )
+                .await?;
+            Ok(rows)
+        })
+        .await?;
         for peer in peers.iter().map(|row| row.get::<_, String>(0)) {
-            while self.may_act() && self.claim(&peer).await? > 0 {
-                taken += self.finish_claims(store).await?;
+            while self.may_act() {
+                let batch = async {
+                    match self.claim(&peer).await? {
+                        0 => Ok(None),
+                        _ => self.finish_claims(store).await.map(Some),
+                    }
+                };
+                match within_batch_timeout(batch).await? {
+                    Some(n) => taken += n,
+                    None => break,
+                }
             }
         }
         Ok(taken)
@@ -308,6 +319,16 @@ impl Fleet {
         inner.state.lock().expect("sync state lock").reconciled = Some(epoch);
         Ok(())
     }
+}
+
+/// `step`, or an error if it takes longer than [`BATCH_TIMEOUT`] (what it did so far is
+/// finished by the next round: see the module docs).
+async fn within_batch_timeout<T>(
+    step: impl std::future::Future<Output = Result<T, SyncError>>,
+) -> Result<T, SyncError> {
+    tokio::time::timeout(BATCH_TIMEOUT, step)
+        .await
+        .unwrap_or_else(|_| Err(SyncError::Unanswered("a takeover batch timed out".into())))
 }
 
 /// A claimed row as the event and delivery state it was on its origin.
