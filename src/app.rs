@@ -282,7 +282,8 @@ fn serve(
             };
             let router = admin::router(state)
                 .merge(probe::router(probe.clone(), false))
-                .merge(admin::metrics_router(probe.clone(), token.clone(), metrics_on_admin));
+                .merge(admin::metrics_router(probe.clone(), token.clone(), metrics_on_admin))
+                .merge(admin::console::router());
             Some(spawn_admin(listener, router, tasks, http)?)
         }
     };

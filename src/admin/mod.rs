@@ -6,15 +6,17 @@
 //! without a configured token the listener is not started at all. It serves only admin
 //! routes, and the ingest listener serves none of them.
 
+pub mod console;
+mod extract;
 pub mod probe;
 pub mod schemas;
 pub mod view;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -23,6 +25,7 @@ use subtle::ConstantTimeEq;
 use crate::config::Secret;
 use crate::event::{EventId, clock_ms, now_ms};
 use crate::store::{DlqFilter, DlqSelector, Store, StoreError};
+use extract::{OptionalJson, Params, UrlParam};
 use view::{CountView, DlqEntryView, DlqPageView, OutboxView};
 
 const DEFAULT_LIMIT: usize = 50;
@@ -49,23 +52,23 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/config", get(config_status))
         .route("/admin/fleet", get(fleet))
         .route("/admin/schemas", get(schemas::list))
-        .route("/admin/schemas/{event_type}", put(schemas::put))
+        .route("/admin/schemas/{event_type}", get(schemas::get).put(schemas::put))
         .fallback(|| async { AdminError::NotFound })
         .route_layer(middleware::from_fn_with_state(state.token.clone(), authorize))
         .with_state(state)
 }
 
-/// `/metrics` on the admin listener, behind the token, when `metrics.listener: admin`; and
+/// `/metrics` on the admin listener, behind the token, when `metrics.listener: admin`;
+/// `/admin/metrics` (the same text, behind the token, always: the console reads it); and
 /// `/health` (no token: a liveness probe must not need the secret).
 pub fn metrics_router(probe: probe::Probe, token: Secret, metrics: bool) -> Router {
     let health = Router::new().route("/health", get(|| async { Json(json!({ "status": "ok" })) }));
-    if !metrics {
-        return health;
+    let mut scrape = Router::new().route("/admin/metrics", get(probe::metrics));
+    if metrics {
+        scrape = scrape.route("/metrics", get(probe::metrics));
     }
-    let scrape = Router::new()
-        .route("/metrics", get(probe::metrics))
-        .route_layer(middleware::from_fn_with_state(token, authorize))
-        .with_state(probe);
+    let scrape =
+        scrape.route_layer(middleware::from_fn_with_state(token, authorize)).with_state(probe);
     health.merge(scrape)
 }
 
@@ -176,7 +179,7 @@ fn event_id(raw: &str) -> Result<EventId, AdminError> {
 
 async fn list(
     State(state): State<AdminState>,
-    Query(params): Query<FilterParams>,
+    Params(params): Params<FilterParams>,
 ) -> Result<Json<DlqPageView>, AdminError> {
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
     if params.scope == Some(Scope::Fleet) {
@@ -201,7 +204,7 @@ async fn list(
 
 async fn show(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    UrlParam(id): UrlParam<String>,
 ) -> Result<Json<DlqEntryView>, AdminError> {
     let entry = state.store.dlq_get(event_id(&id)?).await?.ok_or(AdminError::NotFound)?;
     Ok(Json(DlqEntryView::new(&entry, true)))
@@ -209,8 +212,8 @@ async fn show(
 
 async fn replay_one(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
-    Query(params): Query<FilterParams>,
+    UrlParam(id): UrlParam<String>,
+    Params(params): Params<FilterParams>,
 ) -> Result<Json<CountView>, AdminError> {
     let id = event_id(&id)?;
     let n = if params.scope == Some(Scope::Fleet) {
@@ -228,10 +231,10 @@ async fn replay_one(
 
 async fn replay_matching(
     State(state): State<AdminState>,
-    Query(query): Query<FilterParams>,
-    body: Option<Json<FilterParams>>,
+    Params(query): Params<FilterParams>,
+    OptionalJson(body): OptionalJson<FilterParams>,
 ) -> Result<Json<CountView>, AdminError> {
-    let params = body.map(|Json(b)| b).unwrap_or(query);
+    let params = body.unwrap_or(query);
     let filter = params.filter()?;
     let n = state.store.dlq_replay(DlqSelector::Matching(filter.clone()), clock_ms()).await?;
     tracing::info!(replayed = n, ?filter, "replayed from the DLQ");
@@ -240,7 +243,7 @@ async fn replay_matching(
 
 async fn delete_one(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    UrlParam(id): UrlParam<String>,
 ) -> Result<Json<CountView>, AdminError> {
     let n = state.store.dlq_delete(DlqSelector::Id(event_id(&id)?)).await?;
     if n == 0 {
@@ -251,7 +254,7 @@ async fn delete_one(
 
 async fn purge(
     State(state): State<AdminState>,
-    Query(params): Query<FilterParams>,
+    Params(params): Params<FilterParams>,
 ) -> Result<Json<CountView>, AdminError> {
     let filter = params.filter()?;
     if filter.is_empty() && params.all != Some(true) {
@@ -283,7 +286,7 @@ async fn fleet(State(state): State<AdminState>) -> Result<Json<view::FleetView>,
 /// delivered everywhere and removed, or never accepted here).
 async fn event(
     State(state): State<AdminState>,
-    Path(id): Path<String>,
+    UrlParam(id): UrlParam<String>,
 ) -> Result<Json<view::EventView>, AdminError> {
     let id = event_id(&id)?;
     let (pending, dead) = tokio::try_join!(state.store.find_pending(id), state.store.dlq_get(id))?;

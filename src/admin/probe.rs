@@ -70,6 +70,7 @@ impl Probe {
     async fn refresh_gauges(&self) {
         let m = &self.metrics;
         m.store_bytes.set(self.store.file_bytes() as i64);
+        m.store_max_bytes.set(self.max_store_bytes as i64);
         let dir = self.store.path().parent().filter(|d| !d.as_os_str().is_empty());
         if let Ok(free) = fs4::available_space(dir.unwrap_or(std::path::Path::new("."))) {
             m.store_disk_free_bytes.set(free as i64);

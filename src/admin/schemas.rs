@@ -1,5 +1,5 @@
-//! `GET /admin/schemas` and `PUT /admin/schemas/{event_type}`: schema registration through
-//! the admin API. The files in `schemas.dir` stay the source of truth: a PUT checks the
+//! `GET /admin/schemas`, `GET /admin/schemas/{event_type}` and
+//! `PUT /admin/schemas/{event_type}`: schema registration through the admin API. The files in `schemas.dir` stay the source of truth: a PUT checks the
 //! schema, writes its file atomically (temporary file, fsync, rename, fsync of the
 //! directory), then reloads the configuration, exactly as an edit of the file would.
 
@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::json;
 
 use super::AdminState;
+use super::extract::UrlParam;
 use crate::event::EventType;
 
 /// What the schema endpoints need from the running daemon.
@@ -43,9 +44,27 @@ pub(super) async fn list(State(state): State<AdminState>) -> Json<serde_json::Va
     Json(json!(SchemaList { dir, schemas }))
 }
 
+/// The running schema of one event type (as loaded: the file may have changed since, until
+/// the reload that follows).
+pub(super) async fn get(
+    State(state): State<AdminState>,
+    UrlParam(event_type): UrlParam<String>,
+) -> Response {
+    let live = state.schemas.live.load();
+    match live.schemas.document(&event_type) {
+        Some(document) => Json(document.clone()).into_response(),
+        None => {
+            let message =
+                format!("no schema for event type {event_type:?} in the running configuration");
+            (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found", "message": message })))
+                .into_response()
+        }
+    }
+}
+
 pub(super) async fn put(
     State(state): State<AdminState>,
-    UrlPath(raw_type): UrlPath<String>,
+    UrlParam(raw_type): UrlParam<String>,
     body: Bytes,
 ) -> Response {
     let refuse = |status: StatusCode, code: &str, message: String| {

@@ -32,6 +32,12 @@ pub struct DlqEntryView {
     pub reason: String,
     pub destinations: Vec<DeadDestinationView>,
     pub body_bytes: usize,
+    /// The request headers the source keeps (`keep_headers`), and the trace context.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The W3C trace id the event carries (`traceparent`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// With `scope=fleet`: the instance that holds the entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
@@ -69,6 +75,8 @@ impl DlqEntryView {
                 })
                 .collect(),
             body_bytes: r.event.body().len(),
+            headers: r.event.headers().iter().cloned().collect(),
+            trace_id: crate::telemetry::trace::trace_id(r.event.headers()),
             instance_id: None,
             body,
         }
@@ -81,6 +89,9 @@ pub struct EventView {
     pub event_id: String,
     /// `pending` (in the outbox for at least one destination) or `dead_lettered`.
     pub status: String,
+    /// The W3C trace id the event carries (`traceparent`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     /// In the outbox: every destination of its route and its state there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingView>,
@@ -133,6 +144,12 @@ impl EventView {
             (None, Some(_)) => "dead_lettered",
             (None, None) => return None,
         };
+        let headers = match (pending.first(), dead) {
+            (Some((entry, _)), _) => entry.event.headers(),
+            (None, Some(d)) => d.record.event.headers(),
+            (None, None) => &[],
+        };
+        let trace_id = crate::telemetry::trace::trace_id(headers);
         let held_for_key = pending.iter().any(|(_, held)| *held);
         let routed = pending.iter().any(|(entry, _)| entry.delivery.is_some());
         let pending = pending.first().map(|(first, _)| {
@@ -175,6 +192,7 @@ impl EventView {
         Some(Self {
             event_id: id.to_string(),
             status: status.to_owned(),
+            trace_id,
             pending,
             dead_lettered: dead.map(|d| DlqEntryView::new(d, false)),
         })

@@ -70,6 +70,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Fleet sync over PostgreSQL; absent: this instance stands alone.
     #[serde(default)]
     pub sync: Option<SyncConfig>,
@@ -100,6 +102,26 @@ pub struct LogConfig {
     /// `text` or `json`; `--log-format` overrides it. The filter is `RUST_LOG` (default info).
     #[serde(default)]
     pub format: crate::telemetry::LogFormat,
+}
+
+/// Trace context (docs/monitoring.md, "Traces").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Start a W3C trace for a request that carries no valid `traceparent` (a valid one is
+    /// always carried on).
+    #[serde(default = "yes")]
+    pub new_traces: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { new_traces: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]

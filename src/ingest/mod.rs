@@ -40,6 +40,7 @@ use crate::sources::Source;
 use crate::store::{Appended, IdempotencyKey, Store, StoreError};
 use crate::sync::{Fleet, KeyClaim, KeyOutcome};
 use crate::telemetry::metrics::{Metrics, status_class};
+use crate::telemetry::trace;
 
 /// Where accepted events go: the store in the daemon. The seam exists so that benchmarks can
 /// measure the HTTP and validation path alone, with the same router.
@@ -262,6 +263,19 @@ async fn accept(
             kept.push((name.to_owned(), value.to_owned()));
         }
     }
+    // Trace context: the sender's trace carried on (or a new one), never a kept copy of the
+    // sender's own header.
+    kept.retain(|(name, _)| name != trace::TRACEPARENT && name != trace::TRACESTATE);
+    // Two `traceparent` headers are no valid one; several `tracestate` lines are one list.
+    let mut parents = headers.get_all(trace::TRACEPARENT).iter();
+    let parent = match (parents.next(), parents.next()) {
+        (Some(one), None) => one.to_str().ok(),
+        _ => None,
+    };
+    let states: Vec<&str> =
+        headers.get_all(trace::TRACESTATE).iter().filter_map(|v| v.to_str().ok()).collect();
+    let trace_state = (!states.is_empty()).then(|| states.join(","));
+    kept.extend(trace::ingest_headers(parent, trace_state.as_deref(), live.new_traces));
     let size = bytes.len();
     let event =
         ValidatedEvent::new(EventId::new(), source.name.clone(), event_type, now_ms(), bytes)

@@ -27,6 +27,8 @@ pub struct LiveConfig {
     pub body_read_timeout: Duration,
     pub dedup_window: Duration,
     pub relay: RelayPolicy,
+    /// `telemetry.new_traces`.
+    pub new_traces: bool,
 }
 
 impl LiveConfig {
@@ -48,6 +50,7 @@ impl LiveConfig {
                 body_read_timeout: config.server.timeouts.body_read.get(),
                 dedup_window: config.store.dedup_window.get(),
                 relay: RelayPolicy::from_config(&config.relay),
+                new_traces: config.telemetry.new_traces,
             }),
             _ => Err(config.invalid(problems)),
         }

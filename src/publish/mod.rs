@@ -112,7 +112,13 @@ impl<'a> Outgoing<'a> {
     /// Binary mode: the CloudEvents headers; structured mode: only `content-type`. Then the
     /// event's kept request headers and the extra ones.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, String)> + 'a {
-        let kept = self.event.headers().iter().map(|(name, value)| (name.as_str(), value.clone()));
+        // The stored trace context goes with a span id of this publish's own.
+        let kept = self.event.headers().iter().map(|(name, value)| match name.as_str() {
+            crate::telemetry::trace::TRACEPARENT => {
+                (name.as_str(), crate::telemetry::trace::publish_header(value))
+            }
+            _ => (name.as_str(), value.clone()),
+        });
         let structured = self.structured();
         let binary = (!structured).then(|| cloudevent_headers(self.event)).into_iter().flatten();
         let envelope = structured.then(|| ("content-type", STRUCTURED_CONTENT_TYPE.to_owned()));

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     pub store_commit_failures: IntCounter,
     pub store_bytes: IntGauge,
+    pub store_max_bytes: IntGauge,
     pub store_disk_free_bytes: IntGauge,
     pub store_free_bytes: IntGauge,
     pub store_reserve_bytes: IntGauge,
@@ -314,6 +315,10 @@ impl Metrics {
                 "Store commits that failed; each answered its batch with 503 and reopened the store."
             ))),
             store_bytes: reg!(IntGauge::with_opts(opts("store_bytes", "Size of the store file."))),
+            store_max_bytes: reg!(IntGauge::with_opts(opts(
+                "store_max_bytes",
+                "store.max_bytes: above this size ingest answers 503."
+            ))),
             store_disk_free_bytes: reg!(IntGauge::with_opts(opts(
                 "store_disk_free_bytes",
                 "Free space on the store's file system."

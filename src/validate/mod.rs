@@ -34,6 +34,8 @@ pub struct Violation {
 #[derive(Default)]
 pub struct SchemaRegistry {
     validators: HashMap<String, jsonschema::Validator>,
+    /// The schema documents as loaded, for `GET /admin/schemas/{event_type}`.
+    documents: HashMap<String, serde_json::Value>,
 }
 
 impl std::fmt::Debug for SchemaRegistry {
@@ -66,6 +68,7 @@ impl SchemaRegistry {
             let validator = jsonschema::validator_for(&schema)
                 .map_err(|e| file_error(format!("not a valid JSON Schema: {e}")))?;
             registry.validators.insert(ty.as_str().to_owned(), validator);
+            registry.documents.insert(ty.as_str().to_owned(), schema);
         }
         Ok(registry)
     }
@@ -81,6 +84,11 @@ impl SchemaRegistry {
 
     pub fn is_empty(&self) -> bool {
         self.validators.is_empty()
+    }
+
+    /// The schema document of `ty` as it was loaded, if it has one.
+    pub fn document(&self, ty: &str) -> Option<&serde_json::Value> {
+        self.documents.get(ty)
     }
 
     /// Checks `body` against the schema of `ty`, if there is one.
@@ -113,6 +121,8 @@ mod tests {
         std::fs::write(dir.path().join("README.txt"), "ignored").unwrap();
         let reg = SchemaRegistry::load(Some(dir.path())).unwrap();
         assert_eq!(reg.len(), 1);
+        assert_eq!(reg.document("order.created"), Some(&schema));
+        assert_eq!(reg.document("other"), None);
         let ty = EventType::parse("order.created").unwrap();
         assert!(reg.validate(&ty, &json!({"order_id": 1})).is_ok());
         let v = reg.validate(&ty, &json!({"order_id": "x"})).unwrap_err();

@@ -1,9 +1,11 @@
 //! Crash loop: the real binary under load, `kill -9` at random moments, restarted each time.
-//! A consumer on the real RabbitMQ checks the promise in RELIABILITY.md's vocabulary:
-//! lost = 0 and unexpected = 0; duplicated and recovered are counted and printed.
+//! A consumer on the real RabbitMQ (or on tansu, the Kafka-protocol broker) checks the promise
+//! in RELIABILITY.md's vocabulary: lost = 0 and unexpected = 0; duplicated and recovered are
+//! counted and printed.
 //!
-//! The default run does 25 cycles. The long run:
+//! The default run does 25 cycles towards RabbitMQ and 10 towards Kafka. The long runs:
 //! `ORCHESTRON_CRASH_CYCLES=1000 cargo test --release --test integration crash_loop_long -- --ignored --nocapture`
+//! (`crash_loop_kafka_long` for Kafka).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -12,7 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{AMQP_URL, API_KEY, RabbitQueue, free_port, unique, write_binary_config};
+use crate::helpers::{
+    AMQP_URL, API_KEY, KAFKA, RabbitQueue, free_port, unique, write_binary_config,
+};
 
 fn start(config: &Path, log: &Path) -> crate::helpers::Reaped {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
@@ -48,19 +52,94 @@ struct Ledger {
     acked: BTreeSet<u64>,
 }
 
-async fn crash_loop(cycles: usize) {
+/// Where the crash loop's events go, and how it reads them back.
+enum Sink {
+    Rabbit { queue: Box<RabbitQueue>, exchange: String },
+    Kafka { topic: String },
+}
+
+impl Sink {
+    async fn rabbitmq() -> Sink {
+        let exchange = unique("crash");
+        Sink::Rabbit { queue: Box::new(RabbitQueue::bind(&exchange, "#").await), exchange }
+    }
+
+    async fn kafka() -> Sink {
+        let topic = unique("crash");
+        crate::kafka::create_topic(KAFKA, &topic, 1, &[]).await;
+        Sink::Kafka { topic }
+    }
+
+    /// The daemon's config file in `dir`: every event to this sink.
+    fn config(&self, dir: &Path, port: u16) -> std::path::PathBuf {
+        let relay = "relay: { backoff: { initial: 100ms, max: 1s } }\n";
+        match self {
+            Sink::Rabbit { exchange, .. } => {
+                write_binary_config(dir, port, AMQP_URL, exchange, relay)
+            }
+            Sink::Kafka { topic } => {
+                let path = dir.join("config.yaml");
+                let text = format!(
+                    "server: {{ listen: \"127.0.0.1:{port}\", shutdown_timeout: 5s }}\n\
+                     store: {{ path: {} }}\n\
+                     brokers: {{ kafka: {{ bootstrap_servers: \"{KAFKA}\", message_timeout: 10s }} }}\n\
+                     sources: {{ default: {{ api_keys: [\"{API_KEY}\"] }} }}\n\
+                     default_route: {{ to: [ {{ kafka: {{ topic: {topic} }} }} ] }}\n{relay}",
+                    dir.join("o.redb").display()
+                );
+                std::fs::write(&path, text).unwrap();
+                path
+            }
+        }
+    }
+
+    /// How many times each body number arrived, waiting (at most a minute) until every one
+    /// of `acked` has.
+    async fn delivered(&mut self, acked: &BTreeSet<u64>) -> BTreeMap<u64, usize> {
+        let number = |body: &[u8]| -> u64 {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+            v["n"].as_u64().unwrap()
+        };
+        let mut delivered: BTreeMap<u64, usize> = BTreeMap::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        match self {
+            Sink::Rabbit { queue, .. } => {
+                while Instant::now() < deadline && !acked.iter().all(|n| delivered.contains_key(n))
+                {
+                    for m in queue.collect(usize::MAX, Duration::from_millis(500)).await {
+                        *delivered.entry(number(&m.body)).or_default() += 1;
+                    }
+                }
+                for m in queue.collect(usize::MAX, Duration::from_secs(1)).await {
+                    *delivered.entry(number(&m.body)).or_default() += 1;
+                }
+            }
+            Sink::Kafka { topic } => loop {
+                // The whole topic read again from the start each time: a count, not a sum.
+                let got =
+                    crate::kafka::consume(KAFKA, topic, 1, usize::MAX, Duration::from_secs(3));
+                delivered.clear();
+                for m in got.await {
+                    *delivered.entry(number(&m.body)).or_default() += 1;
+                }
+                if Instant::now() > deadline || acked.iter().all(|n| delivered.contains_key(n)) {
+                    break;
+                }
+            },
+        }
+        delivered
+    }
+}
+
+async fn crash_loop(cycles: usize, mut sink: Sink) {
     let seed = std::env::var("ORCHESTRON_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..));
     let mut rng = fastrand::Rng::with_seed(seed);
-    let exchange = unique("crash");
-    let mut queue = RabbitQueue::bind(&exchange, "#").await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let relay = "relay: { backoff: { initial: 100ms, max: 1s } }
-";
-    let config = write_binary_config(dir.path(), port, AMQP_URL, &exchange, relay);
+    let config = sink.config(dir.path(), port);
     let log = dir.path().join("daemon.log");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
@@ -117,18 +196,7 @@ async fn crash_loop(cycles: usize) {
         (l.attempted.clone(), l.acked.clone())
     };
     // Wait until every acknowledged event arrived (or give up after a minute).
-    let mut delivered: BTreeMap<u64, usize> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline && !acked.iter().all(|n| delivered.contains_key(n)) {
-        for m in queue.collect(usize::MAX, Duration::from_millis(500)).await {
-            let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
-            *delivered.entry(v["n"].as_u64().unwrap()).or_default() += 1;
-        }
-    }
-    for m in queue.collect(usize::MAX, Duration::from_secs(1)).await {
-        let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
-        *delivered.entry(v["n"].as_u64().unwrap()).or_default() += 1;
-    }
+    let delivered = sink.delivered(&acked).await;
     let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
     let _ = child.wait();
 
@@ -137,8 +205,12 @@ async fn crash_loop(cycles: usize) {
     let duplicated: usize = delivered.values().map(|c| c - 1).sum();
     let recovered = delivered.keys().filter(|n| !acked.contains(n)).count();
     ready_times.sort();
+    let broker = match sink {
+        Sink::Rabbit { .. } => "rabbitmq",
+        Sink::Kafka { .. } => "kafka",
+    };
     println!(
-        "crash loop: seed={seed} cycles={cycles} attempted={} acked={} delivered={} lost={} \
+        "crash loop ({broker}): seed={seed} cycles={cycles} attempted={} acked={} delivered={} lost={} \
          unexpected={} duplicated={duplicated} recovered={recovered} \
          restart-to-ready p50={:?} p99={:?} max={:?}",
         attempted.len(),
@@ -157,14 +229,29 @@ async fn crash_loop(cycles: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_kill_9_under_load_loses_nothing() {
-    crash_loop(25).await;
+    crash_loop(25, Sink::rabbitmq().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_towards_kafka_loses_nothing() {
+    crash_loop(10, Sink::kafka().await).await;
+}
+
+fn long_cycles() -> usize {
+    let cycles = std::env::var("ORCHESTRON_CRASH_CYCLES").ok().and_then(|s| s.parse().ok());
+    cycles.unwrap_or(1000)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long run; see the module docs"]
 async fn crash_loop_long() {
-    let cycles = std::env::var("ORCHESTRON_CRASH_CYCLES").ok().and_then(|s| s.parse().ok());
-    crash_loop(cycles.unwrap_or(1000)).await;
+    crash_loop(long_cycles(), Sink::rabbitmq().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long run; see the module docs"]
+async fn crash_loop_kafka_long() {
+    crash_loop(long_cycles(), Sink::kafka().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

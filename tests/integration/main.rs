@@ -8,6 +8,7 @@
 mod broker_tls;
 mod certs;
 mod config_files;
+mod console;
 mod crash;
 mod disk;
 mod dlq;
@@ -27,3 +28,4 @@ mod sources;
 mod systemd;
 mod takeover;
 mod tls;
+mod trace;

@@ -92,8 +92,9 @@ async fn call(
     c: &Case,
     seen: &mut BTreeSet<(String, String, u16)>,
 ) -> Value {
-    let url =
-        if c.template.starts_with("/admin") { app.admin_url(&c.path) } else { app.url(&c.path) };
+    let on_admin =
+        c.template.starts_with("/admin") || c.template == "/" || c.template.starts_with("/ui/");
+    let url = if on_admin { app.admin_url(&c.path) } else { app.url(&c.path) };
     let mut request = app.client.request(c.method.clone(), url);
     match c.auth {
         Auth::None => {}
@@ -260,6 +261,15 @@ async fn every_documented_operation_answers_as_documented() {
             .json(r#"{"type": 12}"#),
         case(Method::PUT, SCHEMA, "/admin/schemas/a%20b", Auth::Admin).json("{}"),
         case(Method::PUT, SCHEMA, "/admin/schemas/user.created", Auth::None).json("{}"),
+        case(Method::GET, SCHEMA, "/admin/schemas/order.created", Auth::Admin),
+        case(Method::GET, SCHEMA, "/admin/schemas/no.such.type", Auth::Admin),
+        case(Method::GET, SCHEMA, "/admin/schemas/user.created", Auth::None),
+        case(Method::GET, "/admin/metrics", "/admin/metrics", Auth::Admin),
+        case(Method::GET, "/admin/metrics", "/admin/metrics", Auth::None),
+        case(Method::GET, "/", "/", Auth::None),
+        case(Method::GET, "/ui/", "/ui/", Auth::None),
+        case(Method::GET, "/ui/app.js", "/ui/app.js", Auth::None),
+        case(Method::GET, "/ui/app.css", "/ui/app.css", Auth::None),
         case(Method::GET, "/admin/outbox", "/admin/outbox", Auth::None),
         case(Method::POST, REPLAY_ONE, format!("/admin/dlq/{unknown}/replay"), Auth::Admin),
         case(Method::POST, REPLAY_ONE, "/admin/dlq/x/replay", Auth::Admin),
