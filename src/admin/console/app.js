@@ -9,12 +9,15 @@
   const HISTORY = 60;
   const PAGE = 50;
   const COUNT_PAGE = 1000;
-  const COUNT_MAX_PAGES = 50;
+  const COUNT_MAX_PAGES = 10;
   const HEX_LIMIT = 65536;
   const SVGNS = 'http://www.w3.org/2000/svg';
   const REFUSED = 'The token was refused.';
   const GONE = 'Not in the outbox or the dead-letter queue: delivered to every destination ' +
     'and removed, or never accepted here';
+
+  const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+  const TYPE_RE = /^[A-Za-z0-9._:-]{1,128}$/;
 
   const $ = (id) => document.getElementById(id);
   let routeGen = 0; // bumped on every navigation: stale async renders check it and stop
@@ -333,7 +336,12 @@
     const view = $('view');
     view.replaceChildren();
     const render = Object.prototype.hasOwnProperty.call(VIEWS, name) ? VIEWS[name] : null;
-    if (!render) {
+    // An id or type from the address goes into a request path: only what the daemon would
+    // accept (so "." or ".." can never turn /admin/dlq/<id>/replay into another endpoint).
+    const arg = parts[1];
+    const argOk = arg == null || name === 'events' ||
+      (name === 'schemas' ? TYPE_RE.test(arg) && arg !== '.' && arg !== '..' : UUID_RE.test(arg));
+    if (!render || !argOk) {
       view.append(section('not-found', 'Not found', alertBox('There is no such page.'),
         el('p', null, link('#/overview', 'Go to the overview'))));
       return;
@@ -346,7 +354,7 @@
   function parseValue(s) {
     if (s === '+Inf' || s === 'Inf') return Infinity;
     if (s === '-Inf') return -Infinity;
-    return Number(s); // NaN for "NaN" and for garbage
+    return s ? Number(s) : NaN; // NaN for "NaN", for garbage and for a missing value
   }
 
   // Lines `name{l1="v1",l2="v2"} value [timestamp]`; # lines skipped.
@@ -605,7 +613,7 @@
         const days = (expiry - Date.now() / 1000) / 86400;
         out.push(el('h2', { text: 'TLS certificate' }), kv([
           ['Days left', el('span', { id: 'tls-days', class: days < 14 ? 'bad' : 'ok', text: isNum(days) ? nf2.format(Math.floor(days * 10) / 10) : '\u2014' })],
-          ['Expires', isNum(expiry) ? when(new Date(expiry * 1000).toISOString()) : '\u2014'],
+          ['Expires', isNum(expiry) && Math.abs(expiry) < 8.64e12 ? when(new Date(expiry * 1000).toISOString()) : '\u2014'],
         ]));
       }
       const size = first(s, 'orchestron_store_bytes');
@@ -824,13 +832,16 @@
     yes.addEventListener('click', onYes);
     no.addEventListener('click', onNo);
     d.addEventListener('cancel', onCancel);
-    cancelConfirm = () => finish(false);
+    // This dialog's own cancel: a count that finishes after this dialog closed (and maybe
+    // after another one opened) must not fill in or enable the newer one.
+    const mine = () => finish(false);
+    cancelConfirm = mine;
     if (typeof d.showModal === 'function') d.showModal(); else d.open = true;
     no.focus();
     return {
       result,
       ready(t) {
-        if (!d.open) return;
+        if (cancelConfirm !== mine || !d.open) return;
         $('confirm-text').textContent = t;
         yes.disabled = false;
       },
@@ -895,8 +906,24 @@
     return lines.join('\n');
   }
 
+  // Indentation multiplies a deeply nested document's size (each line carries its depth in
+  // spaces): only small documents are indented, and what is shown is cut at SHOW_MAX.
+  const INDENT_MAX = 65536;
+  const SHOW_MAX = 1048576;
+  function indented(value) {
+    const compact = JSON.stringify(value);
+    if (typeof compact !== 'string') return String(compact);
+    if (compact.length > INDENT_MAX) return compact;
+    const wide = JSON.stringify(value, null, 2);
+    return wide.length > SHOW_MAX ? compact : wide;
+  }
+  function capped(text) {
+    return text.length > SHOW_MAX
+      ? text.slice(0, SHOW_MAX) + '\n\u2026 ' + num(text.length - SHOW_MAX) + ' more characters'
+      : text;
+  }
   const pretty = (text) => {
-    try { return JSON.stringify(JSON.parse(text), null, 2); } catch (_) { return null; }
+    try { return indented(JSON.parse(text)); } catch (_) { return null; }
   };
 
   // The body: pretty JSON, else raw text, else (raw bytes that are not UTF-8) a hex dump.
@@ -921,9 +948,9 @@
       if (text == null) { text = e.body; note = 'Not JSON: shown as text.'; }
       if (e.body.includes('\uFFFD')) note = 'The body holds bytes that are not UTF-8; the daemon sent them replaced by \uFFFD.';
     } else {
-      text = JSON.stringify(e.body, null, 2);
+      text = indented(e.body);
     }
-    return [note ? muted(note) : null, el('pre', { id: 'entry-body', class: 'code', text })];
+    return [note ? muted(note) : null, el('pre', { id: 'entry-body', class: 'code', text: capped(text) })];
   }
 
   function renderEntry(gen, id) {
@@ -1027,6 +1054,7 @@
       go(href('events', v));
     });
     if (!id) return;
+    if (!UUID_RE.test(id)) { fill(result, alertBox('Not an event id: event ids are UUIDs.')); return; }
     fill(result, muted('Looking it up\u2026'));
     guarded(gen, result, async () => {
       let ev;
@@ -1095,7 +1123,7 @@
       let text;
       try {
         const s = await api('GET', '/admin/schemas/' + encodeURIComponent(type));
-        text = JSON.stringify(s, null, 2);
+        text = capped(indented(s));
       } catch (e) {
         if (gen !== routeGen || e instanceof AuthError) return;
         // 405: a daemon with PUT only for this path; not JSON: one that answers otherwise.
