@@ -12,3 +12,8 @@ wrk.method = "POST"
 wrk.body = body
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-API-Key"] = os.getenv("ORCHESTRON_BENCH_KEY") or "dev-key"
+-- ORCHESTRON_BENCH_TRACEPARENT: send this W3C traceparent with every request.
+local traceparent = os.getenv("ORCHESTRON_BENCH_TRACEPARENT")
+if traceparent and traceparent ~= "" then
+  wrk.headers["traceparent"] = traceparent
+end
