@@ -240,6 +240,10 @@ async fn every_documented_operation_answers_as_documented() {
         case(Method::GET, "/admin/dlq", "/admin/dlq", Auth::Admin),
         case(Method::GET, "/admin/dlq", "/admin/dlq", Auth::None),
         case(Method::GET, "/admin/dlq", "/admin/dlq?reason=bogus", Auth::Admin),
+        // An unknown filter is refused with the documented JSON error (a misspelt filter
+        // must not match everything), as is a bad scope.
+        case(Method::GET, "/admin/dlq", "/admin/dlq?typo=x", Auth::Admin),
+        case(Method::DELETE, "/admin/dlq", "/admin/dlq?typo=x", Auth::Admin),
         case(Method::GET, ONE, format!("/admin/dlq/{id}"), Auth::Admin),
         case(Method::GET, ONE, format!("/admin/dlq/{unknown}"), Auth::Admin),
         case(Method::GET, ONE, "/admin/dlq/not-an-id", Auth::Admin),
@@ -273,6 +277,7 @@ async fn every_documented_operation_answers_as_documented() {
         case(Method::GET, "/admin/outbox", "/admin/outbox", Auth::None),
         case(Method::POST, REPLAY_ONE, format!("/admin/dlq/{unknown}/replay"), Auth::Admin),
         case(Method::POST, REPLAY_ONE, "/admin/dlq/x/replay", Auth::Admin),
+        case(Method::POST, REPLAY_ONE, format!("/admin/dlq/{id}/replay?scope=AAA"), Auth::Admin),
         case(Method::POST, REPLAY_ONE, format!("/admin/dlq/{id}/replay"), Auth::None),
         case(Method::POST, REPLAY_ONE, format!("/admin/dlq/{id}/replay"), Auth::Admin),
     ];
