@@ -30,7 +30,8 @@ use orchestron::delivery::Delivery;
 use orchestron::event::ValidatedEvent;
 use orchestron::ingest::{EventSink, IngestState};
 use orchestron::live::LiveConfig;
-use orchestron::store::{Appended, IdempotencyKey, Store, StoreError};
+use orchestron::store::{Appended, Committed, IdempotencyKey, Store, StoreError};
+use orchestron::telemetry::otlp::Spans;
 
 mod common;
 
@@ -62,8 +63,9 @@ impl EventSink for Discard {
         event: ValidatedEvent,
         _key: Option<IdempotencyKey>,
         _delivery: Delivery,
-    ) -> BoxFuture<'_, Result<Appended, StoreError>> {
-        Box::pin(async move { Ok(Appended::Accepted(event.id())) })
+    ) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        let appended = Appended::Accepted(event.id());
+        Box::pin(async move { Ok(Committed { appended, batch_events: 1 }) })
     }
 }
 
@@ -120,7 +122,13 @@ async fn serve(
 ) -> (u16, tokio::sync::oneshot::Sender<()>) {
     let live = Arc::new(ArcSwap::from_pointee(LiveConfig::build(config).unwrap()));
     let metrics = Arc::new(orchestron::telemetry::metrics::Metrics::new());
-    let router = orchestron::ingest::router(IngestState { sink, live, metrics, fleet: None });
+    let router = orchestron::ingest::router(IngestState {
+        sink,
+        live,
+        metrics,
+        fleet: None,
+        spans: Spans::off(),
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

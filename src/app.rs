@@ -32,6 +32,7 @@ use crate::sync::{Fleet, SyncError};
 use crate::systemd;
 use crate::tasks::Tasks;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otlp::{CurrentSettings, Spans};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -111,6 +112,7 @@ struct Core {
     publishers: Publishers,
     tls: Option<Arc<TlsState>>,
     fleet: Option<Fleet>,
+    spans: Spans,
 }
 
 impl App {
@@ -152,6 +154,14 @@ impl App {
                 None
             }
         };
+        // Stopped last, so that the relay's last spans still go out.
+        let background = CancellationToken::new();
+        let settings: CurrentSettings = {
+            let live = Arc::clone(&live);
+            Arc::new(move || live.load().otlp.clone())
+        };
+        let (spans, exporter) = Spans::start(settings, Arc::clone(&metrics), background.clone());
+        tasks.spawn("span export", exporter);
         let relay = Relay::new(
             store.clone(),
             Arc::clone(&live),
@@ -159,10 +169,10 @@ impl App {
             Arc::clone(&metrics),
             tasks.clone(),
         )
-        .with_fleet(fleet.clone());
+        .with_fleet(fleet.clone())
+        .with_spans(spans.clone());
         let relay = tasks.spawn("relay", relay.run(relay_stop.clone()));
-        let core = Core { store, live, metrics, publishers: publishers.clone(), tls, fleet };
-        let background = CancellationToken::new();
+        let core = Core { store, live, metrics, publishers: publishers.clone(), tls, fleet, spans };
         let http = CancellationToken::new();
         let (ingest_server, admin_server) =
             serve(&config, listeners, &core, &tasks, &http, &background)?;
@@ -292,6 +302,7 @@ fn serve(
         live: Arc::clone(&core.live),
         metrics: Arc::clone(&core.metrics),
         fleet: core.fleet.clone(),
+        spans: core.spans.clone(),
     };
     let router = ingest::router(state).merge(probe::router(probe, !metrics_on_admin));
     let addr = ingest_listener.local_addr()?;

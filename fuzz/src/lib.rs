@@ -12,7 +12,8 @@ use orchestron::delivery::Delivery;
 use orchestron::event::ValidatedEvent;
 use orchestron::ingest::{EventSink, IngestState};
 use orchestron::live::LiveConfig;
-use orchestron::store::{Appended, IdempotencyKey, StoreError};
+use orchestron::store::{Appended, Committed, IdempotencyKey, StoreError};
+use orchestron::telemetry::otlp::Spans;
 use tower::ServiceExt;
 
 /// The API key of every source the targets configure.
@@ -34,13 +35,14 @@ impl EventSink for Discard {
         event: ValidatedEvent,
         key: Option<IdempotencyKey>,
         delivery: Delivery,
-    ) -> BoxFuture<'_, Result<Appended, StoreError>> {
+    ) -> BoxFuture<'_, Result<Committed, StoreError>> {
         // Ingest stores only routed events, and every key it found.
         assert!(!delivery.destinations.is_empty(), "an unroutable event reached the store");
         if let Some(key) = &key {
             assert!(!key.key.is_empty(), "an empty idempotency key");
         }
-        Box::pin(async move { Ok(Appended::Accepted(event.id())) })
+        let appended = Appended::Accepted(event.id());
+        Box::pin(async move { Ok(Committed { appended, batch_events: 1 }) })
     }
 }
 
@@ -61,6 +63,7 @@ pub fn router(config_text: &str) -> Option<axum::Router> {
         live: Arc::new(ArcSwap::from_pointee(live)),
         metrics: Arc::new(orchestron::telemetry::metrics::Metrics::new()),
         fleet: None,
+        spans: Spans::off(),
     };
     Some(orchestron::ingest::router(state))
 }

@@ -108,6 +108,11 @@ impl Config {
         {
             problem("dlq.publish_to", &message);
         }
+        if let Some(otlp) = &self.telemetry.otlp {
+            for (at, message) in crate::telemetry::otlp::check(&otlp.options()) {
+                problem(&format!("telemetry.otlp.{at}"), &message);
+            }
+        }
         if let Some(sync) = &self.sync {
             if sync.lease.get() < std::time::Duration::from_secs(3) {
                 problem("sync.lease", "must be at least 3s (the heartbeat renews it every third)");

@@ -112,12 +112,54 @@ pub struct TelemetryConfig {
     /// always carried on).
     #[serde(default = "yes")]
     pub new_traces: bool,
+    /// Span export over OTLP/HTTP (protobuf); absent: no spans are recorded.
+    #[serde(default)]
+    pub otlp: Option<OtlpConfig>,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { new_traces: true }
+        Self { new_traces: true, otlp: None }
     }
+}
+
+/// `telemetry.otlp`: where spans go (docs/monitoring.md, "Spans over OTLP").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    /// The collector's base URL (`http://127.0.0.1:4318`): `/v1/traces` is appended unless
+    /// the URL has a path of its own.
+    pub endpoint: String,
+    /// Share of traces recorded (0 to 1) among those whose sender did not record them; a
+    /// trace the sender records (sampled flag set) is always recorded.
+    #[serde(default = "one")]
+    pub sample_ratio: f64,
+    /// Request headers for the collector, e.g. an API key: `${env:...}` or `${file:...}`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// Deadline of one export request.
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: HumanDuration,
+}
+
+impl OtlpConfig {
+    /// The settings as the exporter takes them.
+    pub fn options(&self) -> crate::telemetry::otlp::Options<'_> {
+        crate::telemetry::otlp::Options {
+            endpoint: &self.endpoint,
+            sample_ratio: self.sample_ratio,
+            headers: self.headers.iter().map(|(n, v)| (n.as_str(), v.expose())).collect(),
+            timeout: self.timeout.get(),
+        }
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn default_otlp_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
 }
 
 fn yes() -> bool {

@@ -10,9 +10,10 @@
 
 mod error;
 pub mod json;
+mod spans;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use axum::Extension;
@@ -37,10 +38,11 @@ use crate::live::LiveConfig;
 use crate::routing::Body as EventBody;
 use crate::server::client_cert::ClientSubject;
 use crate::sources::Source;
-use crate::store::{Appended, IdempotencyKey, Store, StoreError};
+use crate::store::{Appended, Committed, IdempotencyKey, Store, StoreError};
 use crate::sync::{Fleet, KeyClaim, KeyOutcome};
 use crate::telemetry::metrics::{Metrics, status_class};
-use crate::telemetry::trace;
+use crate::telemetry::otlp::Spans;
+use crate::telemetry::trace::{self, IngestTrace};
 
 /// Where accepted events go: the store in the daemon. The seam exists so that benchmarks can
 /// measure the HTTP and validation path alone, with the same router.
@@ -52,7 +54,7 @@ pub trait EventSink: Send + Sync + 'static {
         event: ValidatedEvent,
         key: Option<IdempotencyKey>,
         delivery: Delivery,
-    ) -> BoxFuture<'_, Result<Appended, StoreError>>;
+    ) -> BoxFuture<'_, Result<Committed, StoreError>>;
 }
 
 impl EventSink for Store {
@@ -61,8 +63,8 @@ impl EventSink for Store {
         event: ValidatedEvent,
         key: Option<IdempotencyKey>,
         delivery: Delivery,
-    ) -> BoxFuture<'_, Result<Appended, StoreError>> {
-        Box::pin(Store::append_routed(self, event, key, delivery))
+    ) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        Box::pin(Store::append_committed(self, event, key, delivery))
     }
 }
 
@@ -76,6 +78,8 @@ pub struct IngestState {
     /// With `sync`: idempotency keys are claimed fleet-wide, and with `ack: fleet` a 202
     /// also waits for PostgreSQL's commit.
     pub fleet: Option<Fleet>,
+    /// Where the request and commit spans go (`telemetry.otlp`).
+    pub spans: Spans,
 }
 
 pub fn router(state: IngestState) -> Router {
@@ -118,6 +122,14 @@ struct Incoming {
     body: Body,
 }
 
+/// What the spans of a request report, gathered on the way.
+#[derive(Default)]
+struct Facts {
+    event_type: Option<EventType>,
+    /// The group commit the event waited for: its start, end and events.
+    commit: Option<(SystemTime, SystemTime, u32)>,
+}
+
 async fn generic_event(
     State(state): State<IngestState>,
     Path(event_type): Path<String>,
@@ -153,10 +165,19 @@ async fn respond(
     request: Incoming,
 ) -> Response {
     let started = std::time::Instant::now();
+    let wall_started = SystemTime::now();
     // Unknown names are counted under one label: metric labels never come from senders.
     let label = source.as_ref().map_or("unknown", |s| s.name.as_str()).to_owned();
+    let trace = request_trace(&request.headers, live);
+    let route = match &type_from {
+        TypeFrom::Path(_) => "/api/events/{event_type}",
+        TypeFrom::Source => "/hooks/{source}",
+    };
+    let mut facts = Facts::default();
     let result = match &source {
-        Some(source) => accept(state, live, source, type_from, request).await,
+        Some(source) => {
+            accept(state, live, source, type_from, request, trace.as_ref(), &mut facts).await
+        }
         None => Err(IngestError::UnknownSource),
     };
     let m = &state.metrics;
@@ -167,6 +188,13 @@ async fn respond(
     };
     m.ingest_requests.with_label_values(&[&label, status_class(status.as_u16())]).inc();
     m.ingest_duration.with_label_values(&[&label]).observe(started.elapsed().as_secs_f64());
+    if let Some(trace) = trace.filter(|t| t.recorded() && live.otlp.is_some()) {
+        let span = spans::request(&trace, route, wall_started, &label, status, &result, &facts);
+        state.spans.record(span);
+        if let Some(commit) = facts.commit {
+            state.spans.record(spans::commit(&trace, commit));
+        }
+    }
     match result {
         Ok(Answer::Challenge(challenge)) => {
             tracing::info!(source = %label, "answered a Slack url_verification challenge");
@@ -211,6 +239,8 @@ async fn accept(
     source: &Source,
     type_from: TypeFrom,
     request: Incoming,
+    trace: Option<&IngestTrace>,
+    facts: &mut Facts,
 ) -> Result<Answer, IngestError> {
     let Incoming { headers, client, body } = request;
     let headers = &headers;
@@ -248,6 +278,9 @@ async fn accept(
         Some(t) => t,
         None => source.event_type(headers, &value)?,
     };
+    if trace.is_some_and(IngestTrace::recorded) {
+        facts.event_type = Some(event_type.clone());
+    }
     let mut key = source.idempotency_key(headers, &value)?.map(|key| IdempotencyKey {
         key,
         expires_at_ms: now_ms().saturating_add(live.dedup_window.as_millis() as u64),
@@ -266,16 +299,9 @@ async fn accept(
     // Trace context: the sender's trace carried on (or a new one), never a kept copy of the
     // sender's own header.
     kept.retain(|(name, _)| name != trace::TRACEPARENT && name != trace::TRACESTATE);
-    // Two `traceparent` headers are no valid one; several `tracestate` lines are one list.
-    let mut parents = headers.get_all(trace::TRACEPARENT).iter();
-    let parent = match (parents.next(), parents.next()) {
-        (Some(one), None) => one.to_str().ok(),
-        _ => None,
-    };
-    let states: Vec<&str> =
-        headers.get_all(trace::TRACESTATE).iter().filter_map(|v| v.to_str().ok()).collect();
-    let trace_state = (!states.is_empty()).then(|| states.join(","));
-    kept.extend(trace::ingest_headers(parent, trace_state.as_deref(), live.new_traces));
+    if let Some(trace) = trace {
+        kept.extend(trace.kept_headers());
+    }
     let size = bytes.len();
     let event =
         ValidatedEvent::new(EventId::new(), source.name.clone(), event_type, now_ms(), bytes)
@@ -313,7 +339,11 @@ async fn accept(
         _ => None,
     };
     let held = key.as_ref().is_some_and(|k| k.hold);
-    let appended = state.sink.append(event, key, delivery).await;
+    let commit_started = SystemTime::now();
+    let appended = state.sink.append(event, key, delivery).await.map(|committed| {
+        facts.commit = Some((commit_started, SystemTime::now(), committed.batch_events));
+        committed.appended
+    });
     if held
         && matches!(appended, Ok(Appended::Accepted(_)))
         && let Some(fleet) = &state.fleet
@@ -340,6 +370,20 @@ async fn accept(
         tracing::debug!(event_id = %id, source = %source.name.as_str(), "event accepted");
     }
     Ok(Answer::Stored(appended, size))
+}
+
+/// The request's trace (docs/monitoring.md, "Traces"). Two `traceparent` headers are no
+/// valid one; several `tracestate` lines are one list.
+fn request_trace(headers: &HeaderMap, live: &LiveConfig) -> Option<IngestTrace> {
+    let mut parents = headers.get_all(trace::TRACEPARENT).iter();
+    let parent = match (parents.next(), parents.next()) {
+        (Some(one), None) => one.to_str().ok(),
+        _ => None,
+    };
+    let states: Vec<&str> =
+        headers.get_all(trace::TRACESTATE).iter().filter_map(|v| v.to_str().ok()).collect();
+    let trace_state = (!states.is_empty()).then(|| states.join(","));
+    IngestTrace::start(parent, trace_state.as_deref(), live.new_traces, live.otlp.as_deref())
 }
 
 /// `application/json` or any `application/*+json`, parameters (charset) ignored.

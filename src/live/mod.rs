@@ -8,6 +8,7 @@
 
 pub mod reload;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{BrokersConfig, Config, ConfigError, Problem};
@@ -29,6 +30,8 @@ pub struct LiveConfig {
     pub relay: RelayPolicy,
     /// `telemetry.new_traces`.
     pub new_traces: bool,
+    /// `telemetry.otlp`: spans are recorded only while it is set.
+    pub otlp: Option<Arc<crate::telemetry::otlp::Settings>>,
 }
 
 impl LiveConfig {
@@ -42,6 +45,11 @@ impl LiveConfig {
             .map_err(|e| keep(vec![Problem::new("schemas.dir", e.to_string())]))
             .ok();
         keep(broker_problems(&config.brokers));
+        let otlp = match &config.telemetry.otlp {
+            // `check` reported what would fail here.
+            Some(otlp) => crate::telemetry::otlp::Settings::new(&otlp.options()).ok().map(Arc::new),
+            None => None,
+        };
         match (routes, sources, schemas) {
             (Some(routes), Some(sources), Some(schemas)) if problems.is_empty() => Ok(Self {
                 routes,
@@ -51,6 +59,7 @@ impl LiveConfig {
                 dedup_window: config.store.dedup_window.get(),
                 relay: RelayPolicy::from_config(&config.relay),
                 new_traces: config.telemetry.new_traces,
+                otlp,
             }),
             _ => Err(config.invalid(problems)),
         }

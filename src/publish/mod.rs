@@ -18,6 +18,8 @@ use tokio::sync::Notify;
 
 use crate::delivery::{BrokerKind, MessageFormat, Target};
 use crate::event::{ValidatedEvent, from_ms};
+use crate::telemetry::otlp;
+use crate::telemetry::trace::{PublishTrace, TRACEPARENT};
 
 /// How a failed publish should be treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,18 @@ pub enum ErrorClass {
     Unroutable,
     /// Will fail the same way every time (message too large, no such exchange, not allowed).
     Permanent,
+}
+
+impl ErrorClass {
+    /// The name metrics and spans use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::NotConnected => "deferred",
+            ErrorClass::Transient => "transient",
+            ErrorClass::Unroutable => "unroutable",
+            ErrorClass::Permanent => "permanent",
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -70,11 +84,19 @@ pub struct Outgoing<'a> {
     pub target: &'a Target,
     /// Extra headers, e.g. the reason on a dead-letter copy.
     pub extra_headers: &'a [(&'static str, String)],
+    /// This publish's span in the event's trace: the message's `traceparent`.
+    pub trace: Option<PublishTrace>,
 }
 
 impl<'a> Outgoing<'a> {
     pub fn new(event: &'a ValidatedEvent, target: &'a Target) -> Self {
-        Self { event, target, extra_headers: &[] }
+        let trace = PublishTrace::of(event.headers());
+        Self { event, target, extra_headers: &[], trace }
+    }
+
+    /// The same message with `headers` added.
+    pub fn with_extra_headers(self, headers: &'a [(&'static str, String)]) -> Self {
+        Self { extra_headers: headers, ..self }
     }
 
     fn structured(&self) -> bool {
@@ -112,17 +134,81 @@ impl<'a> Outgoing<'a> {
     /// Binary mode: the CloudEvents headers; structured mode: only `content-type`. Then the
     /// event's kept request headers and the extra ones.
     pub fn headers(&self) -> impl Iterator<Item = (&'a str, String)> + 'a {
-        // The stored trace context goes with a span id of this publish's own.
-        let kept = self.event.headers().iter().map(|(name, value)| match name.as_str() {
-            crate::telemetry::trace::TRACEPARENT => {
-                (name.as_str(), crate::telemetry::trace::publish_header(value))
-            }
-            _ => (name.as_str(), value.clone()),
-        });
+        // The stored trace context goes with the span id of this publish (a stored value
+        // that does not parse goes as it is).
+        let trace = self.trace;
+        let kept =
+            self.event.headers().iter().map(move |(name, value)| match (name.as_str(), trace) {
+                (TRACEPARENT, Some(trace)) => (name.as_str(), trace.span.to_string()),
+                _ => (name.as_str(), value.clone()),
+            });
         let structured = self.structured();
         let binary = (!structured).then(|| cloudevent_headers(self.event)).into_iter().flatten();
         let envelope = structured.then(|| ("content-type", STRUCTURED_CONTENT_TYPE.to_owned()));
         binary.chain(envelope).chain(kept).chain(self.extra_headers.iter().cloned())
+    }
+}
+
+impl Outgoing<'_> {
+    /// The span of this publish, when its trace is recorded: attempt `attempt` (from 1),
+    /// from `started` to now, with its result. A publish deferred because the broker is not
+    /// connected was no attempt and has no span.
+    pub fn span(
+        &self,
+        attempt: u32,
+        started: std::time::SystemTime,
+        result: &Result<(), PublishError>,
+    ) -> Option<otlp::Span> {
+        let trace = self.trace.filter(|t| t.recorded())?;
+        if matches!(result, Err(e) if e.class == ErrorClass::NotConnected) {
+            return None;
+        }
+        let (system, destination) = match self.target {
+            Target::RabbitMq { exchange, .. } => ("rabbitmq", exchange),
+            Target::Kafka { topic, .. } => ("kafka", topic),
+        };
+        let name = format!("publish {destination}");
+        let now = std::time::SystemTime::now();
+        let mut span = otlp::span(
+            &trace.span,
+            Some(trace.parent),
+            name,
+            otlp::SpanKind::Producer,
+            started,
+            now,
+        );
+        if let Some(state) = PublishTrace::state(self.event.headers()) {
+            span.trace_state = state.to_owned();
+        }
+        // The parent (the ingest span) is this process's or an earlier one's, not remote.
+        span.flags &= !0x200;
+        otlp::text(&mut span, "messaging.system", system);
+        otlp::text(&mut span, "messaging.operation.type", "send");
+        otlp::text(&mut span, "messaging.operation.name", "publish");
+        otlp::text(&mut span, "messaging.destination.name", destination.as_str());
+        if let Target::RabbitMq { routing_key, .. } = self.target {
+            otlp::text(
+                &mut span,
+                "messaging.rabbitmq.destination.routing_key",
+                routing_key.as_str(),
+            );
+        }
+        otlp::text(&mut span, "messaging.message.id", self.event.id().to_string());
+        otlp::text(&mut span, "orchestron.source", self.event.source().as_str());
+        otlp::text(&mut span, "orchestron.event_type", self.event.event_type().as_str());
+        otlp::int(&mut span, "orchestron.attempt", i64::from(attempt));
+        match result {
+            Ok(()) => {
+                otlp::text(&mut span, "orchestron.result", "confirmed");
+                otlp::ok(&mut span);
+            }
+            Err(error) => {
+                otlp::text(&mut span, "orchestron.result", "failed");
+                otlp::text(&mut span, "error.type", error.class.as_str());
+                otlp::failed(&mut span, error.message.clone());
+            }
+        }
+        Some(span)
     }
 }
 

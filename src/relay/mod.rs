@@ -35,6 +35,7 @@ use crate::store::{Claim, Outcome, Settlement, Store, StoreError};
 use crate::sync::Fleet;
 use crate::tasks::Tasks;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otlp::Spans;
 use plan::Plan;
 
 /// While a broker is disconnected mid-pass its events wait this long (no attempt counted); a
@@ -72,6 +73,8 @@ pub struct Relay {
     /// With fleet sync: events that may be in PostgreSQL wait while this instance may not
     /// publish them (its lease lapsed, or a peer may have taken them over).
     fleet: Option<Fleet>,
+    /// Where publish spans go (`telemetry.otlp`).
+    spans: Spans,
 }
 
 impl Relay {
@@ -82,7 +85,13 @@ impl Relay {
         metrics: Arc<Metrics>,
         tasks: Tasks,
     ) -> Self {
-        Self { store, live, publishers, metrics, tasks, fleet: None }
+        Self { store, live, publishers, metrics, tasks, fleet: None, spans: Spans::off() }
+    }
+
+    /// Records a span of each publish attempt of a recorded trace.
+    pub fn with_spans(mut self, spans: Spans) -> Self {
+        self.spans = spans;
+        self
     }
 
     /// Publishes only what [`Fleet::may_publish`] allows.
@@ -319,9 +328,11 @@ impl Relay {
             .enumerate()
             .flat_map(|(i, plan)| plan.due_jobs(now).map(move |j| (i, j)))
             .collect();
+        let record_spans = live.otlp.is_some();
         let outcomes = join_all(jobs.iter().map(|&(i, j)| {
             let plan = &plans[i];
-            let target = &plan.delivery.destinations[j].target;
+            let destination = &plan.delivery.destinations[j];
+            let target = &destination.target;
             async move {
                 let Some(publisher) = self.publishers.get(target.broker()) else {
                     return Err(PublishError::permanent(format!(
@@ -329,7 +340,15 @@ impl Relay {
                         target.broker().as_str()
                     )));
                 };
-                publisher.publish(Outgoing::new(&plan.entry.event, target)).await
+                let message = Outgoing::new(&plan.entry.event, target);
+                let started = std::time::SystemTime::now();
+                let outcome = publisher.publish(message).await;
+                if record_spans
+                    && let Some(span) = message.span(destination.attempts + 1, started, &outcome)
+                {
+                    self.spans.record(span);
+                }
+                outcome
             }
         }))
         .await;
@@ -395,8 +414,7 @@ impl Relay {
                         first.and_then(|d| d.state.last_error.clone()).unwrap_or_default(),
                     ),
                 ];
-                let message =
-                    Outgoing { event: &record.event, target: &target, extra_headers: &headers };
+                let message = Outgoing::new(&record.event, &target).with_extra_headers(&headers);
                 if let Err(error) = publisher.publish(message).await {
                     metrics.dlq_copy_failures.inc();
                     tracing::warn!(

@@ -136,15 +136,12 @@ impl Plan {
         let name = state.name.as_str();
         let result = match &outcome {
             Ok(()) => "ok",
-            Err(e) => match e.class {
-                ErrorClass::NotConnected => {
+            Err(e) => {
+                if e.class == ErrorClass::NotConnected {
                     metrics.publish_deferred.with_label_values(&[name]).inc();
-                    "deferred"
                 }
-                ErrorClass::Transient => "transient",
-                ErrorClass::Unroutable => "unroutable",
-                ErrorClass::Permanent => "permanent",
-            },
+                e.class.as_str()
+            }
         };
         if result != "deferred" {
             metrics.publish_total.with_label_values(&[name, result]).inc();

@@ -156,6 +156,14 @@ pub enum Appended {
     Duplicate(EventId),
 }
 
+/// What an append's commit did: the answer, and how many events that group commit made
+/// durable (its batch), which the ingest's commit span reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    pub appended: Appended,
+    pub batch_events: u32,
+}
+
 /// Which dead-letter entries an admin operation applies to.
 #[derive(Debug, Clone)]
 pub enum DlqSelector {
@@ -322,7 +330,9 @@ impl Store {
         event: ValidatedEvent,
         key: Option<IdempotencyKey>,
     ) -> Result<Appended> {
-        self.call(|reply| Command::Append { event, key, delivery: None, reply }).await
+        let committed =
+            self.call(|reply| Command::Append { event, key, delivery: None, reply }).await?;
+        Ok(committed.appended)
     }
 
     /// [`Store::append_once`] for an event already routed: its delivery record and the lane
@@ -335,6 +345,16 @@ impl Store {
         key: Option<IdempotencyKey>,
         delivery: Delivery,
     ) -> Result<Appended> {
+        Ok(self.append_committed(event, key, delivery).await?.appended)
+    }
+
+    /// [`Store::append_routed`], also saying how many events its group commit held.
+    pub async fn append_committed(
+        &self,
+        event: ValidatedEvent,
+        key: Option<IdempotencyKey>,
+        delivery: Delivery,
+    ) -> Result<Committed> {
         let delivery = Some(delivery).filter(|d| !d.destinations.is_empty());
         self.call(|reply| Command::Append { event, key, delivery, reply }).await
     }

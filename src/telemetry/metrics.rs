@@ -66,6 +66,8 @@ pub struct Metrics {
     pub dlq_entries: IntGauge,
     pub dlq_expired: IntCounter,
     pub dlq_copy_failures: IntCounter,
+    pub trace_spans_exported: IntCounter,
+    pub trace_spans_dropped: IntCounterVec,
     pub broker_up: IntGaugeVec,
     pub broker_reconnects: IntCounterVec,
     pub broker_connect_failures: IntCounterVec,
@@ -395,6 +397,17 @@ impl Metrics {
                 "dlq_copy_failures_total",
                 "Dead-letter copies (dlq.publish_to) that could not be published."
             ))),
+            trace_spans_exported: reg!(IntCounter::with_opts(opts(
+                "trace_spans_exported_total",
+                "Spans the OTLP collector took (telemetry.otlp)."
+            ))),
+            trace_spans_dropped: reg!(IntCounterVec::new(
+                opts(
+                    "trace_spans_dropped_total",
+                    "Spans not exported, by reason: queue_full (the export queue was full), export_failed (the collector did not take the batch), rejected (the collector refused them), disabled (telemetry.otlp removed by a reload)."
+                ),
+                &["reason"]
+            )),
             broker_up: reg!(IntGaugeVec::new(
                 opts(
                     "broker_up",

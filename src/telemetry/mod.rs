@@ -2,9 +2,11 @@
 //!
 //! Logging: `tracing` to stderr, human-readable for terminals or JSON lines for journald and
 //! log shippers. The filter follows `RUST_LOG` syntax (default `info`). Metrics: [`metrics`],
-//! every name in one place. Trace context: [`trace`]. Nothing here imports the rest of the crate.
+//! every name in one place. Trace context: [`trace`]; span export: [`otlp`], which reads the
+//! running configuration for its settings. Nothing else here imports the rest of the crate.
 
 pub mod metrics;
+pub mod otlp;
 pub mod trace;
 
 use tracing_subscriber::EnvFilter;

@@ -137,36 +137,87 @@ fn valid_value(value: &str) -> bool {
         && b.iter().all(|&c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=')
 }
 
-/// The headers an event keeps for its trace, from the request's `traceparent` and
-/// `tracestate` values: the ingest's span under the sender's, or a new trace when there is
-/// none and `new_traces` is on.
-pub fn ingest_headers(
-    traceparent: Option<&str>,
-    tracestate: Option<&str>,
-    new_traces: bool,
-) -> Vec<(String, String)> {
-    let mut kept = Vec::new();
-    match traceparent.and_then(TraceParent::parse) {
-        Some(parent) => {
-            kept.push((TRACEPARENT.to_owned(), parent.child().to_string()));
-            if let Some(state) = tracestate.filter(|s| valid_tracestate(s)) {
-                kept.push((TRACESTATE.to_owned(), state.to_owned()));
-            }
-        }
-        None if new_traces => {
-            kept.push((TRACEPARENT.to_owned(), TraceParent::new_trace().to_string()))
-        }
-        None => {}
-    }
-    kept
+/// The trace of one ingest request: the request's span (its context is stored with the
+/// event), the sender's span (the parent, when the sender sent one) and the `tracestate`
+/// passed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestTrace {
+    pub span: TraceParent,
+    pub parent: Option<[u8; 8]>,
+    pub state: Option<String>,
 }
 
-/// The `traceparent` a message carries: the stored one's trace, with a span id for this
-/// publish. A stored value that does not parse (not written by this version) goes as it is.
-pub fn publish_header(stored: &str) -> String {
-    match TraceParent::parse(stored) {
-        Some(parent) => parent.child().to_string(),
-        None => stored.to_owned(),
+impl IngestTrace {
+    /// From the request's `traceparent` and `tracestate` values: a span under the sender's,
+    /// or a new trace when there is none and `new_traces` is on. With span export on
+    /// (`recorder`), a trace the sender did not record is recorded when the ratio picks it,
+    /// and its sampled flag is set so that consumers know.
+    pub fn start(
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+        new_traces: bool,
+        recorder: Option<&crate::telemetry::otlp::Settings>,
+    ) -> Option<Self> {
+        let mut trace = match traceparent.and_then(TraceParent::parse) {
+            Some(parent) => Self {
+                span: parent.child(),
+                parent: Some(parent.span_id),
+                state: tracestate.filter(|s| valid_tracestate(s)).map(str::to_owned),
+            },
+            None if new_traces => {
+                Self { span: TraceParent::new_trace(), parent: None, state: None }
+            }
+            None => return None,
+        };
+        if recorder.is_some_and(|r| r.samples(&trace.span.trace_id)) {
+            trace.span.flags |= SAMPLED;
+        }
+        Some(trace)
+    }
+
+    /// Whether this request's spans are recorded (its sampled flag).
+    pub fn recorded(&self) -> bool {
+        self.span.flags & SAMPLED != 0
+    }
+
+    /// The headers the event keeps for its trace.
+    pub fn kept_headers(&self) -> Vec<(String, String)> {
+        let mut kept = vec![(TRACEPARENT.to_owned(), self.span.to_string())];
+        if let Some(state) = &self.state {
+            kept.push((TRACESTATE.to_owned(), state.clone()));
+        }
+        kept
+    }
+}
+
+/// The `sampled` trace flag.
+const SAMPLED: u8 = 0x01;
+
+/// A publish's span: a child of the ingest span stored with the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishTrace {
+    pub span: TraceParent,
+    /// The ingest span's id.
+    pub parent: [u8; 8],
+}
+
+impl PublishTrace {
+    /// For a stored event's kept headers; `None` without a `traceparent` written by this
+    /// version (one that does not parse is published as it is).
+    pub fn of(headers: &[(String, String)]) -> Option<Self> {
+        let stored = headers.iter().find(|(name, _)| name == TRACEPARENT)?;
+        let ingest = TraceParent::parse(&stored.1)?;
+        Some(Self { span: ingest.child(), parent: ingest.span_id })
+    }
+
+    /// Whether the publish's span is recorded.
+    pub fn recorded(&self) -> bool {
+        self.span.flags & SAMPLED != 0
+    }
+
+    /// The `tracestate` stored with the event, if any.
+    pub fn state(headers: &[(String, String)]) -> Option<&str> {
+        headers.iter().find(|(name, _)| name == TRACESTATE).map(|(_, v)| v.as_str())
     }
 }
 
@@ -228,6 +279,16 @@ mod tests {
         assert!(TraceParent::parse(later).is_some());
     }
 
+    fn ingest_headers(
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+        new_traces: bool,
+    ) -> Vec<(String, String)> {
+        IngestTrace::start(traceparent, tracestate, new_traces, None)
+            .map(|t| t.kept_headers())
+            .unwrap_or_default()
+    }
+
     #[test]
     fn ingest_keeps_the_senders_trace_under_a_span_of_its_own() {
         let kept =
@@ -241,10 +302,11 @@ mod tests {
             kept[1],
             (TRACESTATE.to_owned(), "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".to_owned())
         );
-        // Publishing: same trace, another span.
-        let published = TraceParent::parse(&publish_header(&kept[0].1)).unwrap();
-        assert_eq!(published.trace_id, sent.trace_id);
-        assert_ne!(published.span_id, stored.span_id);
+        // Publishing: same trace, another span, whose parent is the ingest's.
+        let published = PublishTrace::of(&kept).unwrap();
+        assert_eq!(published.span.trace_id, sent.trace_id);
+        assert_ne!(published.span.span_id, stored.span_id);
+        assert_eq!(published.parent, stored.span_id);
         assert_eq!(trace_id(&kept).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
     }
 
@@ -257,6 +319,33 @@ mod tests {
         assert_ne!(new.trace_id, TraceParent::parse(SENT).unwrap().trace_id);
         assert!(ingest_headers(None, None, false).is_empty());
         assert!(ingest_headers(Some("garbage"), None, false).is_empty());
+    }
+
+    #[test]
+    fn span_export_sets_the_sampled_flag_of_what_it_records() {
+        let config = |sample_ratio: f64| {
+            let options = crate::telemetry::otlp::Options {
+                endpoint: "http://127.0.0.1:4318",
+                sample_ratio,
+                headers: vec![],
+                timeout: std::time::Duration::from_secs(1),
+            };
+            crate::telemetry::otlp::Settings::new(&options).unwrap()
+        };
+        let (all, none) = (config(1.0), config(0.0));
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let t = IngestTrace::start(Some(unsampled), None, true, Some(&all)).unwrap();
+        assert!(t.recorded(), "picked by the ratio");
+        assert_eq!(t.parent, Some(TraceParent::parse(unsampled).unwrap().span_id));
+        let t = IngestTrace::start(Some(unsampled), None, true, Some(&none)).unwrap();
+        assert!(!t.recorded());
+        let t = IngestTrace::start(Some(SENT), None, true, Some(&none)).unwrap();
+        assert!(t.recorded(), "the sender records it: so do we");
+        let t = IngestTrace::start(None, None, true, Some(&all)).unwrap();
+        assert!(t.recorded() && t.parent.is_none());
+        assert!(!IngestTrace::start(None, None, true, None).unwrap().recorded());
+        let stored = t.kept_headers();
+        assert!(PublishTrace::of(&stored).unwrap().recorded(), "the decision is stored");
     }
 
     #[test]

@@ -28,8 +28,9 @@ use super::feed::{self, FeedKind, Recorder};
 use super::open::{Counters, Tuning, file_len, open_database, read_counters};
 use super::space::Admission;
 use super::{
-    Appended, DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS, IdempotencyKey,
-    KEY_HELD, KEY_HOLDS, LANES, META, META_TEXT, Outcome, Result, Settlement, Shared, StoreError,
+    Appended, Committed, DEDUP, DEDUP_EXPIRY, DELIVERY, DLQ, DLQ_IDS, DlqSelector, EVENTS,
+    IdempotencyKey, KEY_HELD, KEY_HOLDS, LANES, META, META_TEXT, Outcome, Result, Settlement,
+    Shared, StoreError,
 };
 use crate::delivery::{Delivery, DestinationState, Lane};
 use crate::event::{EventId, ValidatedEvent, now_ms};
@@ -42,7 +43,7 @@ pub(in crate::store) enum Command {
         key: Option<IdempotencyKey>,
         /// Where it goes, when ingest routed it; `None` files it unrouted.
         delivery: Option<Delivery>,
-        reply: oneshot::Sender<Result<Appended>>,
+        reply: oneshot::Sender<Result<Committed>>,
     },
     ExpireDedup {
         now_ms: u64,
@@ -179,19 +180,23 @@ pub(in crate::store) struct Writer {
 
 /// A reply to send once the commit is known to have succeeded (or failed).
 enum Pending {
-    Append(oneshot::Sender<Result<Appended>>, Result<Appended>),
+    Append(oneshot::Sender<Result<Committed>>, Result<Appended>),
     Unit(oneshot::Sender<Result<()>>),
     Count(oneshot::Sender<Result<u64>>, u64),
     Seqs(oneshot::Sender<Result<Vec<u64>>>, Vec<u64>),
 }
 
 impl Pending {
-    fn succeed(self) -> bool {
+    fn accepts(&self) -> bool {
+        matches!(self, Pending::Append(_, Ok(Appended::Accepted(_))))
+    }
+
+    /// Sends the reply of a command whose commit succeeded; `batch_events` is how many
+    /// events that commit made durable.
+    fn succeed(self, batch_events: u32) {
         match self {
             Pending::Append(reply, result) => {
-                let appended = matches!(result, Ok(Appended::Accepted(_)));
-                let _ = reply.send(result);
-                return appended;
+                let _ = reply.send(result.map(|appended| Committed { appended, batch_events }));
             }
             Pending::Unit(reply) => {
                 let _ = reply.send(Ok(()));
@@ -203,7 +208,6 @@ impl Pending {
                 let _ = reply.send(Ok(seqs));
             }
         }
-        false
     }
 
     fn fail(self, error: &StoreError) {
@@ -368,8 +372,9 @@ impl Writer {
                     self.shared.change_mark.store(self.counters.next_change, Ordering::Release);
                     self.shared.fed.notify_one();
                 }
-                let appended =
-                    pending.into_iter().map(Pending::succeed).filter(|&a| a).count() as u64;
+                let appended = pending.iter().filter(|p| p.accepts()).count() as u64;
+                let batch_events = u32::try_from(appended).unwrap_or(u32::MAX);
+                pending.into_iter().for_each(|p| p.succeed(batch_events));
                 if traffic {
                     self.last_traffic = Some(Instant::now());
                 }
