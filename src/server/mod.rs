@@ -8,8 +8,15 @@
 //!   header timeout, which also bounds a keep-alive connection waiting for its next request).
 //!   A slowloris client trickling one header byte every few seconds is cut off then.
 //! - Bodies must arrive within `timeouts.body_read` (enforced by the ingest handler).
-//! - A connection with no bytes read or written for `timeouts.idle` is closed gracefully
-//!   (this also covers idle HTTP/2 connections).
+//! - A connection with no bytes read or written for `timeouts.idle` is closed gracefully.
+//! - A connection that has no request in flight for `timeouts.header_read` is closed
+//!   gracefully too (GOAWAY on HTTP/2). For HTTP/1 hyper's header timeout does the same; for
+//!   HTTP/2 this is what bounds a stream whose headers never finish (its request does not
+//!   exist until they do, and no other frame may come between a header block's parts), and
+//!   a connection kept open by PING or SETTINGS frames alone.
+//! - HTTP/2: at most 256 concurrent streams; a client that resets streams faster than they
+//!   are accepted (rapid reset, CVE-2023-44487: more than 20 pending) or provokes resets
+//!   (more than 1,024) gets GOAWAY `ENHANCE_YOUR_CALM`.
 //! - On shutdown every connection is closed gracefully: requests in flight get their answer.
 
 pub mod client_cert;
@@ -171,13 +178,26 @@ impl Connection {
             .timer(TokioTimer::new())
             .header_read_timeout(timeouts.header_read.get())
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS)
+            .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(MAX_LOCAL_RESETS);
         let router = self.router.clone();
+        let requests = Arc::new(Requests::new());
+        let served = Arc::clone(&requests);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             if let Some(subject) = &subject {
                 request.extensions_mut().insert(subject.clone());
             }
-            router.clone().oneshot(request)
+            let in_flight = served.begin();
+            let answer = router.clone().oneshot(request);
+            async move {
+                let answer = answer.await;
+                drop(in_flight);
+                answer
+            }
         });
         let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
@@ -199,7 +219,8 @@ impl Connection {
                 }
                 _ = tokio::time::sleep(check_every) => {
                     match closing_since {
-                        None if activity.idle_for() >= idle => {
+                        None if activity.idle_for() >= idle
+                            || requests.idle_for() >= timeouts.header_read.get() => {
                             conn.as_mut().graceful_shutdown();
                             closing_since = Some(Instant::now());
                         }
@@ -209,6 +230,53 @@ impl Connection {
                 }
             }
         }
+    }
+}
+
+/// HTTP/2 streams a connection may have open at once.
+const MAX_STREAMS: u32 = 256;
+/// Streams the client reset before they were accepted, at most, before GOAWAY (h2's own
+/// default, stated here: the rapid reset limit).
+const MAX_PENDING_RESETS: usize = 20;
+/// Streams the server had to reset because of the client's errors, at most, per connection.
+const MAX_LOCAL_RESETS: usize = 1024;
+
+/// The requests a connection is serving, and since when it has served none.
+struct Requests {
+    start: Instant,
+    in_flight: AtomicU64,
+    /// When the last request ended (or the connection opened), in ms since `start`.
+    last_ms: AtomicU64,
+}
+
+impl Requests {
+    fn new() -> Self {
+        Self { start: Instant::now(), in_flight: AtomicU64::new(0), last_ms: AtomicU64::new(0) }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+
+    /// How long the connection has had no request in flight (zero while it has one).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// One request being served: counted until its answer is ready.
+struct InFlight(Arc<Requests>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.start.elapsed().as_millis() as u64;
+        self.0.last_ms.fetch_max(now, Ordering::AcqRel);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

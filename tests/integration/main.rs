@@ -15,6 +15,7 @@ mod dlq;
 mod faults;
 mod fleet;
 mod helpers;
+mod http2;
 mod ingest;
 mod kafka;
 mod layers;
