@@ -213,6 +213,8 @@ pub struct BacklogView {
     pub pending: u64,
     pub retrying: u64,
     pub failed_attempts: u64,
+    /// How long the oldest event still pending there has waited.
+    pub oldest_pending_age_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -240,6 +242,9 @@ impl From<OutboxStats> for OutboxView {
                     pending: d.pending,
                     retrying: d.retrying,
                     failed_attempts: d.failed_attempts,
+                    oldest_pending_age_seconds: d
+                        .oldest_pending_age_ms
+                        .map(|ms| ms as f64 / 1000.0),
                 })
                 .collect(),
         }

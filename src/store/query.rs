@@ -2,6 +2,7 @@
 //! for the admin API. Generic over redb's `ReadableDatabase`, so the CLI's `--offline` mode
 //! runs the same code on a read-only open of a stopped daemon's file.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -354,6 +355,8 @@ pub struct DestinationBacklog {
     pub retrying: u64,
     /// Failed attempts so far, summed over the pending events.
     pub failed_attempts: u64,
+    /// Age of the first event in outbox order still pending there (its received time).
+    pub oldest_pending_age_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -388,13 +391,29 @@ pub(super) fn outbox_stats(db: &impl ReadableDatabase, now_ms: u64) -> Result<Ou
         let d = codec::decode_delivery(value.value())
             .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?;
         for s in d.destinations.iter().filter(|s| s.is_pending()) {
-            let label = s.target.label();
-            let b = by_label.entry(label.clone()).or_insert_with(|| DestinationBacklog {
-                destination: label,
-                name: s.name.clone(),
-                broker: s.target.broker().as_str(),
-                ..DestinationBacklog::default()
-            });
+            let b = match by_label.entry(s.target.label()) {
+                Entry::Occupied(known) => known.into_mut(),
+                Entry::Vacant(first) => {
+                    // Delivery records are in outbox order: the first pending one is the
+                    // oldest there. One event read per destination.
+                    let received = match events.get(key.value())? {
+                        Some(e) => Some(
+                            codec::decode_event(e.value())
+                                .map_err(|source| StoreError::Corrupt { seq: key.value(), source })?
+                                .received_at_ms(),
+                        ),
+                        None => None,
+                    };
+                    let destination = first.key().clone();
+                    first.insert(DestinationBacklog {
+                        destination,
+                        name: s.name.clone(),
+                        broker: s.target.broker().as_str(),
+                        oldest_pending_age_ms: received.map(|t| now_ms.saturating_sub(t)),
+                        ..DestinationBacklog::default()
+                    })
+                }
+            };
             b.pending += 1;
             b.retrying += u64::from(s.attempts > 0);
             b.failed_attempts += u64::from(s.attempts);

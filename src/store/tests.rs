@@ -637,3 +637,24 @@ async fn a_key_held_event_is_never_due_until_its_hold_ends_and_survives_a_reopen
     assert!(store.key_holds(10).await.unwrap().is_empty());
     closer.close().await;
 }
+
+#[tokio::test]
+async fn outbox_stats_give_each_destinations_oldest_pending_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, closer) = Store::open(&config(dir.path())).unwrap();
+    let to = |targets: Vec<Target>| Delivery {
+        destinations: targets
+            .into_iter()
+            .map(|t| DestinationState::new(t, RetryOverride::default()))
+            .collect(),
+    };
+    store.append_routed(event("{}", 10), None, to(vec![kafka()])).await.unwrap();
+    store.append_routed(event("{}", 20), None, to(vec![rabbit(), kafka()])).await.unwrap();
+    store.append_routed(event("{}", 30), None, to(vec![rabbit()])).await.unwrap();
+    let stats = store.outbox_stats(100).await.unwrap();
+    let oldest: Vec<(&str, u64, Option<u64>)> =
+        stats.destinations.iter().map(|d| (d.broker, d.pending, d.oldest_pending_age_ms)).collect();
+    assert_eq!(oldest, [("kafka", 2, Some(90)), ("rabbitmq", 2, Some(80))]);
+    assert_eq!(stats.oldest_pending_age_ms, Some(90));
+    closer.close().await;
+}

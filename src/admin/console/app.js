@@ -6,6 +6,8 @@
   const TOKEN_KEY = 'orchestron.token';
   const REASONS = ['unroutable', 'rejected', 'max_attempts', 'expired', 'no_route'];
   const REFRESH_MS = 3000;
+  // The overview's outbox figures come from a walk of the outbox: not at every refresh.
+  const OUTBOX_EVERY = 15;
   const HISTORY = 60;
   const PAGE = 50;
   const COUNT_PAGE = 1000;
@@ -483,9 +485,15 @@
   }
 
   async function pollOverview(gen, ov, status, body) {
+    // GET /admin/outbox walks the outbox: read it every OUTBOX_EVERY s, not at each refresh.
+    const asked = performance.now() / 1000;
+    const outboxDue = !ov.outbox || asked - ov.outbox.at >= OUTBOX_EVERY;
     const res = await Promise.allSettled([
-      api('GET', '/admin/metrics', true), api('GET', '/admin/outbox'), api('GET', '/admin/config'),
+      api('GET', '/admin/metrics', true),
+      outboxDue ? api('GET', '/admin/outbox') : Promise.resolve(ov.outbox.value),
+      api('GET', '/admin/config'),
     ]);
+    if (outboxDue && res[1].status === 'fulfilled') ov.outbox = { value: res[1].value, at: asked };
     if (gen !== routeGen || res.some((r) => r.status === 'rejected' && r.reason instanceof AuthError)) return;
     const [m, o, c] = res.map((r) => (r.status === 'fulfilled' ? r.value : null));
     const alerts = [];
@@ -519,7 +527,9 @@
     } : null;
     if (cur) ov.prev = cur;
 
+    const outboxAge = ov.outbox ? Math.round(now - ov.outbox.at) : null;
     status.textContent = 'Updated ' + new Date().toLocaleTimeString() + ' \u00B7 refreshes every 3 s' +
+      (outboxAge ? ' \u00B7 outbox figures ' + outboxAge + ' s old (read every ' + OUTBOX_EVERY + ' s)' : '') +
       (r && dt === 0 ? ' \u00B7 rates appear after the second sample' : '');
     fill(body, alerts.map(alertBox), overviewContent(s, r, o, c));
   }
@@ -653,8 +663,8 @@
   function outboxTable(o) {
     const ds = Array.isArray(o.destinations) ? o.destinations : [];
     if (!ds.length) return muted('No destination has a backlog.');
-    return table(null, ['Destination', 'Broker', 'Pending', 'Retrying', 'Failed attempts'],
-      ds.map((d) => tr([String(d.destination), String(d.broker), d.pending, d.retrying, d.failed_attempts],
+    return table(null, ['Destination', 'Broker', 'Pending', 'Oldest pending', 'Retrying', 'Failed attempts'],
+      ds.map((d) => tr([String(d.destination), String(d.broker), d.pending, dur(d.oldest_pending_age_seconds), d.retrying, d.failed_attempts],
         { class: 'outbox-row', 'data-destination': String(d.destination) })), { id: 'outbox-table' });
   }
 
