@@ -62,8 +62,6 @@ pub(super) fn commit(
     let name = "store commit".to_owned();
     let mut span =
         otlp::span(&context, Some(trace.span.span_id), name, SpanKind::Internal, started, ended);
-    // The parent is the request's span, in this process.
-    span.flags &= !0x200;
     otlp::int(&mut span, "orchestron.batch.events", i64::from(events));
     span
 }

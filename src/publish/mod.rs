@@ -180,8 +180,6 @@ impl Outgoing<'_> {
         if let Some(state) = PublishTrace::state(self.event.headers()) {
             span.trace_state = state.to_owned();
         }
-        // The parent (the ingest span) is this process's or an earlier one's, not remote.
-        span.flags &= !0x200;
         otlp::text(&mut span, "messaging.system", system);
         otlp::text(&mut span, "messaging.operation.type", "send");
         otlp::text(&mut span, "messaging.operation.name", "publish");

@@ -341,9 +341,10 @@ impl Relay {
                     )));
                 };
                 let message = Outgoing::new(&plan.entry.event, target);
-                let started = std::time::SystemTime::now();
+                // Read the clock only when a span may be recorded: this is the relay's loop.
+                let started = record_spans.then(std::time::SystemTime::now);
                 let outcome = publisher.publish(message).await;
-                if record_spans
+                if let Some(started) = started
                     && let Some(span) = message.span(destination.attempts + 1, started, &outcome)
                 {
                     self.spans.record(span);

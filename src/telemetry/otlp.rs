@@ -163,7 +163,8 @@ impl Spans {
     }
 }
 
-/// A span of `context` (trace and span id) under `parent`, from `start` to `end`.
+/// A span of `context` (trace and span id) under `parent`, from `start` to `end`. Only a
+/// server span's parent is remote (the sender's); the others' parent is the ingest span.
 pub fn span(
     context: &TraceParent,
     parent: Option<[u8; 8]>,
@@ -172,12 +173,13 @@ pub fn span(
     start: SystemTime,
     end: SystemTime,
 ) -> Span {
+    let remote = kind == SpanKind::Server && parent.is_some();
     Span {
         trace_id: context.trace_id.to_vec(),
         span_id: context.span_id.to_vec(),
         parent_span_id: parent.map(|p| p.to_vec()).unwrap_or_default(),
         // Bits 8 and 9: whether the parent is known to be remote (W3C flags in 0..8).
-        flags: u32::from(context.flags) | 0x100 | if parent.is_some() { 0x200 } else { 0 },
+        flags: u32::from(context.flags) | 0x100 | if remote { 0x200 } else { 0 },
         name,
         kind: kind as i32,
         start_time_unix_nano: unix_nanos(start),

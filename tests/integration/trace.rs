@@ -217,6 +217,7 @@ async fn ingest_commit_and_publish_spans_reach_an_otlp_collector_in_the_senders_
     let ingest = collector.wait(TRACE_ID, "POST /api/events/{event_type}").await;
     assert_eq!(ingest.kind, SpanKind::Server as i32);
     assert_eq!(hex(&ingest.parent_span_id), "00f067aa0ba902b7", "under the sender's span");
+    assert_eq!(ingest.flags & 0x300, 0x300, "the sender's span is a remote parent");
     assert_eq!(ingest.trace_state, "rojo=1");
     assert_eq!(attr(&ingest, "http.response.status_code").as_deref(), Some("202"));
     assert_eq!(attr(&ingest, "orchestron.source").as_deref(), Some("default"));
@@ -225,6 +226,7 @@ async fn ingest_commit_and_publish_spans_reach_an_otlp_collector_in_the_senders_
     assert!(ingest.end_time_unix_nano >= ingest.start_time_unix_nano);
     let commit = collector.wait(TRACE_ID, "store commit").await;
     assert_eq!(commit.parent_span_id, ingest.span_id, "the commit is the request's child");
+    assert_eq!(commit.flags & 0x300, 0x100, "a local parent");
     let batch: u64 = attr(&commit, "orchestron.batch.events").unwrap().parse().unwrap();
     assert!(batch >= 1);
     // A refused request is traced too, as a refusal, not an error.
