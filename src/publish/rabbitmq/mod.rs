@@ -19,10 +19,7 @@ use futures_util::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
-    ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ErrorKind, ExchangeKind};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -348,8 +345,7 @@ async fn connect(
     node: &connect::Node,
     exchanges: &[ExchangeConfig],
 ) -> Result<Link, (Trouble, String)> {
-    let properties = ConnectionProperties::default().with_connection_name("orchestron".into());
-    let conn = settings.connect(node, properties).await?;
+    let (conn, handshake) = settings.connect(node, "orchestron").await?;
     let ready = async {
         let channel = open_confirm_channel(&conn).await?;
         declare(&channel, exchanges).await?;
@@ -357,6 +353,7 @@ async fn connect(
     };
     match ready.await {
         Ok(channel) => {
+            handshake.finished();
             let pool = Arc::new(Pool::default());
             pool.give_back(channel);
             Ok(Link { connection: conn, pool })
