@@ -18,7 +18,7 @@ use crate::helpers::{
     AMQP_URL, API_KEY, KAFKA, RabbitQueue, free_port, unique, write_binary_config,
 };
 
-fn start(config: &Path, log: &Path) -> crate::helpers::Reaped {
+pub(crate) fn start(config: &Path, log: &Path) -> crate::helpers::Reaped {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_orchestron"))
         .args(["serve", "--config"])
@@ -31,7 +31,7 @@ fn start(config: &Path, log: &Path) -> crate::helpers::Reaped {
     crate::helpers::Reaped(child)
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) -> Duration {
+pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str) -> Duration {
     let started = Instant::now();
     loop {
         let health = client.get(format!("{base}/health")).send().await;

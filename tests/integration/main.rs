@@ -22,6 +22,7 @@ mod layers;
 mod limits;
 mod observability;
 mod openapi;
+mod outage;
 mod rabbitmq;
 mod reload;
 mod routing;
