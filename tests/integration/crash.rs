@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::helpers::{
-    AMQP_URL, API_KEY, KAFKA, RabbitQueue, free_port, unique, write_binary_config,
+    AMQP_URL, API_KEY, KAFKA, RabbitQueue, event_request, free_port, unique, write_binary_config,
 };
 
 pub(crate) fn start(config: &Path, log: &Path) -> crate::helpers::Reaped {
@@ -159,13 +159,8 @@ async fn crash_loop(cycles: usize, mut sink: Sink) {
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     // std Mutex: held for an insert, never across an await.
                     ledger.lock().unwrap().attempted.insert(n);
-                    let sent = client
-                        .post(format!("{base}/api/events/load.test"))
-                        .header("X-API-Key", API_KEY)
-                        .header("Content-Type", "application/json")
-                        .body(format!("{{\"n\":{n}}}"))
-                        .send()
-                        .await;
+                    let body = format!("{{\"n\":{n}}}");
+                    let sent = event_request(&client, &base, "load.test", body).send().await;
                     match sent {
                         Ok(r) if r.status() == 202 => {
                             ledger.lock().unwrap().acked.insert(n);

@@ -42,6 +42,21 @@ pub fn write_binary_config(
     path
 }
 
+/// A POST of `body` as event type `ty` with the test API key, to the daemon at `base` (the
+/// real binary; `TestApp::post` for the in-process one).
+pub fn event_request(
+    client: &reqwest::Client,
+    base: &str,
+    ty: &str,
+    body: String,
+) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{base}/api/events/{ty}"))
+        .header("X-API-Key", API_KEY)
+        .header("Content-Type", "application/json")
+        .body(body)
+}
+
 #[path = "../support/ports.rs"]
 mod ports;
 #[path = "../support/proxy.rs"]

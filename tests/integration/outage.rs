@@ -25,7 +25,9 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::crash::{start, wait_ready};
-use crate::helpers::{AMQP_URL, API_KEY, ProxiedTansu, Proxy, RabbitQueue, free_port, unique};
+use crate::helpers::{
+    AMQP_URL, API_KEY, ProxiedTansu, Proxy, RabbitQueue, event_request, free_port, unique,
+};
 
 /// Where the events go and how the test makes it unreachable.
 enum Broker {
@@ -247,7 +249,7 @@ impl Load {
             .map(|_| {
                 let (next, acked, stop): (Arc<AtomicU64>, Arc<Mutex<Vec<u64>>>, Arc<AtomicBool>) =
                     (Arc::clone(&next), Arc::clone(&acked), Arc::clone(&stop));
-                let (client, url) = (client.clone(), format!("{base}/api/events/outage.test"));
+                let (client, base) = (client.clone(), base.to_owned());
                 tokio::spawn(async move {
                     while !stop.load(Ordering::Relaxed) {
                         let n = next.fetch_add(1, Ordering::Relaxed);
@@ -256,13 +258,8 @@ impl Load {
                             started + Duration::from_secs_f64(n as f64 / rate as f64),
                         )
                         .await;
-                        let sent = client
-                            .post(&url)
-                            .header("X-API-Key", API_KEY)
-                            .header("Content-Type", "application/json")
-                            .body(format!("{{\"n\":{n},\"pad\":\"{:0256}\"}}", n))
-                            .send()
-                            .await;
+                        let body = format!("{{\"n\":{n},\"pad\":\"{:0256}\"}}", n);
+                        let sent = event_request(&client, &base, "outage.test", body).send().await;
                         if sent.is_ok_and(|r| r.status() == 202) {
                             acked.lock().unwrap().push(n);
                         }
@@ -306,14 +303,8 @@ async fn outage(mut broker: Broker, secs: u64, rate: u64, cache: &str, settle: u
     let child = start(&config, &log);
     wait_ready(&client, &base).await;
     // One event through before the cut: the connection is up and warm.
-    let warm = client
-        .post(format!("{base}/api/events/outage.test"))
-        .header("X-API-Key", API_KEY)
-        .header("Content-Type", "application/json")
-        .body(format!("{{\"n\":{WARM}}}"))
-        .send()
-        .await
-        .unwrap();
+    let warm = event_request(&client, &base, "outage.test", format!("{{\"n\":{WARM}}}"));
+    let warm = warm.send().await.unwrap();
     assert_eq!(warm.status(), 202);
     let early = broker.delivered(&[WARM], Duration::from_secs(30)).await;
     assert!(early.contains_key(&WARM), "the first event was delivered before the cut");
