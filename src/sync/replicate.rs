@@ -12,7 +12,7 @@
 //! `store.max_bytes`, like everything else) and the replicator retries with a backoff,
 //! logging once when it starts failing and once when it recovers.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::types::ToSql;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,16 @@ const LINGER: Duration = Duration::from_millis(50);
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// The columns and rows of an insert into `events`, from the arrays of [`EventColumns::params`]
+/// (ids and times in PostgreSQL's binary forms, so neither side formats or parses them).
+const EVENT_ROWS: &str = "(origin, seq, event_id, source, event_type, received_at, headers, body,
+                           destinations, delivery, owner)
+     SELECT $1, u.seq, u.id, u.source, u.event_type, u.received_at, u.headers::jsonb, u.body,
+            u.destinations::jsonb, u.delivery, $1
+     FROM UNNEST($2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[],
+                 $7::text[], $8::bytea[], $9::text[], $10::bytea[])
+          AS u(seq, id, source, event_type, received_at, headers, body, destinations, delivery)";
 
 /// Replicates until `stop`.
 pub(super) async fn run(fleet: Fleet, store: Store, stop: CancellationToken) {
@@ -120,8 +130,9 @@ pub(super) async fn run(fleet: Fleet, store: Store, stop: CancellationToken) {
 /// Replicates one batch read from the feed; returns whether more rows wait.
 async fn once(fleet: &Fleet, store: &Store, batch: FeedBatch) -> Result<bool, SyncError> {
     let Some(through) = batch.through else { return Ok(false) };
-    let rows = Rows::of(&batch.changes);
     let inner = &fleet.inner;
+    let rows =
+        Rows::of(&batch.changes, inner.held_below.load(std::sync::atomic::Ordering::Acquire));
     let mut client = inner.pool.get().await?;
     fleet.ensure_migrated(&mut client).await?;
     let schema = &inner.schema;
@@ -137,37 +148,32 @@ async fn once(fleet: &Fleet, store: &Store, batch: FeedBatch) -> Result<bool, Sy
         execute(&txn, &format!("DELETE FROM {schema}.dlq WHERE origin = $1 AND owner = $1"), &[me])
             .await?;
     }
+    // Raised before the statements: from here on these may be in PostgreSQL (see
+    // `Fleet::may_publish`), and if the batch fails they are sent again as upserts.
+    let fresh = &rows.fresh;
+    if let Some(&last) = rows.events.seq.iter().chain(&fresh.seq).max() {
+        inner.held_below.fetch_max(last as u64 + 1, std::sync::atomic::Ordering::AcqRel);
+    }
+    if !fresh.seq.is_empty() {
+        // Never sent before: a plain insert, which costs PostgreSQL less than an upsert's
+        // speculative insertion. A row that is there after all (an instance id reused with
+        // a new store) fails the batch, which is retried as upserts.
+        execute(&txn, &format!("INSERT INTO {schema}.events {EVENT_ROWS}"), &fresh.params(me))
+            .await?;
+    }
     let e = &rows.events;
     if !e.seq.is_empty() {
         execute(
             &txn,
             &format!(
-                "INSERT INTO {schema}.events AS t (origin, seq, event_id, source, event_type,
-                     received_at, headers, body, destinations, delivery, owner)
-                 SELECT $1, u.seq, u.id::uuid, u.source, u.event_type,
-                        to_timestamp(u.ms / 1000.0), u.headers::jsonb, u.body,
-                        u.destinations::jsonb, u.delivery, $1
-                 FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::bigint[],
-                             $7::text[], $8::bytea[], $9::text[], $10::bytea[])
-                      AS u(seq, id, source, event_type, ms, headers, body, destinations, delivery)
+                "INSERT INTO {schema}.events AS t {EVENT_ROWS}
                  ON CONFLICT (origin, seq) DO UPDATE SET
                      destinations = EXCLUDED.destinations,
                      delivery = EXCLUDED.delivery,
                      updated_at = now()
                  WHERE t.owner = t.origin"
             ),
-            &[
-                me,
-                &e.seq,
-                &e.id,
-                &e.source,
-                &e.event_type,
-                &e.received_ms,
-                &e.headers,
-                &e.body,
-                &e.destinations,
-                &e.delivery,
-            ],
+            &e.params(me),
         )
         .await?;
     }
@@ -228,11 +234,6 @@ async fn once(fleet: &Fleet, store: &Store, batch: FeedBatch) -> Result<bool, Sy
         )
         .await?;
     }
-    if let Some(&last) = e.seq.iter().max() {
-        // These may be taken over by a peer once committed: see `Fleet::may_publish`. Raised
-        // before the commit, so no publish can slip between the two.
-        inner.held_below.fetch_max(last as u64 + 1, std::sync::atomic::Ordering::AcqRel);
-    }
     txn.commit().await?;
     // Every change through `through` is in PostgreSQL now (the feed is read in order, and
     // earlier rows were trimmed after their own commits): `ack: fleet` requests waiting on
@@ -242,7 +243,8 @@ async fn once(fleet: &Fleet, store: &Store, batch: FeedBatch) -> Result<bool, Sy
     let count = |table: &str, op: &str, n: usize| {
         inner.metrics.sync_replicated.with_label_values(&[table, op]).inc_by(n as u64);
     };
-    count("events", "upsert", e.seq.len());
+    // A first insert counts as an upsert too (the metric's `op` says written or deleted).
+    count("events", "upsert", fresh.seq.len() + e.seq.len());
     count("events", "delete", rows.events_gone.len());
     count("dlq", "upsert", d.seq.len());
     count("dlq", "delete", rows.dlq_gone.len());
@@ -264,6 +266,9 @@ async fn execute(
 #[derive(Default)]
 struct Rows<'a> {
     reset: bool,
+    /// Events never sent to PostgreSQL by this process (seq at or above `held_below`).
+    fresh: EventColumns<'a>,
+    /// Events that may be there already.
     events: EventColumns<'a>,
     events_gone: Vec<i64>,
     dlq: DlqColumns<'a>,
@@ -273,10 +278,10 @@ struct Rows<'a> {
 #[derive(Default)]
 struct EventColumns<'a> {
     seq: Vec<i64>,
-    id: Vec<String>,
+    id: Vec<uuid::Uuid>,
     source: Vec<&'a str>,
     event_type: Vec<&'a str>,
-    received_ms: Vec<i64>,
+    received_at: Vec<SystemTime>,
     headers: Vec<String>,
     body: Vec<&'a [u8]>,
     destinations: Vec<Option<String>>,
@@ -297,12 +302,16 @@ struct DlqColumns<'a> {
 }
 
 impl<'a> Rows<'a> {
-    fn of(changes: &'a [Change]) -> Rows<'a> {
+    /// The batch's changes; outbox entries from `fresh_from` on are new to PostgreSQL.
+    fn of(changes: &'a [Change], fresh_from: u64) -> Rows<'a> {
         let mut rows = Rows::default();
         for change in changes {
             match change {
                 Change::Reset => rows.reset = true,
                 Change::Outbox { seq, now: None } => rows.events_gone.push(*seq as i64),
+                Change::Outbox { seq, now: Some(now) } if *seq >= fresh_from => {
+                    rows.fresh.push(*seq, now)
+                }
                 Change::Outbox { seq, now: Some(now) } => rows.events.push(*seq, now),
                 Change::Dlq { seq, now: None } => rows.dlq_gone.push(*seq as i64),
                 Change::Dlq { seq, now: Some(now) } => rows.dlq.push(*seq, now),
@@ -313,13 +322,29 @@ impl<'a> Rows<'a> {
 }
 
 impl<'a> EventColumns<'a> {
+    /// `$1` (this instance) and the column arrays, as [`EVENT_ROWS`] takes them.
+    fn params<'p>(&'p self, me: &'p String) -> [&'p (dyn ToSql + Sync); 10] {
+        [
+            me,
+            &self.seq,
+            &self.id,
+            &self.source,
+            &self.event_type,
+            &self.received_at,
+            &self.headers,
+            &self.body,
+            &self.destinations,
+            &self.delivery,
+        ]
+    }
+
     fn push(&mut self, seq: u64, now: &'a OutboxNow) {
         let event = &now.event;
         self.seq.push(seq as i64);
-        self.id.push(event.id().to_string());
+        self.id.push(uuid::Uuid::from_bytes(*event.id().as_bytes()));
         self.source.push(event.source().as_str());
         self.event_type.push(event.event_type().as_str());
-        self.received_ms.push(event.received_at_ms() as i64);
+        self.received_at.push(UNIX_EPOCH + Duration::from_millis(event.received_at_ms()));
         self.headers.push(serde_json::to_string(event.headers()).expect("strings serialize"));
         self.body.push(event.body());
         self.destinations.push(now.delivery.as_ref().map(|d| {
