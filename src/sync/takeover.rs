@@ -101,8 +101,11 @@ impl Fleet {
                     &format!(
                         "SELECT i.instance_id FROM {schema}.instances i
                          WHERE i.lease_expires_at < now() AND i.instance_id <> $1
-                           AND EXISTS (SELECT 1 FROM {schema}.events e
-                                       WHERE e.owner = i.instance_id)"
+                           AND (EXISTS (SELECT 1 FROM {schema}.events e
+                                        WHERE e.origin = i.instance_id AND e.owner = e.origin)
+                                OR EXISTS (SELECT 1 FROM {schema}.events e
+                                           WHERE e.owner = i.instance_id
+                                             AND e.owner <> e.origin))"
                     ),
                     &[me],
                 )
@@ -111,11 +114,17 @@ impl Fleet {
         })
         .await?;
         for peer in peers.iter().map(|row| row.get::<_, String>(0)) {
+            // The peer's own rows are claimed in seq order, each batch after the last one's
+            // highest seq; a row skipped because it was locked is claimed by a later round.
+            let mut after = -1;
             while self.may_act() {
                 let batch = async {
-                    match self.claim(&peer).await? {
-                        0 => Ok(None),
-                        _ => self.finish_claims(store).await.map(Some),
+                    match self.claim(&peer, after).await? {
+                        None => Ok(None),
+                        Some(highest) => {
+                            after = after.max(highest);
+                            self.finish_claims(store).await.map(Some)
+                        }
                     }
                 };
                 match within_batch_timeout(batch).await? {
@@ -128,8 +137,11 @@ impl Fleet {
     }
 
     /// Claims a batch of `peer`'s rows if its lease is still expired and no one else is
-    /// taking it over; bumps its epoch. Returns how many rows were claimed.
-    async fn claim(&self, peer: &str) -> Result<u64, SyncError> {
+    /// taking it over; bumps its epoch. The batch is the rows `peer` had claimed from others
+    /// and not finished, and its own rows with a seq above `after`. Returns `None` when
+    /// nothing was claimed, else the highest seq of `peer`'s own rows claimed (`after` when
+    /// none).
+    async fn claim(&self, peer: &str, after: i64) -> Result<Option<i64>, SyncError> {
         let inner = &self.inner;
         let schema = &inner.schema;
         let my_epoch = inner.state.lock().expect("sync state lock").epoch;
@@ -146,29 +158,43 @@ impl Fleet {
             )
             .await?;
         if locked.is_none() {
-            return Ok(0);
+            return Ok(None);
         }
         txn.execute(
             &format!("UPDATE {schema}.instances SET epoch = epoch + 1 WHERE instance_id = $1"),
             &[&peer],
         )
         .await?;
+        // Its own rows by the primary key, the ones it had claimed by `events_claimed`.
         let claimed = txn
-            .execute(
+            .query_one(
                 &format!(
-                    "UPDATE {schema}.events e SET owner = $2, owner_epoch = $3, updated_at = now()
-                     FROM (SELECT origin, seq FROM {schema}.events WHERE owner = $1
-                           ORDER BY origin, seq LIMIT $4 FOR UPDATE SKIP LOCKED) c
-                     WHERE e.origin = c.origin AND e.seq = c.seq"
+                    "WITH own AS (
+                         SELECT origin, seq FROM {schema}.events
+                         WHERE origin = $1 AND owner = $1 AND seq > $5
+                         ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED),
+                     theirs AS (
+                         SELECT origin, seq FROM {schema}.events
+                         WHERE owner = $1 AND owner <> origin
+                         ORDER BY owner, origin, seq LIMIT $4 FOR UPDATE SKIP LOCKED),
+                     claimed AS (
+                         UPDATE {schema}.events e
+                         SET owner = $2, owner_epoch = $3, updated_at = now()
+                         FROM (SELECT * FROM own UNION ALL SELECT * FROM theirs) c
+                         WHERE e.origin = c.origin AND e.seq = c.seq
+                         RETURNING e.origin, e.seq)
+                     SELECT count(*), max(seq) FILTER (WHERE origin = $1) FROM claimed"
                 ),
-                &[&peer, &inner.instance_id, &my_epoch, &BATCH],
+                &[&peer, &inner.instance_id, &my_epoch, &BATCH, &after],
             )
             .await?;
         txn.commit().await?;
-        if claimed > 0 {
-            tracing::warn!(peer, events = claimed, "taking over a dead peer's events");
+        let (count, highest): (i64, Option<i64>) = (claimed.get(0), claimed.get(1));
+        if count == 0 {
+            return Ok(None);
         }
-        Ok(claimed)
+        tracing::warn!(peer, events = count, "taking over a dead peer's events");
+        Ok(Some(highest.unwrap_or(after)))
     }
 
     /// Brings the rows this instance claimed into its store and makes the claims final (see
@@ -187,8 +213,8 @@ impl Fleet {
                         "SELECT origin, seq, event_id::text, source, event_type,
                                 round(extract(epoch from received_at) * 1000)::bigint,
                                 headers::text, body, delivery, owner_epoch
-                         FROM {schema}.events WHERE owner = $1 AND origin <> $1
-                         ORDER BY origin, seq LIMIT $2"
+                         FROM {schema}.events WHERE owner = $1 AND owner <> origin
+                         ORDER BY owner, origin, seq LIMIT $2"
                     ),
                     &[me, &BATCH],
                 )
@@ -201,7 +227,7 @@ impl Fleet {
                 .query(
                     &format!(
                         "SELECT event_id::text FROM {schema}.events
-                         WHERE owner = $1 AND origin <> $1 AND event_id::text = ANY($2)"
+                         WHERE owner = $1 AND owner <> origin AND event_id::text = ANY($2)"
                     ),
                     &[me, &held_ids],
                 )
@@ -294,7 +320,7 @@ impl Fleet {
             .query(
                 &format!(
                     "SELECT seq FROM {schema}.takeovers WHERE origin = $1
-                     UNION SELECT seq FROM {schema}.events WHERE origin = $1 AND owner <> $1"
+                     UNION SELECT seq FROM {schema}.events WHERE origin = $1 AND owner <> origin"
                 ),
                 &[me],
             )

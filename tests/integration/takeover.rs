@@ -4,7 +4,7 @@
 //! its outbox (and in PostgreSQL); instance B reaches RabbitMQ directly.
 //!
 //! - kill -9 A: B publishes every event A held, once each, with A's event ids, within
-//!   `lease` + 10 s;
+//!   `lease` + 10 s, including those a third instance had claimed and not finished;
 //! - SIGSTOP A until B has taken over, then open A's path to RabbitMQ and SIGCONT it: A
 //!   publishes none of them (it reconciles first);
 //! - `ack: fleet`, kill -9 A and delete its store: B publishes every event A answered 202 for.
@@ -240,6 +240,41 @@ async fn a_killed_instances_events_are_published_by_a_peer_once_with_their_ids()
         db.value("SELECT epoch > 0 FROM orchestron.instances WHERE instance_id = 'edge-a'"),
         "t"
     );
+}
+
+/// A peer that died in the middle of a takeover leaves rows it had claimed (owner C, origin
+/// A) and not finished: they are taken over with C, by the partial index of claimed rows,
+/// while A's own rows are walked by the primary key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_left_by_a_peer_that_died_mid_takeover_are_taken_over_too() {
+    let fleet = Pair::start("takeover-chain", "local").await;
+    let Pair { db, mut queue, a_broker: _closed, a_postgres: _pg, client, a, b } = fleet;
+    let (accepted, _) = post_many(&client, &a.base, 300).await;
+    assert_eq!(accepted.len(), 300);
+    let sql = "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-a'";
+    wait_value(&db, sql, "300", Duration::from_secs(20)).await;
+    db.value(
+        "INSERT INTO orchestron.instances (instance_id, lease_expires_at, heartbeat_at, \
+         started_at, version) VALUES ('edge-c', now() - interval '1 minute', \
+         now() - interval '2 minutes', now() - interval '1 hour', 'test')",
+    );
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    // edge-c claimed every other row of A's and died before finishing; A's lease has a
+    // few seconds left, so B has not started on A yet.
+    db.value("UPDATE orchestron.events SET owner = 'edge-c', owner_epoch = 0 WHERE seq % 2 = 0");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.events WHERE owner = 'edge-c'"), "150");
+    let received = queue.collect(300, Duration::from_secs(LEASE_S + 10)).await;
+    let extra = collect_quiet(&mut queue, Duration::from_secs(2)).await;
+    let (seen, duplicates) = tally(&[received, extra].concat());
+    let lost = accepted.keys().filter(|n| !seen.contains_key(n)).count();
+    assert_eq!((lost, duplicates), (0, 0), "B's log:\n{}", b.log());
+    for (n, id) in &accepted {
+        assert_eq!(&seen[n], id, "published with the event id A gave it");
+    }
+    assert_eq!(b.metric(&client, "orchestron_fleet_taken_over_events_total").await, 300.0);
+    wait_value(&db, "SELECT count(*) FROM orchestron.events", "0", Duration::from_secs(10)).await;
 }
 
 /// Messages that arrive within `quiet`.
