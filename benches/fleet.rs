@@ -103,7 +103,8 @@ fn sync_section(db: &Db, id: &str, ack: &str) -> String {
     )
 }
 
-async fn arm(name: &str, connections: usize, seconds: u64) -> Sample {
+/// One arm: its sample and PostgreSQL's CPU per accepted event, in µs.
+async fn arm(name: &str, connections: usize, seconds: u64) -> (Sample, f64) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::create();
     let sync = match name {
@@ -121,12 +122,30 @@ async fn arm(name: &str, connections: usize, seconds: u64) -> Sample {
         wait_metric(port, "orchestron_sync_up", |v| v == 1.0, Duration::from_secs(30)).await;
     }
     let cpu_before = cpu_ticks(child.id());
+    let pg_before = postgres_ticks();
     let mut s =
         tokio::task::spawn_blocking(move || common::wrk(port, connections, seconds)).await.unwrap();
     let cpu = cpu_ticks(child.id()) - cpu_before;
-    s.cpu_us_per_event = Some(cpu as f64 * 10_000.0 / (s.rps * seconds as f64));
+    let pg = postgres_ticks().saturating_sub(pg_before);
+    let per_event = |ticks: u64| ticks as f64 * 10_000.0 / (s.rps * seconds as f64);
+    s.cpu_us_per_event = Some(per_event(cpu));
     stop_daemon(&mut child);
-    s
+    (s, per_event(pg))
+}
+
+/// CPU time (user + system, in clock ticks) of every PostgreSQL process on this machine: its
+/// backends (the daemon's connections) and its background writers. A backend that exits
+/// during an arm takes its share with it; the daemon's connections live as long as it does.
+fn postgres_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let ticks = |pid: &str| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        (name == "postgres").then_some(ticks)
+    };
+    dir.filter_map(|entry| ticks(entry.ok()?.file_name().to_str()?)).sum()
 }
 
 async fn ingest() {
@@ -135,23 +154,28 @@ async fn ingest() {
     let connections = 64;
     let arms = ["sync-off", "sync-local", "sync-fleet"];
     let mut results: Vec<Vec<Sample>> = vec![Vec::new(); arms.len()];
+    let mut pg_cpu: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
     for repeat in 0..repeats {
         for (i, name) in arms.iter().enumerate() {
-            let s = arm(name, connections, seconds).await;
-            eprintln!("repeat {repeat} c={connections} {name}: {s:?}");
+            let (s, pg) = arm(name, connections, seconds).await;
+            eprintln!("repeat {repeat} c={connections} {name}: {s:?}, PostgreSQL {pg:.1} µs/event");
             results[i].push(s);
+            pg_cpu[i].push(pg);
         }
     }
-    println!("\n| arm | events/s | p50 ms | p99 ms | daemon CPU µs/event |");
-    println!("|---|---|---|---|---|");
-    for (name, samples) in arms.iter().zip(&results) {
+    println!(
+        "\n| arm | events/s | p50 ms | p99 ms | daemon CPU µs/event | PostgreSQL CPU µs/event |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for ((name, samples), pg) in arms.iter().zip(&results).zip(&pg_cpu) {
         let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} |",
             m(|s| s.rps),
             m(|s| s.p50_ms),
             m(|s| s.p99_ms),
-            m(|s| s.cpu_us_per_event.unwrap_or(f64::NAN))
+            m(|s| s.cpu_us_per_event.unwrap_or(f64::NAN)),
+            median(pg.clone())
         );
     }
     let ratio = |a: usize, b: usize| {
