@@ -156,8 +156,9 @@ async fn once(fleet: &Fleet, store: &Store, batch: FeedBatch) -> Result<bool, Sy
     }
     if !fresh.seq.is_empty() {
         // Never sent before: a plain insert, which costs PostgreSQL less than an upsert's
-        // speculative insertion. A row that is there after all (an instance id reused with
-        // a new store) fails the batch, which is retried as upserts.
+        // speculative insertion. A row that is there after all fails the batch, which is
+        // retried as upserts; only a row a peer has claimed can be (`Reset` deletes this
+        // instance's own), and the upsert leaves that one to the peer, as it always did.
         execute(&txn, &format!("INSERT INTO {schema}.events {EVENT_ROWS}"), &fresh.params(me))
             .await?;
     }

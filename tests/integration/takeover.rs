@@ -240,6 +240,11 @@ async fn a_killed_instances_events_are_published_by_a_peer_once_with_their_ids()
         db.value("SELECT epoch > 0 FROM orchestron.instances WHERE instance_id = 'edge-a'"),
         "t"
     );
+    // B analyzed the table before claiming: planned without statistics (autovacuum had not
+    // looked yet, or is off), the claims read the whole table for each batch.
+    let analyzed = "SELECT coalesce(last_analyze, last_autoanalyze) IS NOT NULL \
+                    FROM pg_stat_user_tables WHERE relid = 'orchestron.events'::regclass";
+    assert_eq!(db.value(analyzed), "t");
 }
 
 /// A peer that died in the middle of a takeover leaves rows it had claimed (owner C, origin
@@ -263,8 +268,12 @@ async fn claims_left_by_a_peer_that_died_mid_takeover_are_taken_over_too() {
     a.child.wait().unwrap();
     // edge-c claimed every other row of A's and died before finishing; A's lease has a
     // few seconds left, so B has not started on A yet.
-    db.value("UPDATE orchestron.events SET owner = 'edge-c', owner_epoch = 0 WHERE seq % 2 = 0");
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.events WHERE owner = 'edge-c'"), "150");
+    // One statement: B may claim edge-c's rows as soon as they are there.
+    let claimed_by_c = db.value(
+        "WITH c AS (UPDATE orchestron.events SET owner = 'edge-c', owner_epoch = 0 \
+         WHERE seq % 2 = 0 RETURNING 1) SELECT count(*) FROM c",
+    );
+    assert_eq!(claimed_by_c, "150");
     let received = queue.collect(300, Duration::from_secs(LEASE_S + 10)).await;
     let extra = collect_quiet(&mut queue, Duration::from_secs(2)).await;
     let (seen, duplicates) = tally(&[received, extra].concat());
