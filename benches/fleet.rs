@@ -29,7 +29,8 @@ use lapin::{Connection, ConnectionProperties};
 mod common;
 
 use common::{
-    KEY, Sample, cpu_ticks, env_or, free_port, median, start_daemon, stop_daemon, wait_ready,
+    KEY, Sample, cpu_ticks, cpu_ticks_named, env_or, free_port, median, start_daemon, stop_daemon,
+    wait_ready,
 };
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -122,30 +123,16 @@ async fn arm(name: &str, connections: usize, seconds: u64) -> (Sample, f64) {
         wait_metric(port, "orchestron_sync_up", |v| v == 1.0, Duration::from_secs(30)).await;
     }
     let cpu_before = cpu_ticks(child.id());
-    let pg_before = postgres_ticks();
+    // Every postgres process: the daemon's backends and the background writers.
+    let pg_before = cpu_ticks_named("postgres");
     let mut s =
         tokio::task::spawn_blocking(move || common::wrk(port, connections, seconds)).await.unwrap();
     let cpu = cpu_ticks(child.id()) - cpu_before;
-    let pg = postgres_ticks().saturating_sub(pg_before);
+    let pg = cpu_ticks_named("postgres").saturating_sub(pg_before);
     let per_event = |ticks: u64| ticks as f64 * 10_000.0 / (s.rps * seconds as f64);
     s.cpu_us_per_event = Some(per_event(cpu));
     stop_daemon(&mut child);
     (s, per_event(pg))
-}
-
-/// CPU time (user + system, in clock ticks) of every PostgreSQL process on this machine: its
-/// backends (the daemon's connections) and its background writers. A backend that exits
-/// during an arm takes its share with it; the daemon's connections live as long as it does.
-fn postgres_ticks() -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
-    let ticks = |pid: &str| -> Option<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-        let fields: Vec<&str> = rest.split(' ').collect();
-        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        (name == "postgres").then_some(ticks)
-    };
-    dir.filter_map(|entry| ticks(entry.ok()?.file_name().to_str()?)).sum()
 }
 
 async fn ingest() {

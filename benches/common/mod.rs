@@ -72,10 +72,28 @@ pub async fn wait_ok(port: u16, path: &str) -> Duration {
 /// utime + stime of a process, in clock ticks (/proc/PID/stat fields 14 and 15).
 pub fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_ticks(&stat).expect("a /proc/<pid>/stat line")
+}
+
+/// CPU time (user + system, in clock ticks) of every process named `name` on this machine.
+/// A process that exits between two readings takes its share with it.
+pub fn cpu_ticks_named(name: &str) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let ticks = |pid: &str| -> Option<u64> {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        if comm.trim_end() != name {
+            return None;
+        }
+        stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    };
+    dir.filter_map(|entry| ticks(entry.ok()?.file_name().to_str()?)).sum()
+}
+
+/// User + system time from the text of a `/proc/<pid>/stat`.
+fn stat_ticks(stat: &str) -> Option<u64> {
     // The command name (field 2) is in parentheses and may hold spaces: count after it.
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split(' ').collect();
-    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 #[derive(Debug, Clone, Copy)]

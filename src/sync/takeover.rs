@@ -142,9 +142,9 @@ impl Fleet {
     }
 
     /// Analyzes `events` when it never was, or when more rows changed since than it holds
-    /// (plus 1,000): statistics that far off are what misleads the planner. The claim and finish statements are
-    /// planned from the table's statistics, and a takeover often starts right after a large
-    /// backlog arrived, before autovacuum looked (or where it is off): without statistics
+    /// (plus 1,000): statistics that far off are what misleads the planner. The claim and
+    /// finish statements are planned from them, and a takeover often starts right after a
+    /// large backlog arrived, before autovacuum looked (or where it is off): without them
     /// PostgreSQL chose a sort of the whole peer's rows, and a hash join over a scan of the
     /// table, for each batch of 1,000 (500 events/s on a 1M backlog instead of 4,500).
     /// A role that does not own the table gets a warning from PostgreSQL, not an error; a
@@ -316,7 +316,7 @@ impl Fleet {
                              USING UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS c(origin, seq, epoch)
                              WHERE e.origin = c.origin AND e.seq = c.seq
                                AND e.owner = $1 AND e.owner <> e.origin
-                             AND e.owner_epoch = c.epoch
+                               AND e.owner_epoch = c.epoch
                              RETURNING e.origin, e.seq, e.event_id)
                          INSERT INTO {schema}.takeovers (origin, seq, event_id, taken_by)
                          SELECT origin, seq, event_id, $1 FROM gone

@@ -266,9 +266,8 @@ async fn claims_left_by_a_peer_that_died_mid_takeover_are_taken_over_too() {
     let mut a = a;
     a.child.kill().unwrap();
     a.child.wait().unwrap();
-    // edge-c claimed every other row of A's and died before finishing; A's lease has a
-    // few seconds left, so B has not started on A yet.
-    // One statement: B may claim edge-c's rows as soon as they are there.
+    // edge-c claimed every other row of A's and died before finishing (in one statement:
+    // B may claim them from edge-c as soon as they are there).
     let claimed_by_c = db.value(
         "WITH c AS (UPDATE orchestron.events SET owner = 'edge-c', owner_epoch = 0 \
          WHERE seq % 2 = 0 RETURNING 1) SELECT count(*) FROM c",
