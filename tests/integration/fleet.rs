@@ -34,6 +34,20 @@ impl FreshDb {
         role
     }
 
+    /// A `psql` session on this database that runs `sql` and stays open (its locks held)
+    /// until the child is killed.
+    pub fn session(&self, sql: &str) -> std::process::Child {
+        use std::io::Write;
+        let mut child = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-U", "postgres", "-d", &self.name, "-qAt"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("psql (PostgreSQL on 127.0.0.1:5432; scripts/test starts it)");
+        writeln!(child.stdin.as_mut().unwrap(), "{sql}").unwrap();
+        child
+    }
+
     pub fn url(&self, addr: &str) -> String {
         format!("postgres://postgres@{addr}/{}", self.name)
     }

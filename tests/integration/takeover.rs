@@ -247,6 +247,34 @@ async fn a_killed_instances_events_are_published_by_a_peer_once_with_their_ids()
     assert_eq!(db.value(analyzed), "t");
 }
 
+/// An analyze that cannot get its lock (a vacuum, another instance's analyze) does not stop
+/// the takeover: B gives up on it after 1 s, says so, and claims anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_locked_against_analyze_is_taken_over_anyway() {
+    let fleet = Pair::start("takeover-locked", "local").await;
+    let Pair { db, mut queue, a_broker: _closed, a_postgres: _pg, client, a, b } = fleet;
+    let (accepted, _) = post_many(&client, &a.base, 200).await;
+    assert_eq!(accepted.len(), 200);
+    let sql = "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-a'";
+    wait_value(&db, sql, "200", Duration::from_secs(20)).await;
+    // The lock a VACUUM or ANALYZE takes; row updates and deletes do not conflict with it.
+    let mut holder =
+        db.session("BEGIN; LOCK TABLE orchestron.events IN SHARE UPDATE EXCLUSIVE MODE;");
+    let held = "SELECT count(*) FROM pg_locks WHERE relation = 'orchestron.events'::regclass \
+                AND mode = 'ShareUpdateExclusiveLock' AND granted";
+    wait_value(&db, held, "1", Duration::from_secs(10)).await;
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let received = queue.collect(200, Duration::from_secs(LEASE_S + 15)).await;
+    let (seen, duplicates) = tally(&received);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let lost = accepted.keys().filter(|n| !seen.contains_key(n)).count();
+    assert_eq!((lost, duplicates), (0, 0), "B's log:\n{}", b.log());
+    assert!(b.log().contains("could not analyze the events table"), "{}", b.log());
+}
+
 /// A peer that died in the middle of a takeover leaves rows it had claimed (owner C, origin
 /// A) and not finished: they are taken over with C, by the partial index of claimed rows,
 /// while A's own rows are walked by the primary key.
