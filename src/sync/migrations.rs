@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("sql/005_dlq_replays.sql")),
     (6, include_str!("sql/006_drop_events_event_id.sql")),
     (7, include_str!("sql/007_events_claimed_index.sql")),
+    (8, include_str!("sql/008_events_claimed_flag.sql")),
 ];
 
 /// The advisory lock of `schema`'s migrations (a stable 64-bit hash of its name).

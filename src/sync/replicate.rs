@@ -6,7 +6,8 @@
 //! DLQ entries), never one round trip per event. After the commit the feed is trimmed
 //! through the batch's last change. An entry that changed several times in a batch costs one
 //! row; one that is gone is deleted. Upserts touch only rows this instance still owns
-//! (`owner = origin`): a row a peer has taken over is the peer's to change.
+//! (`owner = origin`, not `claimed`): a row a peer has taken over is the peer's to change, and
+//! one claimed back from a peer that died mid-takeover is takeover's to finish.
 //!
 //! While PostgreSQL is unreachable the feed waits in the store (bounded by
 //! `store.max_bytes`, like everything else) and the replicator retries with a backoff,
@@ -141,7 +142,9 @@ async fn once(fleet: &Fleet, store: &Store, batch: FeedBatch) -> Result<bool, Sy
     if rows.reset {
         execute(
             &txn,
-            &format!("DELETE FROM {schema}.events WHERE origin = $1 AND owner = $1"),
+            &format!(
+                "DELETE FROM {schema}.events WHERE origin = $1 AND owner = $1 AND NOT claimed"
+            ),
             &[me],
         )
         .await?;
@@ -172,7 +175,7 @@ async fn once(fleet: &Fleet, store: &Store, batch: FeedBatch) -> Result<bool, Sy
                      destinations = EXCLUDED.destinations,
                      delivery = EXCLUDED.delivery,
                      updated_at = now()
-                 WHERE t.owner = t.origin"
+                 WHERE t.owner = t.origin AND NOT t.claimed"
             ),
             &e.params(me),
         )
@@ -183,7 +186,7 @@ async fn once(fleet: &Fleet, store: &Store, batch: FeedBatch) -> Result<bool, Sy
             &txn,
             &format!(
                 "DELETE FROM {schema}.events
-                 WHERE origin = $1 AND owner = $1 AND seq = ANY($2::bigint[])"
+                 WHERE origin = $1 AND owner = $1 AND NOT claimed AND seq = ANY($2::bigint[])"
             ),
             &[me, &rows.events_gone],
         )

@@ -6,8 +6,8 @@
 //! in one transaction: it locks the peer's `instances` row (`FOR UPDATE SKIP LOCKED`, so one
 //! instance takes a given peer over at a time) and checks the lease is still expired, bumps
 //! the peer's epoch (the fencing token: the peer learns of it at its next heartbeat), and
-//! sets itself as owner of a batch of the peer's rows (`FOR UPDATE SKIP LOCKED`). Then it
-//! finishes its claims:
+//! sets itself as owner of a batch of the peer's rows (`FOR UPDATE SKIP LOCKED`), marking them
+//! `claimed`. Then it finishes its claims, while it claims the next batch:
 //!
 //! 1. the claimed events go into its own store, durable, with the delivery state the peer had
 //!    replicated (destinations confirmed stay confirmed), *held*: the relay does not see them;
@@ -18,9 +18,15 @@
 //!    destinations not yet confirmed, with their original event ids. From then on they are
 //!    this instance's own events, replicated under its id.
 //!
-//! A crash between the steps leaves rows owned by this instance with another origin, and
-//! held events in its store: the next round finishes them the same way (importing what is not
-//! held yet, dropping held events whose rows are gone).
+//! A crash between the steps leaves rows claimed by this instance, and held events in its
+//! store: the next round finishes them the same way (importing what is not held yet, dropping
+//! held events whose rows are gone).
+//!
+//! A claimed row stays `claimed` until it is finished, whoever owns it next: when B stalls, C
+//! claims some of B's rows and dies before finishing them, and B (back, reconciled, those
+//! events dropped from its store) takes C over, the rows are claimed back by their own origin
+//! and B imports them like any other claim, under new seqs, instead of taking them for its own
+//! rows (which its store would hold).
 //!
 //! **Fencing the old owner.** An instance publishes an event that may be in PostgreSQL (any
 //! seq below its replicated mark, and everything that was in its store when it started) only
@@ -31,7 +37,7 @@
 //! reads its events that peers took over (`takeovers`, and its rows now owned by a peer),
 //! drops them from its store without publishing, and deletes the tombstones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -45,6 +51,10 @@ use crate::store::{Store, decode_delivery};
 
 /// Rows claimed per transaction.
 const BATCH: i64 = 1000;
+/// The columns of a claimed row, as [`decode_row`] and [`Fleet::finish_rows`] read them.
+const CLAIMED_ROW: &str = "e.origin, e.seq, e.event_id::text, e.source, e.event_type,
+     round(extract(epoch from e.received_at) * 1000)::bigint, e.headers::text, e.body,
+     e.delivery, e.owner_epoch";
 /// The longest time between two looks for dead peers.
 const CHECK: Duration = Duration::from_secs(2);
 /// The longest one batch (claim, import, finish) may take before the round counts as
@@ -102,10 +112,10 @@ impl Fleet {
                         "SELECT i.instance_id FROM {schema}.instances i
                          WHERE i.lease_expires_at < now() AND i.instance_id <> $1
                            AND (EXISTS (SELECT 1 FROM {schema}.events e
-                                        WHERE e.origin = i.instance_id AND e.owner = e.origin)
+                                        WHERE e.origin = i.instance_id
+                                          AND e.owner = e.origin AND NOT e.claimed)
                                 OR EXISTS (SELECT 1 FROM {schema}.events e
-                                           WHERE e.owner = i.instance_id
-                                             AND e.owner <> e.origin))"
+                                           WHERE e.owner = i.instance_id AND e.claimed))"
                     ),
                     &[me],
                 )
@@ -121,21 +131,20 @@ impl Fleet {
         for peer in peers.iter().map(|row| row.get::<_, String>(0)) {
             // The peer's own rows are claimed in seq order, each batch after the last one's
             // highest seq; a row skipped because it was locked is claimed by a later round.
+            // The next batch is claimed while this one is finished: they are other rows, and
+            // only one finish runs at a time (it imports into the store).
             let mut after = -1;
-            while self.may_act() {
-                let batch = async {
-                    match self.claim(&peer, after).await? {
-                        None => Ok(None),
-                        Some(highest) => {
-                            after = after.max(highest);
-                            self.finish_claims(store).await.map(Some)
-                        }
-                    }
-                };
-                match within_batch_timeout(batch).await? {
-                    Some(n) => taken += n,
-                    None => break,
-                }
+            let mut next = within_batch_timeout(self.claim_if_acting(&peer, after)).await?;
+            while let Some(batch) = next {
+                after = after.max(batch.highest);
+                let (finished, claimed) = tokio::join!(
+                    within_batch_timeout(self.finish_rows(store, batch.rows)),
+                    within_batch_timeout(self.claim_if_acting(&peer, after)),
+                );
+                // A failed finish leaves its rows claimed; the next round finishes them (and
+                // the ones claimed meanwhile).
+                taken += finished?;
+                next = claimed?;
             }
         }
         Ok(taken)
@@ -174,12 +183,19 @@ impl Fleet {
         Ok(())
     }
 
+    /// [`Fleet::claim`], while this instance may act (its lease live, reconciled).
+    async fn claim_if_acting(&self, peer: &str, after: i64) -> Result<Option<Claimed>, SyncError> {
+        if !self.may_act() {
+            return Ok(None);
+        }
+        self.claim(peer, after).await
+    }
+
     /// Claims a batch of `peer`'s rows if its lease is still expired and no one else is
-    /// taking it over; bumps its epoch. The batch is the rows `peer` had claimed from others
-    /// and not finished, and its own rows with a seq above `after`. Returns `None` when
-    /// nothing was claimed, else the highest seq of `peer`'s own rows claimed (`after` when
-    /// none).
-    async fn claim(&self, peer: &str, after: i64) -> Result<Option<i64>, SyncError> {
+    /// taking it over; bumps its epoch. The batch is the rows `peer` had claimed and not
+    /// finished (from others, or back from a peer that had claimed them from it), and its
+    /// own rows with a seq above `after`. Returns `None` when nothing was claimed.
+    async fn claim(&self, peer: &str, after: i64) -> Result<Option<Claimed>, SyncError> {
         let inner = &self.inner;
         let schema = &inner.schema;
         let my_epoch = inner.state.lock().expect("sync state lock").epoch;
@@ -203,149 +219,175 @@ impl Fleet {
             &[&peer],
         )
         .await?;
-        // Its own rows by the primary key, the ones it had claimed by `events_claimed`.
-        let claimed = txn
-            .query_one(
+        // Its own rows by the primary key, the ones it had claimed by `events_claims`; the
+        // claimed rows come back whole, as `finish_rows` takes them.
+        let mut rows = txn
+            .query(
                 &format!(
                     "WITH own AS (
                          SELECT origin, seq FROM {schema}.events
-                         WHERE origin = $1 AND owner = $1 AND seq > $5
+                         WHERE origin = $1 AND owner = $1 AND NOT claimed AND seq > $5
                          ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED),
                      theirs AS (
                          SELECT origin, seq FROM {schema}.events
-                         WHERE owner = $1 AND owner <> origin
-                         ORDER BY owner, origin, seq LIMIT $4 FOR UPDATE SKIP LOCKED),
-                     claimed AS (
-                         UPDATE {schema}.events e
-                         SET owner = $2, owner_epoch = $3, updated_at = now()
-                         FROM (SELECT * FROM own UNION ALL SELECT * FROM theirs) c
-                         WHERE e.origin = c.origin AND e.seq = c.seq
-                         RETURNING e.origin, e.seq)
-                     SELECT count(*), max(seq) FILTER (WHERE origin = $1) FROM claimed"
+                         WHERE owner = $1 AND claimed
+                         ORDER BY owner, origin, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+                     UPDATE {schema}.events e
+                     SET owner = $2, owner_epoch = $3, claimed = true, updated_at = now()
+                     FROM (SELECT * FROM own UNION ALL SELECT * FROM theirs) c
+                     WHERE e.origin = c.origin AND e.seq = c.seq
+                     RETURNING {CLAIMED_ROW}"
                 ),
                 &[&peer, &inner.instance_id, &my_epoch, &BATCH, &after],
             )
             .await?;
         txn.commit().await?;
-        let (count, highest): (i64, Option<i64>) = (claimed.get(0), claimed.get(1));
-        if count == 0 {
+        if rows.is_empty() {
             return Ok(None);
         }
-        tracing::warn!(peer, events = count, "taking over a dead peer's events");
-        Ok(Some(highest.unwrap_or(after)))
+        // In the order they were accepted in, as a read of the claimed rows gives them.
+        rows.sort_by(|x, y| {
+            (x.get::<_, &str>(0), x.get::<_, i64>(1)).cmp(&(y.get::<_, &str>(0), y.get(1)))
+        });
+        let highest = rows
+            .iter()
+            .filter(|row| row.get::<_, &str>(0) == peer)
+            .map(|row| row.get::<_, i64>(1))
+            .max()
+            .unwrap_or(after);
+        tracing::warn!(peer, events = rows.len(), "taking over a dead peer's events");
+        Ok(Some(Claimed { rows, highest }))
     }
 
-    /// Brings the rows this instance claimed into its store and makes the claims final (see
-    /// the module docs). Returns how many events were released to the relay.
+    /// Brings the rows this instance claimed and did not finish (a crash, a failed batch)
+    /// into its store and makes the claims final, and drops held events whose claim was
+    /// lost. Returns how many events were released to the relay.
     async fn finish_claims(&self, store: &Store) -> Result<u64, SyncError> {
         let inner = &self.inner;
         let schema = &inner.schema;
         let me = &inner.instance_id;
-        let metrics = &inner.metrics;
         let mut released = 0;
         loop {
-            let mut client = inner.pool.get().await?;
+            let client = inner.pool.get().await?;
             let rows = client
                 .query(
                     &format!(
-                        "SELECT origin, seq, event_id::text, source, event_type,
-                                round(extract(epoch from received_at) * 1000)::bigint,
-                                headers::text, body, delivery, owner_epoch
-                         FROM {schema}.events WHERE owner = $1 AND owner <> origin
+                        "SELECT {CLAIMED_ROW} FROM {schema}.events e WHERE owner = $1 AND claimed
                          ORDER BY owner, origin, seq LIMIT $2"
                     ),
                     &[me, &BATCH],
                 )
                 .await?;
-            let held: HashMap<EventId, u64> =
-                store.held().await?.into_iter().map(|(seq, id)| (id, seq)).collect();
             // Held events whose rows this instance no longer owns were claimed away.
-            let held_ids: Vec<String> = held.keys().map(EventId::to_string).collect();
-            let still_ours = client
-                .query(
-                    &format!(
-                        "SELECT event_id::text FROM {schema}.events
-                         WHERE owner = $1 AND owner <> origin AND event_id::text = ANY($2)"
-                    ),
-                    &[me, &held_ids],
-                )
-                .await?;
-            let ours: std::collections::HashSet<String> =
-                still_ours.iter().map(|row| row.get(0)).collect();
-            let lost: Vec<u64> = held
-                .iter()
-                .filter(|(id, _)| !ours.contains(&id.to_string()))
-                .map(|(_, &seq)| seq)
-                .collect();
-            if !lost.is_empty() {
-                tracing::warn!(events = lost.len(), "claims lost to another instance; dropped");
-                metrics.fleet_claims_lost.inc_by(lost.len() as u64);
-                store.forget(lost).await?;
+            let held = store.held().await?;
+            if !held.is_empty() {
+                let held_ids: Vec<String> = held.iter().map(|(_, id)| id.to_string()).collect();
+                let still_ours = client
+                    .query(
+                        &format!(
+                            "SELECT event_id::text FROM {schema}.events
+                             WHERE owner = $1 AND claimed AND event_id::text = ANY($2)"
+                        ),
+                        &[me, &held_ids],
+                    )
+                    .await?;
+                let ours: HashSet<String> = still_ours.iter().map(|row| row.get(0)).collect();
+                let lost: Vec<u64> = held
+                    .iter()
+                    .filter(|(_, id)| !ours.contains(&id.to_string()))
+                    .map(|&(seq, _)| seq)
+                    .collect();
+                if !lost.is_empty() {
+                    tracing::warn!(events = lost.len(), "claims lost to another instance; dropped");
+                    inner.metrics.fleet_claims_lost.inc_by(lost.len() as u64);
+                    store.forget(lost).await?;
+                }
             }
-            if rows.is_empty() {
+            drop(client);
+            let full = rows.len() as i64 == BATCH;
+            if !rows.is_empty() {
+                released += self.finish_rows(store, rows).await?;
+            }
+            if !full {
                 return Ok(released);
             }
-            // Import what is not held yet (a crash may have come after the import).
-            let mut local: Vec<Option<u64>> = Vec::with_capacity(rows.len());
-            let mut fresh = Vec::new();
-            for row in &rows {
-                let (event, delivery) = decode_row(row)?;
-                match held.get(&event.id()) {
-                    Some(&seq) => local.push(Some(seq)),
-                    None => {
-                        local.push(None);
-                        fresh.push((event, delivery));
-                    }
-                }
-            }
-            let mut imported = store.import(fresh).await?.into_iter();
-            let local: Vec<u64> = local
-                .into_iter()
-                .map(|seq| seq.or_else(|| imported.next()).expect("one each"))
-                .collect();
-            // Final only for rows still claimed as read.
-            let origins: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            let seqs: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
-            let epochs: Vec<i64> = rows.iter().map(|r| r.get(9)).collect();
-            let txn = client.transaction().await?;
-            let finished = txn
-                .query(
-                    &format!(
-                        "WITH gone AS (
-                             DELETE FROM {schema}.events e
-                             USING UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS c(origin, seq, epoch)
-                             WHERE e.origin = c.origin AND e.seq = c.seq
-                               AND e.owner = $1 AND e.owner <> e.origin
-                               AND e.owner_epoch = c.epoch
-                             RETURNING e.origin, e.seq, e.event_id)
-                         INSERT INTO {schema}.takeovers (origin, seq, event_id, taken_by)
-                         SELECT origin, seq, event_id, $1 FROM gone
-                         ON CONFLICT (origin, seq) DO UPDATE SET taken_by = EXCLUDED.taken_by,
-                             taken_at = now()
-                         RETURNING origin, seq"
-                    ),
-                    &[me, &origins, &seqs, &epochs],
-                )
-                .await?;
-            txn.commit().await?;
-            let done: std::collections::HashSet<(String, i64)> =
-                finished.iter().map(|row| (row.get(0), row.get(1))).collect();
-            let (mut keep, mut drop_) = (Vec::new(), Vec::new());
-            for (i, seq) in local.into_iter().enumerate() {
-                if done.contains(&(origins[i].clone(), seqs[i])) {
-                    keep.push(seq);
-                } else {
-                    drop_.push(seq);
-                }
-            }
-            if !drop_.is_empty() {
-                metrics.fleet_claims_lost.inc_by(drop_.len() as u64);
-                store.forget(drop_).await?;
-            }
-            released += keep.len() as u64;
-            metrics.fleet_taken_over.inc_by(keep.len() as u64);
-            store.release(keep, clock_ms()).await?;
         }
+    }
+
+    /// Imports claimed `rows` (those not held already: a crash may have come after their
+    /// import), makes the claims that still hold final in PostgreSQL, drops the others, and
+    /// releases the final ones to the relay. Returns how many were released.
+    async fn finish_rows(&self, store: &Store, rows: Vec<Row>) -> Result<u64, SyncError> {
+        let inner = &self.inner;
+        let schema = &inner.schema;
+        let me = &inner.instance_id;
+        let metrics = &inner.metrics;
+        let held: HashMap<EventId, u64> =
+            store.held().await?.into_iter().map(|(seq, id)| (id, seq)).collect();
+        let mut local: Vec<Option<u64>> = Vec::with_capacity(rows.len());
+        let mut fresh = Vec::new();
+        for row in &rows {
+            let (event, delivery) = decode_row(row)?;
+            match held.get(&event.id()) {
+                Some(&seq) => local.push(Some(seq)),
+                None => {
+                    local.push(None);
+                    fresh.push((event, delivery));
+                }
+            }
+        }
+        let mut imported = store.import(fresh).await?.into_iter();
+        let local: Vec<u64> = local
+            .into_iter()
+            .map(|seq| seq.or_else(|| imported.next()).expect("one each"))
+            .collect();
+        // Final only for rows still claimed as read. A row claimed back by its own origin
+        // (from a peer that died mid-takeover) gets no tombstone: there is no one else to
+        // tell, and it lives on under its new seq.
+        let origins: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+        let epochs: Vec<i64> = rows.iter().map(|r| r.get(9)).collect();
+        let mut client = inner.pool.get().await?;
+        let txn = client.transaction().await?;
+        let finished = txn
+            .query(
+                &format!(
+                    "WITH gone AS (
+                         DELETE FROM {schema}.events e
+                         USING UNNEST($2::text[], $3::bigint[], $4::bigint[]) AS c(origin, seq, epoch)
+                         WHERE e.origin = c.origin AND e.seq = c.seq
+                           AND e.owner = $1 AND e.claimed AND e.owner_epoch = c.epoch
+                         RETURNING e.origin, e.seq, e.event_id),
+                     told AS (
+                         INSERT INTO {schema}.takeovers (origin, seq, event_id, taken_by)
+                         SELECT origin, seq, event_id, $1 FROM gone WHERE origin <> $1
+                         ON CONFLICT (origin, seq) DO UPDATE SET taken_by = EXCLUDED.taken_by,
+                             taken_at = now())
+                     SELECT origin, seq FROM gone"
+                ),
+                &[me, &origins, &seqs, &epochs],
+            )
+            .await?;
+        txn.commit().await?;
+        drop(client);
+        let done: HashSet<(&str, i64)> =
+            finished.iter().map(|row| (row.get(0), row.get(1))).collect();
+        let (mut keep, mut drop_) = (Vec::new(), Vec::new());
+        for (i, seq) in local.into_iter().enumerate() {
+            if done.contains(&(origins[i].as_str(), seqs[i])) {
+                keep.push(seq);
+            } else {
+                drop_.push(seq);
+            }
+        }
+        if !drop_.is_empty() {
+            metrics.fleet_claims_lost.inc_by(drop_.len() as u64);
+            store.forget(drop_).await?;
+        }
+        let released = keep.len() as u64;
+        metrics.fleet_taken_over.inc_by(released);
+        store.release(keep, clock_ms()).await?;
+        Ok(released)
     }
 
     /// Drops the events peers took over from this instance, then counts it reconciled at
@@ -384,6 +426,13 @@ impl Fleet {
         inner.state.lock().expect("sync state lock").reconciled = Some(epoch);
         Ok(())
     }
+}
+
+/// A batch of claimed rows ([`CLAIMED_ROW`]), in (origin, seq) order.
+struct Claimed {
+    rows: Vec<Row>,
+    /// The highest seq among the peer's own rows claimed (`after` when none).
+    highest: i64,
 }
 
 /// `step`, or an error if it takes longer than [`BATCH_TIMEOUT`] (what it did so far is

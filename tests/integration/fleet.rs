@@ -174,7 +174,7 @@ async fn three_instances_starting_at_once_apply_the_migrations_once_and_see_each
     assert_eq!(live(&view), ["edge-a", "edge-b", "edge-c"]);
     assert_eq!(view["instance_id"], "edge-a");
     assert_eq!(view["sync"]["connected"], true, "{view}");
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "7", "applied once");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "8", "applied once");
     assert_eq!(db.value("SELECT count(*) FROM orchestron.instances"), "3");
     // Each heartbeat carries the outbox size: an event waiting on an unconfigured broker...
     a.accept("fleet.test", "{}".into()).await;
@@ -379,7 +379,7 @@ fn sync_migrate_applies_the_schema_once() {
     let stdout = String::from_utf8_lossy(&before.stdout);
     assert!(before.status.success(), "{stdout}{}", String::from_utf8_lossy(&before.stderr));
     assert!(
-        stdout.contains("PostgreSQL: reachable; schema orchestron at version 0 (this build: 7)"),
+        stdout.contains("PostgreSQL: reachable; schema orchestron at version 0 (this build: 8)"),
         "{stdout}"
     );
     let nowhere = check_postgres(&sync_config("postgres://postgres@127.0.0.1:1/x", None, "30s"));
@@ -389,11 +389,11 @@ fn sync_migrate_applies_the_schema_once() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
-    assert!(run().contains("applied [1, 2, 3, 4, 5, 6, 7]"));
+    assert!(run().contains("applied [1, 2, 3, 4, 5, 6, 7, 8]"));
     assert!(run().contains("is current"));
     let after = String::from_utf8(check_postgres(&sync).stdout).unwrap();
-    assert!(after.contains("at version 7 (this build: 7)"), "{after}");
-    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "7");
+    assert!(after.contains("at version 8 (this build: 8)"), "{after}");
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.migrations"), "8");
 }
 
 /// The role needs rights on its own schema only: a DBA creates the schema and hands it over,
@@ -407,7 +407,7 @@ fn a_role_with_rights_on_its_schema_only_applies_the_migrations() {
     let sync = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: fleet\n");
     let out = sync_migrate(&sync);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "7");
+    assert_eq!(db.value("SELECT count(*) FROM fleet.migrations"), "8");
     assert_eq!(db.value("SELECT tableowner FROM pg_tables WHERE tablename = 'instances'"), role);
     // Without its schema, the same role is refused, and says why.
     let other = format!("sync:\n  postgres:\n    url: \"{url}\"\n    schema: elsewhere\n");

@@ -5,6 +5,8 @@
 //!
 //! - kill -9 A: B publishes every event A held, once each, with A's event ids, within
 //!   `lease` + 10 s, including those a third instance had claimed and not finished;
+//! - A stalls, a third instance claims A's rows and dies mid-takeover, A comes back and
+//!   claims them back: A publishes them, once each;
 //! - SIGSTOP A until B has taken over, then open A's path to RabbitMQ and SIGCONT it: A
 //!   publishes none of them (it reconciles first);
 //! - `ack: fleet`, kill -9 A and delete its store: B publishes every event A answered 202 for.
@@ -297,7 +299,7 @@ async fn claims_left_by_a_peer_that_died_mid_takeover_are_taken_over_too() {
     // edge-c claimed every other row of A's and died before finishing (in one statement:
     // B may claim them from edge-c as soon as they are there).
     let claimed_by_c = db.value(
-        "WITH c AS (UPDATE orchestron.events SET owner = 'edge-c', owner_epoch = 0 \
+        "WITH c AS (UPDATE orchestron.events SET owner = 'edge-c', owner_epoch = 0, claimed = true \
          WHERE seq % 2 = 0 RETURNING 1) SELECT count(*) FROM c",
     );
     assert_eq!(claimed_by_c, "150");
@@ -311,6 +313,52 @@ async fn claims_left_by_a_peer_that_died_mid_takeover_are_taken_over_too() {
     }
     assert_eq!(b.metric(&client, "orchestron_fleet_taken_over_events_total").await, 300.0);
     wait_value(&db, "SELECT count(*) FROM orchestron.events", "0", Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_claimed_back_from_a_peer_that_died_mid_takeover_are_published_by_their_origin() {
+    // A stalls past its lease; edge-c claims all of A's rows and dies before finishing them;
+    // A comes back, reconciles (dropping them from its store as edge-c's), then takes edge-c
+    // over: the rows are A's own again, and A must publish them from PostgreSQL.
+    let fleet = Pair::start("takeover-back", "local").await;
+    let Pair { db, mut queue, a_broker: path, a_postgres: _pg, client, a, b } = fleet;
+    let mut b = b;
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    let (accepted, _) = post_many(&client, &a.base, 200).await;
+    assert_eq!(accepted.len(), 200);
+    let sql = "SELECT count(*) FROM orchestron.events WHERE origin = 'edge-a'";
+    wait_value(&db, sql, "200", Duration::from_secs(20)).await;
+    signal(&a.pid(), "-STOP");
+    let lapsed = "SELECT lease_expires_at < now() FROM orchestron.instances \
+                  WHERE instance_id = 'edge-a'";
+    wait_value(&db, lapsed, "t", Duration::from_secs(LEASE_S + 5)).await;
+    // What edge-c's claim did, in one transaction: A's epoch bumped, its rows claimed.
+    let claimed_by_c = db.value(
+        "WITH c AS (INSERT INTO orchestron.instances (instance_id, lease_expires_at, \
+             heartbeat_at, started_at, version) VALUES ('edge-c', now() - interval '1 minute', \
+             now() - interval '2 minutes', now() - interval '1 hour', 'test') RETURNING 1), \
+         bump AS (UPDATE orchestron.instances SET epoch = epoch + 1 \
+             WHERE instance_id = 'edge-a' RETURNING 1), \
+         claimed AS (UPDATE orchestron.events SET owner = 'edge-c', owner_epoch = 0, \
+             claimed = true WHERE origin = 'edge-a' RETURNING 1) \
+         SELECT count(*) FROM claimed, (SELECT count(*) FROM c) x, (SELECT count(*) FROM bump) y",
+    );
+    assert_eq!(claimed_by_c, "200");
+    path.set_up(true);
+    signal(&a.pid(), "-CONT");
+    let received = queue.collect(200, Duration::from_secs(LEASE_S + 15)).await;
+    let extra = collect_quiet(&mut queue, Duration::from_secs(2)).await;
+    let (seen, duplicates) = tally(&[received, extra].concat());
+    let lost = accepted.keys().filter(|n| !seen.contains_key(n)).count();
+    assert_eq!((lost, duplicates), (0, 0), "A's log:\n{}", a.log());
+    for (n, id) in &accepted {
+        assert_eq!(&seen[n], id, "published with the event id A gave it");
+    }
+    assert_eq!(a.metric(&client, "orchestron_fleet_reconciled_events_total").await, 200.0);
+    wait_value(&db, "SELECT count(*) FROM orchestron.events", "0", Duration::from_secs(10)).await;
+    // No tombstone for its own events: there is no one else to tell.
+    assert_eq!(db.value("SELECT count(*) FROM orchestron.takeovers"), "0");
 }
 
 /// Messages that arrive within `quiet`.
