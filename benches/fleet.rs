@@ -231,6 +231,8 @@ async fn catchup(n: u64) {
         Duration::from_secs(60),
     )
     .await;
+    // The first heartbeat applies the schema: before it, there is no table to count.
+    wait_metric(port_a, "orchestron_sync_up", |v| v == 1.0, Duration::from_secs(30)).await;
     // The lag gauge reads 0 before the feed's bootstrap: count the rows instead.
     let rows = loop {
         let rows: f64 =

@@ -7,7 +7,7 @@
 //! instance takes a given peer over at a time) and checks the lease is still expired, bumps
 //! the peer's epoch (the fencing token: the peer learns of it at its next heartbeat), and
 //! sets itself as owner of a batch of the peer's rows (`FOR UPDATE SKIP LOCKED`), marking them
-//! `claimed`. Then it finishes its claims, while it claims the next batch:
+//! `claimed`. Then it finishes its claims:
 //!
 //! 1. the claimed events go into its own store, durable, with the delivery state the peer had
 //!    replicated (destinations confirmed stay confirmed), *held*: the relay does not see them;
@@ -131,20 +131,23 @@ impl Fleet {
         for peer in peers.iter().map(|row| row.get::<_, String>(0)) {
             // The peer's own rows are claimed in seq order, each batch after the last one's
             // highest seq; a row skipped because it was locked is claimed by a later round.
-            // The next batch is claimed while this one is finished: they are other rows, and
-            // only one finish runs at a time (it imports into the store).
+            // (Claiming the next batch while finishing this one was tried: no faster on two
+            // cores shared with PostgreSQL, docs/benchmarks.md.)
             let mut after = -1;
-            let mut next = within_batch_timeout(self.claim_if_acting(&peer, after)).await?;
-            while let Some(batch) = next {
-                after = after.max(batch.highest);
-                let (finished, claimed) = tokio::join!(
-                    within_batch_timeout(self.finish_rows(store, batch.rows)),
-                    within_batch_timeout(self.claim_if_acting(&peer, after)),
-                );
-                // A failed finish leaves its rows claimed; the next round finishes them (and
-                // the ones claimed meanwhile).
-                taken += finished?;
-                next = claimed?;
+            while self.may_act() {
+                let batch = async {
+                    match self.claim(&peer, after).await? {
+                        None => Ok(None),
+                        Some(batch) => {
+                            after = after.max(batch.highest);
+                            self.finish_rows(store, batch.rows).await.map(Some)
+                        }
+                    }
+                };
+                match within_batch_timeout(batch).await? {
+                    Some(n) => taken += n,
+                    None => break,
+                }
             }
         }
         Ok(taken)
@@ -181,14 +184,6 @@ impl Fleet {
             txn.commit().await?;
         }
         Ok(())
-    }
-
-    /// [`Fleet::claim`], while this instance may act (its lease live, reconciled).
-    async fn claim_if_acting(&self, peer: &str, after: i64) -> Result<Option<Claimed>, SyncError> {
-        if !self.may_act() {
-            return Ok(None);
-        }
-        self.claim(peer, after).await
     }
 
     /// Claims a batch of `peer`'s rows if its lease is still expired and no one else is
