@@ -34,6 +34,10 @@ pub async fn migrate(client: &mut Client, schema: &str) -> Result<Vec<i32>, Sync
     let txn = client.transaction().await?;
     // Taken first, so that even the schema is created by one instance only.
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)]).await?;
+    // A migration that alters a table waits for its lock behind every open transaction on
+    // it, and everything else on that table then queues behind the migration: give up after
+    // 5 s instead (the migration is retried at the next heartbeat).
+    txn.batch_execute("SET LOCAL lock_timeout = '5s'").await?;
     // `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the database even when the schema
     // exists; a role granted rights on its schema only must get past this.
     let exists = txn.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema]).await?;

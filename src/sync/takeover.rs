@@ -11,12 +11,14 @@
 //!
 //! 1. the claimed events go into its own store, durable, with the delivery state the peer had
 //!    replicated (destinations confirmed stay confirmed), *held*: the relay does not see them;
-//! 2. in PostgreSQL, each claimed row is deleted and a tombstone in `takeovers` written,
-//!    only `WHERE owner = me AND owner_epoch = <as read>`; a row that no longer matches was
-//!    claimed away (this instance stalled past its own lease) and its local copy is dropped;
-//! 3. the events whose claim held are released to the relay, which publishes them to the
-//!    destinations not yet confirmed, with their original event ids. From then on they are
-//!    this instance's own events, replicated under its id.
+//! 2. in one PostgreSQL transaction, each claimed row is deleted and a tombstone in
+//!    `takeovers` written, only `WHERE owner = me AND owner_epoch = <as read>`; a row that no
+//!    longer matches was claimed away (this instance stalled past its own lease) and its
+//!    local copy is dropped after the commit;
+//! 3. before that transaction commits, the events whose rows it deleted are released to the
+//!    relay (durably), which publishes them to the destinations not yet confirmed, with their
+//!    original event ids. From then on they are this instance's own events, replicated under
+//!    its id. So a held event whose row is gone was claimed away, never finished here.
 //!
 //! A crash between the steps leaves rows claimed by this instance, and held events in its
 //! store: the next round finishes them the same way (importing what is not held yet, dropping
@@ -229,9 +231,10 @@ impl Fleet {
                          ORDER BY owner, origin, seq LIMIT $4 FOR UPDATE SKIP LOCKED)
                      UPDATE {schema}.events e
                      SET owner = $2, owner_epoch = $3, claimed = true, updated_at = now()
-                     FROM (SELECT * FROM own UNION ALL SELECT * FROM theirs) c
+                     FROM (SELECT origin, seq, true AS own FROM own
+                           UNION ALL SELECT origin, seq, false FROM theirs) c
                      WHERE e.origin = c.origin AND e.seq = c.seq
-                     RETURNING {CLAIMED_ROW}"
+                     RETURNING {CLAIMED_ROW}, c.own"
                 ),
                 &[&peer, &inner.instance_id, &my_epoch, &BATCH, &after],
             )
@@ -244,9 +247,10 @@ impl Fleet {
         rows.sort_by(|x, y| {
             (x.get::<_, &str>(0), x.get::<_, i64>(1)).cmp(&(y.get::<_, &str>(0), y.get(1)))
         });
+        // Of its own rows only: one it had claimed back may have any seq.
         let highest = rows
             .iter()
-            .filter(|row| row.get::<_, &str>(0) == peer)
+            .filter(|row| row.get::<_, bool>(10))
             .map(|row| row.get::<_, i64>(1))
             .max()
             .unwrap_or(after);
@@ -363,8 +367,6 @@ impl Fleet {
                 &[me, &origins, &seqs, &epochs],
             )
             .await?;
-        txn.commit().await?;
-        drop(client);
         let done: HashSet<(&str, i64)> =
             finished.iter().map(|row| (row.get(0), row.get(1))).collect();
         let (mut keep, mut drop_) = (Vec::new(), Vec::new());
@@ -375,13 +377,21 @@ impl Fleet {
                 drop_.push(seq);
             }
         }
+        // Released (durably) before the rows' deletion commits, so that a held event whose
+        // row is gone always means a claim lost to another instance, never one finished here
+        // and not released yet (a crash, a full disk, this batch timing out in between):
+        // that one would be forgotten by the next round and published by no one. If the
+        // commit fails after the release, the rows stay claimed and the next round imports
+        // and publishes them again: a duplicate, not a loss.
+        let released = keep.len() as u64;
+        store.release(keep, clock_ms()).await?;
+        txn.commit().await?;
+        drop(client);
+        metrics.fleet_taken_over.inc_by(released);
         if !drop_.is_empty() {
             metrics.fleet_claims_lost.inc_by(drop_.len() as u64);
             store.forget(drop_).await?;
         }
-        let released = keep.len() as u64;
-        metrics.fleet_taken_over.inc_by(released);
-        store.release(keep, clock_ms()).await?;
         Ok(released)
     }
 
@@ -423,7 +433,8 @@ impl Fleet {
     }
 }
 
-/// A batch of claimed rows ([`CLAIMED_ROW`]), in (origin, seq) order.
+/// A batch of claimed rows ([`CLAIMED_ROW`], then whether the row was one of the peer's own),
+/// in (origin, seq) order.
 struct Claimed {
     rows: Vec<Row>,
     /// The highest seq among the peer's own rows claimed (`after` when none).

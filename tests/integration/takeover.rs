@@ -333,6 +333,10 @@ async fn rows_claimed_back_from_a_peer_that_died_mid_takeover_are_published_by_t
     let lapsed = "SELECT lease_expires_at < now() FROM orchestron.instances \
                   WHERE instance_id = 'edge-a'";
     wait_value(&db, lapsed, "t", Duration::from_secs(LEASE_S + 5)).await;
+    // A claim that does not set the flag (a build from before migration 8) is refused.
+    let unflagged =
+        db.try_value("UPDATE orchestron.events SET owner = 'edge-c' WHERE origin = 'edge-a'");
+    assert!(unflagged.as_ref().is_err_and(|e| e.contains("events_claim_flagged")), "{unflagged:?}");
     // What edge-c's claim did, in one transaction: A's epoch bumped, its rows claimed.
     let claimed_by_c = db.value(
         "WITH c AS (INSERT INTO orchestron.instances (instance_id, lease_expires_at, \

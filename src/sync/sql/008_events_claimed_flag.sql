@@ -7,3 +7,9 @@ UPDATE {schema}.events SET claimed = true WHERE owner <> origin;
 -- Takeover walks the claimed rows of an owner in order; they are few and short-lived.
 CREATE INDEX events_claims ON {schema}.events (owner, origin, seq) WHERE claimed;
 DROP INDEX IF EXISTS {schema}.events_claimed;
+-- A build from before this migration claims rows without the flag; its claims now fail (and
+-- its takeover with them, logged) instead of leaving rows that no newer instance would
+-- finish. Every row satisfies it after the update above; NOT VALID skips the scan that
+-- would prove it.
+ALTER TABLE {schema}.events ADD CONSTRAINT events_claim_flagged
+    CHECK (owner = origin OR claimed) NOT VALID;
