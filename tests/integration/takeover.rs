@@ -303,14 +303,7 @@ async fn claims_left_by_a_peer_that_died_mid_takeover_are_taken_over_too() {
          WHERE seq % 2 = 0 RETURNING 1) SELECT count(*) FROM c",
     );
     assert_eq!(claimed_by_c, "150");
-    let received = queue.collect(300, Duration::from_secs(LEASE_S + 10)).await;
-    let extra = collect_quiet(&mut queue, Duration::from_secs(2)).await;
-    let (seen, duplicates) = tally(&[received, extra].concat());
-    let lost = accepted.keys().filter(|n| !seen.contains_key(n)).count();
-    assert_eq!((lost, duplicates), (0, 0), "B's log:\n{}", b.log());
-    for (n, id) in &accepted {
-        assert_eq!(&seen[n], id, "published with the event id A gave it");
-    }
+    published_once_each(&mut queue, &accepted, Duration::from_secs(LEASE_S + 10), || b.log()).await;
     assert_eq!(b.metric(&client, "orchestron_fleet_taken_over_events_total").await, 300.0);
     wait_value(&db, "SELECT count(*) FROM orchestron.events", "0", Duration::from_secs(10)).await;
 }
@@ -351,18 +344,29 @@ async fn rows_claimed_back_from_a_peer_that_died_mid_takeover_are_published_by_t
     assert_eq!(claimed_by_c, "200");
     path.set_up(true);
     signal(&a.pid(), "-CONT");
-    let received = queue.collect(200, Duration::from_secs(LEASE_S + 15)).await;
-    let extra = collect_quiet(&mut queue, Duration::from_secs(2)).await;
-    let (seen, duplicates) = tally(&[received, extra].concat());
-    let lost = accepted.keys().filter(|n| !seen.contains_key(n)).count();
-    assert_eq!((lost, duplicates), (0, 0), "A's log:\n{}", a.log());
-    for (n, id) in &accepted {
-        assert_eq!(&seen[n], id, "published with the event id A gave it");
-    }
+    published_once_each(&mut queue, &accepted, Duration::from_secs(LEASE_S + 15), || a.log()).await;
     assert_eq!(a.metric(&client, "orchestron_fleet_reconciled_events_total").await, 200.0);
     wait_value(&db, "SELECT count(*) FROM orchestron.events", "0", Duration::from_secs(10)).await;
     // No tombstone for its own events: there is no one else to tell.
     assert_eq!(db.value("SELECT count(*) FROM orchestron.takeovers"), "0");
+}
+
+/// Asserts that every event in `accepted` arrives on `queue` within `within`, once (2 s more
+/// are given to duplicates), with the event id it was accepted with; `log` is shown if not.
+async fn published_once_each(
+    queue: &mut RabbitQueue,
+    accepted: &BTreeMap<usize, String>,
+    within: Duration,
+    log: impl Fn() -> String,
+) {
+    let received = queue.collect(accepted.len(), within).await;
+    let extra = collect_quiet(queue, Duration::from_secs(2)).await;
+    let (seen, duplicates) = tally(&[received, extra].concat());
+    let lost = accepted.keys().filter(|n| !seen.contains_key(n)).count();
+    assert_eq!((lost, duplicates), (0, 0), "log:\n{}", log());
+    for (n, id) in accepted {
+        assert_eq!(&seen[n], id, "published with the event id its origin gave it");
+    }
 }
 
 /// Messages that arrive within `quiet`.
